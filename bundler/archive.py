@@ -1,0 +1,296 @@
+"""Streaming tar.zst writer and reader (formats/bundle-v1.md §3, §7); the only zstandard user.
+
+The writer emits deterministic ustar headers and one zstd frame per blob member. The reader is
+hostile-input safe: it parses headers itself, accepts only regular files (and PAX `size`
+records), and hands bodies out as views of preallocated buffers that a second thread fills
+with decompressed data, so decompression overlaps hashing and writing.
+"""
+
+from __future__ import annotations
+
+import mmap
+import queue
+import tarfile
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import BinaryIO
+
+import zstandard
+
+from bundler.digest import CHUNK_SIZE
+from bundler.errors import IntegrityError
+
+BLOCK = 512
+_PAX_NAME = "././@PaxHeader"
+_MAX_PAX_BYTES = 1024
+_MAX_TRAILING_ZEROS = 1024 * 1024  # after end-of-archive; tar's own record padding is 10 KiB
+MAX_WINDOW = 2**27  # formats/bundle-v1.md §7: readers limit the window to 128 MiB
+MIN_LEVEL, MAX_LEVEL = -7, 19
+
+
+def padding(size: int) -> int:
+    return -size % BLOCK
+
+
+def member_header(name: str, size: int) -> bytes:
+    """Deterministic ustar header (§3), preceded by a PAX `size` header when size >= 8 GiB."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+class ArchiveWriter:
+    """Writes members to `out` as zstd frames; `close()` writes the end-of-archive frame."""
+
+    def __init__(self, out: BinaryIO, *, level: int) -> None:
+        self._out = out
+        self._cctx = zstandard.ZstdCompressor(
+            level=level, write_checksum=True, write_content_size=True, threads=0,
+        )
+
+    def write_small(self, members: Iterable[tuple[str, bytes]]) -> None:
+        """Several small members in one frame (the head of the bundle)."""
+        data = bytearray()
+        for name, body in members:
+            data += member_header(name, len(body)) + body + bytes(padding(len(body)))
+        self._out.write(self._cctx.compress(bytes(data)))
+
+    def write_stream(self, name: str, size: int, chunks: Iterable[memoryview | bytes]) -> None:
+        """One member in its own frame; `chunks` must add up to exactly `size` bytes."""
+        header = member_header(name, size)
+        total = len(header) + size + padding(size)
+        written = 0
+        with self._cctx.stream_writer(
+            self._out, size=total, closefd=False, write_size=CHUNK_SIZE,
+        ) as z:
+            z.write(header)
+            for chunk in chunks:
+                written += len(chunk)
+                if written > size:
+                    break
+                z.write(chunk)
+            if written != size:
+                raise IntegrityError(f"{name}: source gave {written} bytes, expected {size}")
+            z.write(bytes(padding(size)))
+
+    def close(self) -> None:
+        self._out.write(self._cctx.compress(bytes(2 * BLOCK)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Decompressor:
+    """A thread that decompresses `src` into a ring of page-aligned buffers, in order."""
+
+    def __init__(self, src: BinaryIO, *, depth: int = 4) -> None:
+        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._reader = dctx.stream_reader(
+            src, read_size=CHUNK_SIZE, read_across_frames=True, closefd=False,
+        )
+        # depth items may wait in the queue, one is being used: depth + 2 buffers suffice.
+        self._buffers = [mmap.mmap(-1, CHUNK_SIZE) for _ in range(depth + 2)]
+        self._queue: queue.Queue[memoryview | BaseException | None] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="decompress", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: memoryview | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            i = 0
+            while not self._stop.is_set():
+                buf = self._buffers[i % len(self._buffers)]
+                view = memoryview(buf)
+                n = 0
+                while n < CHUNK_SIZE:
+                    got = self._reader.readinto(view[n:])
+                    if not got:
+                        break
+                    n += got
+                if n == 0:
+                    self._put(None)
+                    return
+                if not self._put(view[:n]):
+                    return
+                i += 1
+        except zstandard.ZstdError as e:
+            self._put(IntegrityError(f"bundle is not a valid zstd stream: {e}"))
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+            self._put(e)
+
+    def next(self) -> memoryview | None:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put(item)  # stay failed
+            raise item
+        if item is None:
+            self._queue.put(None)  # stay at EOF
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    size: int
+
+
+class ArchiveReader:
+    """Reads a bundle's tar stream member by member. Use as a context manager."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = _Decompressor(src)
+        self._chunk: memoryview = memoryview(b"")
+        self._pos = 0
+        self._pending = 0  # body bytes of the current member not yet consumed
+        self._pad = 0
+        self.offset = 0  # decompressed bytes consumed so far
+        self._ended = False
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._src.close()
+
+    # -- low level ---------------------------------------------------------------------------
+
+    def _views(self, n: int) -> Iterator[memoryview]:
+        """The next n bytes of the stream as views; a view is valid until the next call."""
+        while n > 0:
+            if self._pos == len(self._chunk):
+                chunk = self._src.next()
+                if chunk is None:
+                    raise IntegrityError(
+                        "bundle ends early: it is truncated or a member is missing",
+                        hint="copy the file again; compare its size with the original",
+                    )
+                self._chunk, self._pos = chunk, 0
+            take = min(n, len(self._chunk) - self._pos)
+            view = self._chunk[self._pos : self._pos + take]
+            self._pos += take
+            self.offset += take
+            n -= take
+            yield view
+
+    def _read(self, n: int) -> bytes:
+        return b"".join(bytes(v) for v in self._views(n))
+
+    def _skip(self, n: int) -> None:
+        for _ in self._views(n):
+            pass
+
+    # -- members -----------------------------------------------------------------------------
+
+    def next_member(self) -> Member | None:
+        """The next member's header, or None at the end-of-archive marker."""
+        if self._pending:
+            raise RuntimeError("previous member body not consumed")
+        self._skip(self._pad)
+        self._pad = 0
+        pax_size: int | None = None
+        while True:
+            block = self._read(BLOCK)
+            if block == bytes(BLOCK):
+                self._check_end()
+                return None
+            info = self._parse_header(block)
+            if info.type == tarfile.XHDTYPE:
+                if pax_size is not None or info.size > _MAX_PAX_BYTES:
+                    raise IntegrityError("bundle: malformed PAX header")
+                pax_size = self._parse_pax(self._read(info.size))
+                self._skip(padding(info.size))
+                continue
+            if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                raise IntegrityError(
+                    f"bundle member {info.name[:200]!r} is not a regular file (tar type "
+                    f"{info.type!r})",
+                    hint="a bundle holds only regular files; this file was not made by export",
+                )
+            size = info.size if pax_size is None else pax_size
+            self._pending, self._pad = size, padding(size)
+            return Member(info.name, size)
+
+    @staticmethod
+    def _parse_header(block: bytes) -> tarfile.TarInfo:
+        if block[257:265] not in (b"ustar\x0000", b"ustar  \x00"):
+            raise IntegrityError("bundle: a tar header is not in ustar format")
+        try:
+            return tarfile.TarInfo.frombuf(block, "utf-8", "strict")
+        except (tarfile.HeaderError, UnicodeDecodeError, ValueError) as e:
+            raise IntegrityError(f"bundle: corrupt tar header ({e})") from None
+
+    @staticmethod
+    def _parse_pax(data: bytes) -> int:
+        # formats/bundle-v1.md §3.1: "exactly one record, size=<decimal>"
+        try:
+            length, _, rest = data.partition(b" ")
+            record = data[: int(length)]
+            key, _, value = rest.partition(b"=")
+            if key != b"size" or len(record) != len(data) or not record.endswith(b"\n"):
+                raise ValueError
+            size = int(value[:-1].decode("ascii"))
+            if not str(size).encode() == value[:-1] or size < 0:
+                raise ValueError
+        except ValueError:
+            raise IntegrityError(
+                "bundle: a PAX header holds something other than one size record",
+            ) from None
+        return size
+
+    def _check_end(self) -> None:
+        """After the first zero block: one more, then nothing but zeros (§3)."""
+        if self._read(BLOCK) != bytes(BLOCK):
+            raise IntegrityError("bundle: malformed end-of-archive marker")
+        trailing = 0
+        while (chunk := self._next_raw()) is not None:
+            trailing += len(chunk)
+            if trailing > _MAX_TRAILING_ZEROS or any(chunk.tobytes().rstrip(b"\0")):
+                raise IntegrityError(
+                    "bundle: data after the end of the archive",
+                    hint="the file has trailing garbage; it is not a bundle as export wrote it",
+                )
+        self._ended = True
+
+    def _next_raw(self) -> memoryview | None:
+        if self._pos < len(self._chunk):
+            rest = self._chunk[self._pos :]
+            self._pos = len(self._chunk)
+            return rest
+        return self._src.next()
+
+    def body(self) -> Iterator[memoryview]:
+        """The current member's body as views (each valid until the next is taken)."""
+        n, self._pending = self._pending, 0
+        yield from self._views(n)
+
+    def read_body(self) -> bytes:
+        return b"".join(bytes(v) for v in self.body())
+
+    def skip_body(self) -> None:
+        for _ in self.body():
+            pass

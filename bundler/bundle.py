@@ -1,0 +1,372 @@
+"""Use cases for bundle files: export, ls, verify and import into an Ollama model store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from bundler import __version__, signing
+from bundler.archive import ArchiveWriter
+from bundler.digest import Digest
+from bundler.errors import BundlerError, IntegrityError, NotFoundError
+from bundler.layout import (
+    INDEX_MEMBER,
+    OCI_LAYOUT,
+    OCI_LAYOUT_MEMBER,
+    ROOT_MEMBER,
+    Contents,
+    Model,
+    blob_member,
+    format_created,
+    plan_contents,
+    signature_member,
+)
+from bundler.progress import OnBytes, OnEvent, no_events, no_progress
+from bundler.reader import BundleReader, Head
+from bundler.reference import ModelName
+from bundler.store import StagedBlob, Store
+from bundler.streams import ReadAhead
+
+TOOL_NAME = "ollama-bundle"
+_FREE_SPACE_MARGIN = 64 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Selecting models by name
+
+
+def _pick(wanted: Sequence[str], available: Sequence[ModelName], where: str) -> list[ModelName]:
+    """Resolve user-typed names against `available`, case-insensitively (Ollama's lookup)."""
+    by_fold = {n.folded(): n for n in available}
+    picked: dict[ModelName, None] = {}
+    for text in wanted:
+        name = ModelName.parse(text)
+        found = by_fold.get(name.folded())
+        if found is None:
+            listing = ", ".join(n.display_shortest() for n in available) or "none"
+            raise NotFoundError(f"model {text!r} is not in {where}", hint=f"available: {listing}")
+        picked[found] = None
+    return list(picked)
+
+
+def model_json(model: Model) -> dict[str, Any]:
+    return {
+        "name": model.name.display_shortest(),
+        "fullName": str(model.name),
+        "id": model.manifest.digest.short,
+        "digest": str(model.manifest.digest),
+        "size": model.manifest.total_size,
+        "layers": [layer.media_type.rsplit(".", 1)[-1] for layer in model.manifest.layers],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPlan:
+    store: Store
+    contents: Contents
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b.size for b in self.contents.blobs)
+
+
+def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
+                on_event: OnEvent = no_events) -> ExportPlan:
+    store.require()
+    available = store.names(on_event)
+    if all_models:
+        if not available:
+            raise NotFoundError(f"no models in {store.location.describe()}")
+        picked = available
+    else:
+        picked = _pick(names, available, store.location.describe())
+    models = [store.read_model(n) for n in picked]
+    for model in models:
+        for blob in model.manifest.blobs:
+            path = store.find_blob(blob.digest)
+            if path is None:
+                raise IntegrityError(
+                    f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
+                    "is missing", hint="re-pull the model, or remove it with 'ollama rm'")
+            if path.stat().st_size != blob.size:
+                raise IntegrityError(
+                    f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
+                    f"has {path.stat().st_size} bytes, the manifest says {blob.size}",
+                    hint="re-pull the model, or remove it with 'ollama rm'")
+    return ExportPlan(store, plan_contents(models))
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    output: str
+    models: tuple[Model, ...]
+    blobs: int
+    bytes_in: int
+    signers: tuple[str, ...]
+    created: str
+    store: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": self.output, "store": self.store, "created": self.created,
+            "models": [model_json(m) for m in self.models], "blobs": self.blobs,
+            "bytes": self.bytes_in, "signers": list(self.signers),
+        }
+
+
+def export_bundle(
+    plan: ExportPlan, out: BinaryIO, *, keys: Sequence[signing.PrivateKey], level: int,
+    created_epoch: int | None, on_bytes: OnBytes = no_progress,
+) -> ExportResult:
+    """Write the bundle to `out`, verifying every store blob's digest while it streams."""
+    contents = plan.contents
+    created = format_created(int(time.time()) if created_epoch is None else created_epoch)
+    root_raw = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__)
+    root_bytes = root_raw.to_bytes()
+    sigs = sorted((k.public.keyid, signing.sign(k, root_bytes)) for k in keys)
+    writer = ArchiveWriter(out, level=level)
+    writer.write_small([
+        (ROOT_MEMBER, root_bytes),
+        *((signature_member(keyid), sig) for keyid, sig in sigs),
+        (OCI_LAYOUT_MEMBER, OCI_LAYOUT),
+        (INDEX_MEMBER, contents.index_raw),
+    ])
+    manifests = {m.manifest.digest: m.manifest.raw for m in contents.models}
+    owners: dict[Digest, ModelName] = {}
+    for m in contents.models:
+        for b in m.manifest.blobs:
+            owners.setdefault(b.digest, m.name)
+    for ref in contents.blobs:
+        raw = manifests.get(ref.digest)
+        if raw is not None:
+            writer.write_stream(blob_member(ref.digest), ref.size, [raw])
+            on_bytes(ref.size)
+            continue
+        with plan.store.open_blob(ref.digest) as f:
+            source = ReadAhead(f)
+            writer.write_stream(blob_member(ref.digest), ref.size, _counted(source, on_bytes))
+        if source.digest != ref.digest:
+            raise IntegrityError(
+                f"corrupt store: model {owners[ref.digest].display_shortest()}: blob "
+                f"{ref.digest} does not match its digest (got {source.digest})",
+                hint="re-pull the model, or remove it with 'ollama rm'; nothing was written")
+    writer.close()
+    return ExportResult(
+        output="", models=contents.models, blobs=len(contents.blobs),
+        bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
+        created=created, store=plan.store.location.describe(),
+    )
+
+
+def _counted(chunks: ReadAhead, on_bytes: OnBytes) -> Iterator[memoryview]:
+    for chunk in chunks:
+        on_bytes(len(chunk))
+        yield chunk
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """Write to a temporary name beside `path`; rename into place only on success."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        f = tmp.open("xb")
+    except OSError as e:
+        raise BundlerError(f"cannot write {path}: {e.strerror}",
+                           hint="check that the directory exists and is writable") from None
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: ls and verify
+
+
+def signer_json(head: Head) -> dict[str, Any]:
+    return {"carried": list(head.signatures.carried), "trusted": list(head.signatures.trusted)}
+
+
+def head_json(head: Head) -> dict[str, Any]:
+    return {
+        "created": head.root.created,
+        "tool": f"{head.root.tool_name} {head.root.tool_version}",
+        "models": [model_json(m) for m in head.models],
+        "blobs": len(head.root.blobs),
+        "bytes": head.root.total_size,
+        "signatures": signer_json(head),
+    }
+
+
+def list_bundle(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:
+    """Read only the head: root, signatures, index.json and manifests."""
+    with BundleReader(src) as reader:
+        return reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    head: Head
+    verified_blobs: int
+    verified_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**head_json(self.head), "verifiedBlobs": self.verified_blobs,
+                "verifiedBytes": self.verified_bytes, "ok": True}
+
+
+def verify_bundle(
+    src: BinaryIO, trusted: Sequence[signing.PublicKey], *, allow_unsigned: bool,
+    on_total: OnBytes = no_progress, on_bytes: OnBytes = no_progress,
+    on_event: OnEvent = no_events,
+) -> VerifyResult:
+    with BundleReader(src, on_bytes) as reader:
+        head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
+        on_total(sum(b.size for b in head.layer_blobs))
+        for _, body in reader.blobs():
+            for _ in body:
+                pass
+        reader.finish()
+    return VerifyResult(head, len(head.root.blobs), head.root.total_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Import into a store
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChange:
+    model: Model
+    target: ModelName  # the name in the store (existing spelling kept)
+    action: str  # "new", "replaced" or "unchanged"
+    previous: Digest | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        obj = {**model_json(self.model), "name": self.target.display_shortest(),
+               "fullName": str(self.target), "action": self.action}
+        if self.previous is not None:
+            obj["previous"] = str(self.previous)
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    head: Head
+    store: str
+    changes: tuple[ModelChange, ...]
+    blobs_written: int
+    bytes_written: int
+    blobs_present: int
+    dry_run: bool
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store, "dryRun": self.dry_run, "created": self.head.root.created,
+            "signatures": signer_json(self.head),
+            "models": [c.to_json() for c in self.changes],
+            "blobsWritten": self.blobs_written, "bytesWritten": self.bytes_written,
+            "blobsPresent": self.blobs_present,
+        }
+
+
+def _plan_changes(head: Head, store: Store, only: Sequence[str]) -> list[ModelChange]:
+    models = list(head.models)
+    if only:
+        picked = set(_pick(only, [m.name for m in models], "the bundle"))
+        models = [m for m in models if m.name in picked]
+    existing = store.names()
+    changes = []
+    for m in models:
+        target = m.name.canonical(existing)
+        path = store.manifest_path(target)
+        try:
+            current = Digest.of(path.read_bytes())
+        except FileNotFoundError:
+            changes.append(ModelChange(m, target, "new"))
+            continue
+        except OSError as e:
+            raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+        same = current == m.manifest.digest
+        changes.append(ModelChange(m, target, "unchanged" if same else "replaced",
+                                   None if same else current))
+    return changes
+
+
+def import_bundle(
+    src: BinaryIO, store: Store, trusted: Sequence[signing.PublicKey], *, allow_unsigned: bool,
+    only: Sequence[str] = (), dry_run: bool = False, on_total: OnBytes = no_progress,
+    on_bytes: OnBytes = no_progress, on_event: OnEvent = no_events,
+) -> ImportResult:
+    """Verify everything, stage blobs, then commit blobs and finally manifests (ollama-store.md §4)."""
+    with BundleReader(src, on_bytes) as reader:
+        head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
+        changes = _plan_changes(head, store, only)
+        needed = {b.digest: b.size for c in changes for b in c.model.manifest.blobs}
+        present = {d for d, size in needed.items() if store.has_blob(d, size)}
+        to_write = {d: s for d, s in needed.items() if d not in present}
+        result = ImportResult(head, store.location.describe(), tuple(changes), len(to_write),
+                              sum(to_write.values()), len(present), dry_run)
+        if dry_run:
+            return result
+        with store.locked(on_event):
+            store.prepare()
+            free, want = store.free_bytes(), sum(to_write.values())
+            if want + _FREE_SPACE_MARGIN > free:
+                raise BundlerError(
+                    f"not enough space in {store.root}: {want} bytes to write, {free} free",
+                    hint="free space there, or import fewer models with --only")
+            on_total(sum(b.size for b in head.layer_blobs))
+            staged = _stage_all(reader, store, to_write)
+            try:
+                reader.finish()
+                for blob in staged:
+                    store.commit_blob(blob)
+            except BaseException:
+                for blob in staged:
+                    blob.discard()
+                raise
+            for digest in present:
+                store.touch_blob(digest)
+            store.sync_blobs_dir()
+            for change in changes:
+                if change.action != "unchanged":
+                    store.write_manifest(change.target, change.model.manifest.raw)
+    return result
+
+
+def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int]) -> list[StagedBlob]:
+    """Stream every remaining blob: verify all, write the wanted ones to staged files."""
+    staged: list[StagedBlob] = []
+    try:
+        for ref, body in reader.blobs():
+            if ref.digest not in to_write:
+                for _ in body:
+                    pass
+                continue
+            blob = store.stage(ref.digest)
+            staged.append(blob)
+            for view in body:
+                blob.write(view)
+            blob.finish()
+    except BaseException:
+        for blob in staged:
+            blob.discard()
+        raise
+    return staged

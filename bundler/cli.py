@@ -1,0 +1,367 @@
+"""The `bundle` command: parse options, call one use case, draw progress, print the result,
+and turn a BundlerError into one error line, a hint and an exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import click
+from tqdm import tqdm
+
+from bundler import __version__, bundle, config, signing
+from bundler.archive import MAX_LEVEL, MIN_LEVEL
+from bundler.errors import BundlerError, ExitCode, NotFoundError, UsageError
+from bundler.reader import Head
+from bundler.store import Store, locate
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HOME = Path.home()
+
+
+class Output:
+    """Where a command's words go: result on stdout (text or one JSON document), logs on stderr."""
+
+    def __init__(self, *, json_mode: bool, quiet: bool) -> None:
+        self.json_mode, self.quiet = json_mode, quiet
+
+    def log(self, line: str) -> None:
+        if not self.quiet or line.startswith("warning:"):
+            click.echo(line, err=True)
+
+    def result(self, text: str, doc: dict[str, Any]) -> None:
+        if self.json_mode:
+            click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        elif not self.quiet:
+            click.echo(text)
+
+    @contextlib.contextmanager
+    def progress(self, desc: str, total: int | None = None) -> Iterator[tqdm[Any]]:
+        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                  disable=None if not self.quiet else True, file=sys.stderr, leave=False,
+                  dynamic_ncols=True) as bar:
+            yield bar
+
+
+class BundlerGroup(click.Group):
+    """The single place where a BundlerError becomes stderr text plus an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BundlerError as e:
+            _fail(ctx, e.message, e.hint, e.exit_code)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted; nothing was left half-written", None, ExitCode.ERROR)
+        except BrokenPipeError:
+            ctx.exit(ExitCode.ERROR)
+
+
+def _fail(ctx: click.Context, message: str, hint: str | None, code: int) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    sub = ctx.meta.get("output")
+    if isinstance(sub, Output) and sub.json_mode:
+        click.echo(json.dumps({"error": message, "hint": hint, "exitCode": int(code)}))
+    ctx.exit(code)
+
+
+def common(f: F) -> F:
+    f = click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors.")(f)
+    return click.option("--json", "json_mode", is_flag=True,
+                        help="Print one JSON document describing the result on stdout.")(f)
+
+
+def _output(json_mode: bool, quiet: bool) -> Output:
+    out = Output(json_mode=json_mode, quiet=quiet)
+    click.get_current_context().meta["output"] = out
+    return out
+
+
+TRUST = click.option(
+    "--trust", "trust", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+    help="Trust this public key (repeatable), besides every *.pub in the trust directory "
+         "($BUNDLE_TRUST_DIR, default ~/.config/ollama-bundle/trusted).")
+MODELS = click.option(
+    "--models", "models_dir", type=click.Path(path_type=Path, file_okay=False),
+    help="Ollama model store (default: $OLLAMA_MODELS, else ~/.ollama/models).")
+PASSPHRASE_FILE = click.option(
+    "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Read the key passphrase from this file (else $BUNDLE_PASSPHRASE, else a prompt).")
+
+
+@click.group(cls=BundlerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ollama-bundle")
+def main() -> None:
+    """Carry Ollama models across air gaps as one signed bundle file.
+
+    \b
+    Exit codes: 0 success, 1 other error, 2 usage, 3 integrity (signature,
+    digest, size, format), 4 not found (model, file, key, store), 5 network.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# keygen
+
+
+def _passphrase(path: Path | None, *, confirm: bool, what: str) -> bytes | None:
+    if path is not None:
+        return path.read_bytes().rstrip(b"\r\n")
+    env = os.environ.get("BUNDLE_PASSPHRASE")
+    if env:
+        return env.encode()
+    if not sys.stdin.isatty():
+        return None
+    value: str = click.prompt(f"Passphrase for {what}", hide_input=True,
+                              confirmation_prompt=confirm, err=True)
+    return value.encode()
+
+
+@main.command()
+@click.option("--out", "prefix", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write PREFIX.key and PREFIX.pub (default: ~/.config/ollama-bundle/signing).")
+@click.option("--no-passphrase", is_flag=True, help="Leave the private key unencrypted.")
+@PASSPHRASE_FILE
+@common
+def keygen(prefix: Path | None, no_passphrase: bool, passphrase_file: Path | None,
+           json_mode: bool, quiet: bool) -> None:
+    """Make an ECDSA P-256 signing key pair; print its key id."""
+    out = _output(json_mode, quiet)
+    prefix = prefix or config.default_key_prefix(os.environ, HOME)
+    passphrase = None
+    if not no_passphrase:
+        passphrase = _passphrase(passphrase_file, confirm=True, what="the new key")
+        if not passphrase:
+            raise UsageError("no passphrase for the new key",
+                             hint="use --passphrase-file FILE, BUNDLE_PASSPHRASE, a terminal "
+                                  "prompt, or --no-passphrase")
+    key = signing.generate()
+    key_path, pub_path = signing.write_key_pair(prefix, key, passphrase)
+    out.result(
+        f"key id {key.public.keyid}\nprivate key {key_path} (keep it secret)\n"
+        f"public key  {pub_path} (copy it into the trust directory of every importer)",
+        {"keyid": key.public.keyid, "privateKey": str(key_path), "publicKey": str(pub_path),
+         "encrypted": passphrase is not None})
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+@contextlib.contextmanager
+def _open_output(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write a bundle to a terminal",
+                             hint="redirect stdout to a file or a pipe, or use -o FILE")
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+    else:
+        with bundle.atomic_output(Path(path)) as f:
+            yield f
+
+
+@main.command("export")
+@click.argument("names", nargs=-1, metavar="MODEL...")
+@click.option("--all", "all_models", is_flag=True, help="Export every model in the store.")
+@click.option("-o", "--output", required=True, metavar="OUT",
+              help="Bundle file to write (written under a temporary name, renamed when "
+                   "complete), or - for stdout.")
+@MODELS
+@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False),
+              multiple=True,
+              help="Sign with this private key (repeatable for several signers; default: the "
+                   "key 'bundle keygen' made, ~/.config/ollama-bundle/signing.key).")
+@click.option("--unsigned", is_flag=True, help="Write an unsigned bundle.")
+@click.option("--level", type=click.IntRange(MIN_LEVEL, MAX_LEVEL), default=1, show_default=True,
+              help="zstd compression level (formats/bundle-v1.md §7).")
+@PASSPHRASE_FILE
+@common
+def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
+               key_path: tuple[Path, ...], unsigned: bool, level: int,
+               passphrase_file: Path | None, json_mode: bool, quiet: bool) -> None:
+    """Write MODEL... (or --all) from an Ollama store into one signed bundle file."""
+    out = _output(json_mode, quiet)
+    if bool(names) == all_models:
+        raise UsageError("name the models to export, or pass --all (not both)")
+    if unsigned and key_path:
+        raise UsageError("--unsigned and --key contradict each other")
+    keys = [] if unsigned else _signing_keys(key_path, passphrase_file)
+    store = Store(locate(models_dir, os.environ, HOME))
+    out.log(f"store: {store.location.describe()}")
+    plan = bundle.plan_export(store, names, all_models=all_models, on_event=out.log)
+    created = config.source_date_epoch(os.environ)
+    with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
+        result = bundle.export_bundle(plan, f, keys=keys, level=level, created_epoch=created,
+                                      on_bytes=bar.update)
+    lines = [f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
+             f"{_size(m.manifest.total_size)}" for m in result.models]
+    signed = ("signed by " + ", ".join(k[:16] for k in result.signers)
+              if result.signers else "UNSIGNED")
+    summary = (f"wrote {output}: {len(result.models)} models, {result.blobs} blobs, "
+               f"{_size(result.bytes_in)}, {signed}")
+    out.result("\n".join([summary, *lines]),
+               {**result.to_json(), "output": output})
+
+
+def _signing_keys(paths: tuple[Path, ...], passphrase_file: Path | None) -> list[signing.PrivateKey]:
+    if not paths:
+        default = Path(f"{config.default_key_prefix(os.environ, HOME)}.key")
+        if not default.exists():
+            raise NotFoundError(
+                f"no signing key: {default} does not exist",
+                hint="make one with 'bundle keygen', pass --key KEY, or pass --unsigned")
+        paths = (default,)
+    keys = []
+    for path in paths:
+        data = _read_key_file(path)
+        passphrase = (_passphrase(passphrase_file, confirm=False, what=str(path))
+                      if signing.is_encrypted_pem(data) else None)
+        keys.append(signing.read_private(path, passphrase))
+    return keys
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"signing key not found: {path}",
+                            hint="make one with 'bundle keygen'") from None
+    except OSError as e:
+        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# ls, verify, import
+
+
+@contextlib.contextmanager
+def _open_bundle(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = Path(path).open("rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"bundle not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a bundle file") from None
+    except OSError as e:
+        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        yield f
+
+
+def _trusted(paths: tuple[Path, ...], out: Output) -> list[signing.PublicKey]:
+    keys = [signing.read_public(p) for p in paths]
+    directory = config.trust_dir(os.environ, HOME)
+    if directory.is_dir():
+        keys += [signing.read_public(p) for p in sorted(directory.glob("*.pub"))]
+    out.log(f"trust: {len(keys)} key(s) ({directory}" + (
+        "" if directory.is_dir() else ", absent") + (f", plus {len(paths)} --trust)" if paths else ")"))
+    return keys
+
+
+def _signers_text(head: Head) -> str:
+    s = head.signatures
+    if not s.carried:
+        return "signatures: none (unsigned bundle)"
+    parts = [f"{k[:16]} ({'trusted' if k in s.trusted else 'not trusted'})" for k in s.carried]
+    return "signatures: " + ", ".join(parts)
+
+
+def _models_table(head: Head) -> list[str]:
+    rows = [f"  {'NAME':40} {'ID':12}  {'SIZE':>9}  LAYERS"]
+    for m in head.models:
+        kinds = ",".join(layer.media_type.rsplit(".", 1)[-1] for layer in m.manifest.layers)
+        rows.append(f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
+                    f"{_size(m.manifest.total_size):>9}  {kinds}")
+    return rows
+
+
+@main.command("ls")
+@click.argument("bundle_path", metavar="BUNDLE")
+@TRUST
+@common
+def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bool) -> None:
+    """List a bundle's models, signers and totals (reads only the head of the file)."""
+    out = _output(json_mode, quiet)
+    keys = _trusted(trust, out)
+    with _open_bundle(bundle_path) as f:
+        head = bundle.list_bundle(f, keys)
+    title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
+             f"{head.root.tool_version}")
+    total = (f"total: {len(head.models)} models, {len(head.root.blobs)} blobs, "
+             f"{_size(head.root.total_size)}")
+    out.result("\n".join([title, _signers_text(head), *_models_table(head), total]),
+               bundle.head_json(head))
+
+
+@main.command("verify")
+@click.argument("bundle_path", metavar="BUNDLE")
+@TRUST
+@click.option("--allow-unsigned", is_flag=True,
+              help="Accept a bundle without a trusted signature (digests are still checked).")
+@common
+def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
+               json_mode: bool, quiet: bool) -> None:
+    """Check the signature and every digest and size; write nothing."""
+    out = _output(json_mode, quiet)
+    keys = _trusted(trust, out)
+    with _open_bundle(bundle_path) as f, out.progress("verify") as bar:
+        result = bundle.verify_bundle(f, keys, allow_unsigned=allow_unsigned,
+                                      on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
+                                      on_event=out.log)
+    out.result(f"OK {bundle_path}: {_signers_text(result.head)}; {result.verified_blobs} blobs, "
+               f"{_size(result.verified_bytes)} verified", result.to_json())
+
+
+@main.command("import")
+@click.argument("bundle_path", metavar="BUNDLE")
+@MODELS
+@TRUST
+@click.option("--allow-unsigned", is_flag=True,
+              help="Accept a bundle without a trusted signature (digests are still checked).")
+@click.option("--only", multiple=True, metavar="MODEL",
+              help="Import only this model (repeatable).")
+@click.option("--dry-run", is_flag=True,
+              help="Check the signature and plan, report what would change, write nothing.")
+@common
+def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...],
+               allow_unsigned: bool, only: tuple[str, ...], dry_run: bool,
+               json_mode: bool, quiet: bool) -> None:
+    """Verify a bundle and write its models into an Ollama model store."""
+    out = _output(json_mode, quiet)
+    keys = _trusted(trust, out)
+    store = Store(locate(models_dir, os.environ, HOME))
+    out.log(f"store: {store.location.describe()}")
+    with _open_bundle(bundle_path) as f, out.progress("import") as bar:
+        result = bundle.import_bundle(
+            f, store, keys, allow_unsigned=allow_unsigned, only=only, dry_run=dry_run,
+            on_total=lambda n: bar.reset(total=n), on_bytes=bar.update, on_event=out.log)
+    verb = "would write" if dry_run else "wrote"
+    lines = [f"{'DRY RUN: ' if dry_run else ''}{_signers_text(result.head)}"]
+    for c in result.changes:
+        note = f" (was {c.previous.short})" if c.previous else ""
+        lines.append(f"  {c.action:9} {c.target.display_shortest():40} "
+                     f"{c.model.manifest.digest.short}{note}")
+    lines.append(f"{verb} {result.blobs_written} blobs ({_size(result.bytes_written)}), "
+                 f"{result.blobs_present} already present, into {result.store}")
+    out.result("\n".join(lines), result.to_json())
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

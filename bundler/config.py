@@ -1,0 +1,34 @@
+"""Where things live by default: the config directory, the trust directory, the default key.
+Reads only the environment mapping it is given."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from bundler.errors import UsageError
+
+
+def config_dir(env: Mapping[str, str], home: Path) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or str(home / ".config")
+    return Path(base) / "ollama-bundle"
+
+
+def trust_dir(env: Mapping[str, str], home: Path) -> Path:
+    """$BUNDLE_TRUST_DIR, else ~/.config/ollama-bundle/trusted."""
+    value = env.get("BUNDLE_TRUST_DIR")
+    return Path(value) if value else config_dir(env, home) / "trusted"
+
+
+def default_key_prefix(env: Mapping[str, str], home: Path) -> Path:
+    """Where `bundle keygen` puts its key without --out, and where export looks for it."""
+    return config_dir(env, home) / "signing"
+
+
+def source_date_epoch(env: Mapping[str, str]) -> int | None:
+    value = env.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={value[:40]!r} is not a whole number of seconds")
+    return int(value)

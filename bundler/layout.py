@@ -1,0 +1,234 @@
+"""The bundle's contents (formats/bundle-v1.md): member names, the root document, index.json
+and the rules that tie them together. Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bundler.digest import Digest
+from bundler.errors import IntegrityError
+from bundler.oci import (
+    ANNOTATION_REF_NAME,
+    Descriptor,
+    Index,
+    Manifest,
+    canonical_json,
+    get,
+    get_size,
+    load_json,
+    unique,
+)
+from bundler.reference import InvalidNameError, ModelName
+
+MEDIA_TYPE_ROOT = "application/vnd.ollama-bundle.root.v1+json"
+ROOT_MEMBER = "ollama-bundle/root.json"
+OCI_LAYOUT_MEMBER = "oci-layout"
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+INDEX_MEMBER = "index.json"
+MAX_ROOT_BYTES = 16 * 1024 * 1024
+MAX_INDEX_BYTES = 16 * 1024 * 1024
+MAX_SIGNATURE_BYTES = 4096
+MAX_SIGNATURES = 64
+
+_SIGNATURE_MEMBER = re.compile(r"ollama-bundle/signatures/([0-9a-f]{64})\.sig")
+_CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def blob_member(digest: Digest) -> str:
+    """blobs/sha256/<hex>: the only place a blob's name inside a bundle is spelled out."""
+    return f"blobs/sha256/{digest.hex}"
+
+
+def signature_member(keyid: str) -> str:
+    return f"ollama-bundle/signatures/{keyid}.sig"
+
+
+def signature_keyid(member: str) -> str | None:
+    """The key id a signature member names, or None if `member` is not a signature member."""
+    m = _SIGNATURE_MEMBER.fullmatch(member)
+    return m.group(1) if m else None
+
+
+def format_created(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    digest: Digest
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": str(self.digest), "size": self.size}
+
+    @classmethod
+    def from_json(cls, obj: object, what: str) -> BlobRef:
+        if not isinstance(obj, dict):
+            raise IntegrityError(f"{what}: not an object")
+        return cls(Digest.parse(obj.get("digest"), what=what), get_size(obj, what))
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """The signed root document (formats/bundle-v1.md §4)."""
+
+    created: str
+    tool_name: str
+    tool_version: str
+    index: BlobRef
+    blobs: tuple[BlobRef, ...]
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def total_size(self) -> int:
+        return sum(b.size for b in self.blobs)
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({
+            "mediaType": MEDIA_TYPE_ROOT,
+            "created": self.created,
+            "tool": {"name": self.tool_name, "version": self.tool_version},
+            "index": self.index.to_json(),
+            "blobs": [b.to_json() for b in self.blobs],
+        }) + b"\n"
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Root:
+        what = ROOT_MEMBER
+        obj = load_json(raw, what)
+        if obj.get("mediaType") != MEDIA_TYPE_ROOT:
+            raise IntegrityError(
+                f"{what}: unknown mediaType {str(obj.get('mediaType'))[:80]!r}",
+                hint="the bundle was written by a newer or different tool",
+            )
+        created = get(obj, "created", str, what)
+        if not _CREATED.fullmatch(created):
+            raise IntegrityError(f"{what}: 'created' is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
+        tool = get(obj, "tool", dict, what)
+        blobs = tuple(
+            BlobRef.from_json(b, f"{what} blob {i}")
+            for i, b in enumerate(get(obj, "blobs", list, what))
+        )
+        if len({b.digest for b in blobs}) != len(blobs):
+            raise IntegrityError(f"{what}: a blob is listed twice")
+        return cls(
+            created=created,
+            tool_name=get(tool, "name", str, f"{what} tool"),
+            tool_version=get(tool, "version", str, f"{what} tool"),
+            index=BlobRef.from_json(obj.get("index"), f"{what} index"),
+            blobs=blobs,
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A named model: its name and its manifest (raw bytes kept)."""
+
+    name: ModelName
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """What a bundle holds, in archive order: index.json bytes and the blob list."""
+
+    models: tuple[Model, ...]
+    index_raw: bytes
+    blobs: tuple[BlobRef, ...]
+
+    def root(self, *, created: str, tool_name: str, tool_version: str) -> Root:
+        return Root(
+            created=created, tool_name=tool_name, tool_version=tool_version,
+            index=BlobRef(Digest.of(self.index_raw), len(self.index_raw)), blobs=self.blobs,
+        )
+
+    @property
+    def manifest_count(self) -> int:
+        return len(unique([m.manifest.digest for m in self.models]))
+
+
+def plan_contents(models: Iterable[Model]) -> Contents:
+    """Order models and blobs as formats/bundle-v1.md §4.2 and §5 say; build index.json."""
+    ordered = tuple(sorted(models, key=lambda m: str(m.name)))
+    folded = [m.name.folded() for m in ordered]
+    if len(set(folded)) != len(folded):
+        raise IntegrityError("two models differ only in letter case; Ollama treats them as one")
+    index = Index(tuple(
+        Descriptor(
+            media_type=m.manifest.media_type, digest=m.manifest.digest, size=len(m.manifest.raw),
+            annotations={ANNOTATION_REF_NAME: str(m.name)},
+        )
+        for m in ordered
+    ))
+    refs: dict[Digest, int] = {}
+    for m in ordered:
+        refs.setdefault(m.manifest.digest, len(m.manifest.raw))
+    for m in ordered:
+        refs.setdefault(m.manifest.config.digest, m.manifest.config.size)
+    for m in ordered:
+        for layer in m.manifest.layers:
+            refs.setdefault(layer.digest, layer.size)
+    return Contents(ordered, index.to_bytes(), tuple(BlobRef(d, s) for d, s in refs.items()))
+
+
+def index_models(root: Root, index: Index) -> list[tuple[ModelName, Descriptor]]:
+    """Check index.json against the root (§5) and return (name, manifest descriptor) pairs."""
+    named: list[tuple[ModelName, Descriptor]] = []
+    seen: set[tuple[str, str, str, str]] = set()
+    for i, d in enumerate(index.manifests):
+        what = f"index.json manifest {i}"
+        ref = d.annotations.get(ANNOTATION_REF_NAME)
+        if ref is None:
+            raise IntegrityError(f"{what}: no {ANNOTATION_REF_NAME} annotation")
+        try:
+            name = ModelName.parse(ref)
+        except InvalidNameError:
+            raise IntegrityError(f"{what}: {ref[:400]!r} is not a valid Ollama name") from None
+        if str(name) != ref:
+            raise IntegrityError(f"{what}: {ref!r} is not a full name host/namespace/model:tag")
+        if name.folded() in seen:
+            raise IntegrityError(f"{what}: {ref!r} is listed twice (letter case ignored)")
+        seen.add(name.folded())
+        named.append((name, d))
+    manifests = unique([d.digest for _, d in named])
+    head = root.blobs[: len(manifests)]
+    if [b.digest for b in head] != manifests:
+        raise IntegrityError("index.json: its manifests are not the first blobs of the root")
+    sizes = {b.digest: b.size for b in head}
+    for name, d in named:
+        if sizes[d.digest] != d.size:
+            raise IntegrityError(f"index.json: {name}: manifest size differs from the root's")
+    return named
+
+
+def check_manifests(
+    root: Root, named: Sequence[tuple[ModelName, Descriptor]], raws: Mapping[Digest, bytes],
+) -> list[Model]:
+    """Parse the verified manifest blobs and check them against the root (§6)."""
+    sizes = {b.digest: b.size for b in root.blobs}
+    parsed: dict[Digest, Manifest] = {}
+    models: list[Model] = []
+    referenced: set[Digest] = set()
+    for name, d in named:
+        manifest = parsed.get(d.digest)
+        if manifest is None:
+            manifest = Manifest.parse(raws[d.digest], f"manifest of {name}")
+            parsed[d.digest] = manifest
+        if manifest.media_type != d.media_type:
+            raise IntegrityError(f"manifest of {name}: mediaType differs from index.json's")
+        for blob in manifest.blobs:
+            if sizes.get(blob.digest) != blob.size:
+                raise IntegrityError(
+                    f"manifest of {name}: blob {blob.digest} is not in the bundle with that size",
+                )
+            referenced.add(blob.digest)
+        models.append(Model(name, manifest))
+    extra = [b.digest for b in root.blobs[len(parsed):] if b.digest not in referenced]
+    if extra:
+        raise IntegrityError(f"{ROOT_MEMBER}: blob {extra[0]} is not referenced by any manifest")
+    return models

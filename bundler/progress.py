@@ -1,0 +1,16 @@
+"""Progress is a callback from the core; rendering belongs to the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+OnBytes = Callable[[int], object]  # tqdm's bar.update fits; so does list.append in tests
+OnEvent = Callable[[str], object]  # one human-readable log line (stderr in the CLI)
+
+
+def no_progress(nbytes: int) -> None:
+    """Default: the core reports bytes and nobody listens."""
+
+
+def no_events(line: str) -> None:
+    """Default: the core reports events and nobody listens."""

@@ -1,0 +1,208 @@
+"""Read a bundle in one pass (formats/bundle-v1.md §9): the verified head first, then each blob
+checked against the root while it streams."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from bundler import signing
+from bundler.archive import ArchiveReader, Member
+from bundler.digest import Digest
+from bundler.errors import IntegrityError
+from bundler.layout import (
+    INDEX_MEMBER,
+    MAX_INDEX_BYTES,
+    MAX_ROOT_BYTES,
+    MAX_SIGNATURE_BYTES,
+    MAX_SIGNATURES,
+    OCI_LAYOUT,
+    OCI_LAYOUT_MEMBER,
+    ROOT_MEMBER,
+    BlobRef,
+    Model,
+    Root,
+    blob_member,
+    check_manifests,
+    index_models,
+    signature_keyid,
+)
+from bundler.oci import MAX_MANIFEST_BYTES, Index
+from bundler.progress import OnBytes, OnEvent, no_events, no_progress
+
+
+@dataclass(frozen=True, slots=True)
+class Signatures:
+    """The outcome of the trust decision (formats/signature-v1.md §4)."""
+
+    carried: tuple[str, ...]  # key ids named by the bundle's signature members
+    trusted: tuple[str, ...]  # key ids of trusted keys whose signature verified
+
+    @property
+    def is_trusted(self) -> bool:
+        return bool(self.trusted)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    root: Root
+    signatures: Signatures
+    models: tuple[Model, ...]
+
+    @property
+    def manifest_count(self) -> int:
+        return len({m.manifest.digest for m in self.models})
+
+    @property
+    def layer_blobs(self) -> tuple[BlobRef, ...]:
+        """The blobs after the manifests: configs and layers, in archive order."""
+        return self.root.blobs[self.manifest_count :]
+
+
+def decide_trust(
+    root_raw: bytes, carried: dict[str, bytes], trusted: Sequence[signing.PublicKey],
+) -> Signatures:
+    ok: list[str] = []
+    for key in trusted:
+        for keyid, sig in carried.items():
+            if signing.verify(key, root_raw, sig):
+                ok.append(key.keyid)
+                break
+            if keyid == key.keyid:
+                raise IntegrityError(
+                    f"the signature of trusted key {keyid[:16]}… does not verify: the bundle "
+                    "was altered after it was signed",
+                    hint="get a fresh copy of the bundle from its source",
+                )
+    return Signatures(tuple(sorted(carried)), tuple(sorted(set(ok))))
+
+
+def refuse_untrusted(signatures: Signatures) -> IntegrityError:
+    if signatures.carried:
+        ids = ", ".join(k[:16] for k in signatures.carried)
+        return IntegrityError(
+            f"the bundle is signed by {ids}, none of which you trust",
+            hint="pass --trust SIGNER.pub, or copy SIGNER.pub into the trust directory "
+                 "($BUNDLE_TRUST_DIR, default ~/.config/ollama-bundle/trusted); "
+                 "key id: openssl pkey -pubin -in SIGNER.pub -outform DER | sha256sum",
+        )
+    return IntegrityError(
+        "the bundle is not signed",
+        hint="ask for a signed bundle, or pass --allow-unsigned to accept it on digests alone",
+    )
+
+
+class BundleReader:
+    """One pass over a bundle: `read_head()`, then `blobs()`, then `finish()`."""
+
+    def __init__(self, src: BinaryIO, on_bytes: OnBytes = no_progress) -> None:
+        self._archive = ArchiveReader(src)
+        self._on_bytes = on_bytes
+        self._head: Head | None = None
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._archive.close()
+
+    def _member(self, expected: str, max_size: int | None = None) -> Member:
+        m = self._archive.next_member()
+        if m is None:
+            raise IntegrityError(f"bundle ends before {expected}", hint="the file is truncated")
+        if m.name != expected:
+            raise IntegrityError(
+                f"bundle member {m.name[:200]!r} where {expected} belongs",
+                hint="members are missing, reordered or added: this is not an intact bundle",
+            )
+        if max_size is not None and m.size > max_size:
+            raise IntegrityError(f"{expected} is {m.size} bytes, more than the limit {max_size}")
+        return m
+
+    def read_head(
+        self, trusted: Sequence[signing.PublicKey], *, allow_unsigned: bool,
+        on_event: OnEvent = no_events, enforce_trust: bool = True,
+    ) -> Head:
+        """Root, signatures, trust decision, oci-layout, index.json and manifests."""
+        self._member(ROOT_MEMBER, MAX_ROOT_BYTES)
+        root_raw = self._archive.read_body()
+        root = Root.parse(root_raw)
+        carried: dict[str, bytes] = {}
+        m = self._archive.next_member()
+        while m is not None and (keyid := signature_keyid(m.name)) is not None:
+            if len(carried) >= MAX_SIGNATURES or m.size > MAX_SIGNATURE_BYTES:
+                raise IntegrityError("bundle: too many or too large signature members")
+            if carried and keyid <= max(carried):
+                raise IntegrityError("bundle: signature members out of order or repeated")
+            carried[keyid] = self._archive.read_body()
+            m = self._archive.next_member()
+        signatures = decide_trust(root_raw, carried, trusted)
+        if enforce_trust and not signatures.is_trusted:
+            if not allow_unsigned:
+                raise refuse_untrusted(signatures)
+            on_event("warning: no trusted signature; accepting on digests alone "
+                     "(--allow-unsigned)")
+        if m is None or m.name != OCI_LAYOUT_MEMBER or m.size != len(OCI_LAYOUT):
+            raise IntegrityError(f"bundle: {OCI_LAYOUT_MEMBER} is missing or malformed")
+        if self._archive.read_body() != OCI_LAYOUT:
+            raise IntegrityError(f"bundle: {OCI_LAYOUT_MEMBER} does not hold the exact bytes "
+                                 "of formats/bundle-v1.md §2")
+        m = self._member(INDEX_MEMBER, MAX_INDEX_BYTES)
+        if m.size != root.index.size:
+            raise IntegrityError("index.json: size differs from the signed root's")
+        index_raw = self._archive.read_body()
+        if Digest.of(index_raw) != root.index.digest:
+            raise IntegrityError("index.json: digest differs from the signed root's",
+                                 hint="the bundle was altered")
+        named = index_models(root, Index.parse(index_raw))
+        raws: dict[Digest, bytes] = {}
+        for ref in root.blobs[: len({d.digest for _, d in named})]:
+            m = self._member(blob_member(ref.digest), MAX_MANIFEST_BYTES)
+            self._check_size(m, ref)
+            raw = self._archive.read_body()
+            if Digest.of(raw) != ref.digest:
+                raise IntegrityError(f"manifest blob {ref.digest}: content does not match "
+                                     "its digest", hint="the bundle was altered or damaged")
+            raws[ref.digest] = raw
+        self._head = Head(root, signatures, tuple(check_manifests(root, named, raws)))
+        return self._head
+
+    @staticmethod
+    def _check_size(m: Member, ref: BlobRef) -> None:
+        if m.size != ref.size:
+            raise IntegrityError(f"blob {ref.digest}: the archive says {m.size} bytes, the "
+                                 f"signed root {ref.size}")
+
+    def blobs(self) -> Iterator[tuple[BlobRef, Iterator[memoryview]]]:
+        """Each config and layer blob with its body; the caller must consume every body.
+
+        The body iterator checks the digest when exhausted and raises IntegrityError on a
+        mismatch, so a consumer must not commit a blob before the iterator has finished.
+        """
+        assert self._head is not None
+        for ref in self._head.layer_blobs:
+            m = self._member(blob_member(ref.digest))
+            self._check_size(m, ref)
+            yield ref, self._verified_body(ref)
+
+    def _verified_body(self, ref: BlobRef) -> Iterator[memoryview]:
+        h = hashlib.sha256()
+        for view in self._archive.body():
+            h.update(view)
+            self._on_bytes(len(view))
+            yield view
+        if h.hexdigest() != ref.digest.hex:
+            raise IntegrityError(
+                f"blob {ref.digest}: content does not match its digest",
+                hint="the bundle was altered or damaged in transit; get a fresh copy",
+            )
+
+    def finish(self) -> None:
+        """Require the end-of-archive marker after the last blob."""
+        m = self._archive.next_member()
+        if m is not None:
+            raise IntegrityError(f"bundle member {m.name[:200]!r} is not listed in the root",
+                                 hint="this is not an intact bundle")
+

@@ -1,0 +1,159 @@
+"""ECDSA P-256 / SHA-256 keys and detached signatures (formats/signature-v1.md); the only
+cryptography user. Bytes in, bytes out; key objects are passed down, never paths."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
+
+_ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)  # RFC 6979
+_VERIFY = ec.ECDSA(hashes.SHA256())
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    key: ec.EllipticCurvePublicKey
+    keyid: str  # hex sha256 of the DER SubjectPublicKeyInfo
+    source: str  # where it came from, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateKey:
+    key: ec.EllipticCurvePrivateKey
+    public: PublicKey
+
+
+def _keyid(key: ec.EllipticCurvePublicKey) -> str:
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def _public(key: ec.EllipticCurvePublicKey, source: str) -> PublicKey:
+    return PublicKey(key, _keyid(key), source)
+
+
+def generate() -> PrivateKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return PrivateKey(key, _public(key.public_key(), "new key"))
+
+
+def private_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase
+        else serialization.NoEncryption()
+    )
+    return key.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption,
+    )
+
+
+def public_pem(key: PublicKey) -> bytes:
+    return key.key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
+
+
+def is_encrypted_pem(data: bytes) -> bool:
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
+
+
+def load_private(data: bytes, passphrase: bytes | None, source: str) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase or None)
+    except TypeError:
+        raise UsageError(
+            f"{source}: the key is encrypted and no passphrase was given",
+            hint="pass --passphrase-file FILE or set BUNDLE_PASSPHRASE",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise UsageError(
+            f"{source}: wrong passphrase, or not a PKCS#8 PEM private key",
+            hint="check the passphrase; keys come from 'bundle keygen'",
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise UsageError(f"{source}: not an ECDSA P-256 private key")
+    return PrivateKey(key, _public(key.public_key(), source))
+
+
+def load_public(data: bytes, source: str) -> PublicKey:
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise UsageError(
+            f"{source}: not a PEM public key (SubjectPublicKeyInfo)",
+            hint="public keys are the PREFIX.pub files that 'bundle keygen' writes",
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise UsageError(f"{source}: not an ECDSA P-256 public key")
+    return _public(key, source)
+
+
+def read_public(path: Path) -> PublicKey:
+    try:
+        return load_public(path.read_bytes(), str(path))
+    except FileNotFoundError:
+        raise NotFoundError(f"public key not found: {path}") from None
+    except OSError as e:
+        raise BundlerError(f"cannot read public key {path}: {e.strerror}") from None
+
+
+def read_private(path: Path, passphrase: bytes | None) -> PrivateKey:
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"signing key not found: {path}",
+            hint="make one with 'bundle keygen', pass --key KEY, or export with --unsigned",
+        ) from None
+    except OSError as e:
+        raise BundlerError(f"cannot read signing key {path}: {e.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(
+            f"signing key {path} is readable by other users (mode {stat.S_IMODE(mode):04o})",
+            hint=f"chmod 600 {path}",
+        )
+    return load_private(data, passphrase, str(path))
+
+
+def write_key_pair(prefix: Path, key: PrivateKey, passphrase: bytes | None) -> tuple[Path, Path]:
+    """Write PREFIX.key (0600, created exclusively) and PREFIX.pub; refuse to overwrite."""
+    key_path, pub_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
+    for p in (key_path, pub_path):
+        if p.exists():
+            raise UsageError(f"{p} already exists", hint="choose another --out, or remove it")
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem(key, passphrase))
+    pub_path.write_bytes(public_pem(key.public))
+    return key_path, pub_path
+
+
+def sign(key: PrivateKey, payload: bytes) -> bytes:
+    """The signature member's content: base64 of the DER signature over payload."""
+    return base64.b64encode(key.key.sign(payload, _ECDSA))
+
+
+def verify(key: PublicKey, payload: bytes, signature_b64: bytes) -> bool:
+    """True if signature_b64 is key's signature over payload; IntegrityError if malformed."""
+    try:
+        der = base64.b64decode(signature_b64, validate=True)
+    except binascii.Error:
+        raise IntegrityError("a signature member is not base64") from None
+    try:
+        key.key.verify(der, payload, _VERIFY)
+    except InvalidSignature:
+        return False
+    return True

@@ -1,0 +1,319 @@
+"""The Ollama model store on disk (formats/ollama-store.md): find models and blobs, stage and
+commit blobs atomically, write manifests verbatim and last."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from bundler.digest import Digest
+from bundler.errors import BundlerError, IntegrityError, NotFoundError
+from bundler.layout import Model
+from bundler.oci import Manifest
+from bundler.progress import OnEvent, no_events
+from bundler.reference import ModelName
+
+LOCK_NAME = ".ollama-bundle.lock"
+_PARTIAL_PREFIX = ".bundle-"
+_PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLocation:
+    path: Path
+    source: str  # "--models", "$OLLAMA_MODELS" or "default"
+
+    def describe(self) -> str:
+        return f"{self.path} (from {self.source})"
+
+
+def locate(option: Path | None, env: Mapping[str, str], home: Path) -> StoreLocation:
+    """formats/ollama-store.md §1: --models, else $OLLAMA_MODELS (trimmed as Ollama trims it),
+    else ~/.ollama/models."""
+    if option is not None:
+        return StoreLocation(option, "--models")
+    value = env.get("OLLAMA_MODELS", "").strip().strip("\"'")
+    if value:
+        return StoreLocation(Path(value), "$OLLAMA_MODELS")
+    return StoreLocation(home / ".ollama" / "models", "default")
+
+
+def _os_error(action: str, path: Path, e: OSError) -> BundlerError:
+    if e.errno == errno.ENOSPC:
+        return BundlerError(f"{action} {path}: no space left on device",
+                            hint="free space on that file system and run the import again")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return BundlerError(f"{action} {path}: {e.strerror}",
+                            hint="run as the store's owner (or root), or choose --models DIR")
+    return BundlerError(f"{action} {path}: {e.strerror}")
+
+
+class Store:
+    """An Ollama model store rooted at `root`."""
+
+    def __init__(self, location: StoreLocation) -> None:
+        self.location = location
+        self.root = location.path
+        self.blobs_dir = self.root / "blobs"
+        self.manifests_dir = self.root / "manifests"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def require(self) -> None:
+        """A readable store must exist (exit 4 otherwise)."""
+        if not self.root.is_dir():
+            raise NotFoundError(
+                f"model store not found: {self.location.describe()}",
+                hint="pass --models DIR or set OLLAMA_MODELS (a Linux service keeps its store in "
+                     "/usr/share/ollama/.ollama/models)",
+            )
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise NotFoundError(f"model store is not readable: {self.location.describe()}",
+                                hint="run as the store's owner, or with sudo")
+
+    def names(self, on_event: OnEvent = no_events) -> list[ModelName]:
+        """Every model as Ollama lists it: files at depth 4 under manifests/ with valid parts."""
+        found: list[ModelName] = []
+        try:
+            hosts = list(os.scandir(self.manifests_dir))
+        except FileNotFoundError:
+            return found
+        except OSError as e:
+            raise _os_error("cannot list", self.manifests_dir, e) from None
+        for entry in _entries_at_depth(hosts, 3):
+            rel = Path(entry.path).relative_to(self.manifests_dir).parts
+            try:
+                if entry.is_dir():
+                    continue
+                if entry.is_symlink() and not Path(entry.path).exists():
+                    on_event(f"warning: dangling link {entry.path} breaks 'ollama list'")
+                    continue
+            except OSError:
+                continue
+            name = ModelName.from_manifest_path(rel)
+            if name is not None:
+                found.append(name)
+        return sorted(found, key=str)
+
+    def manifest_path(self, name: ModelName) -> Path:
+        return self.manifests_dir.joinpath(*name.manifest_parts())
+
+    def read_model(self, name: ModelName) -> Model:
+        path = self.manifest_path(name)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"model {name.display_shortest()} not found in "
+                                f"{self.location.describe()}") from None
+        except OSError as e:
+            raise _os_error("cannot read", path, e) from None
+        try:
+            return Model(name, Manifest.parse(raw, f"{path}"))
+        except IntegrityError as e:
+            raise IntegrityError(f"corrupt store: {e.message}",
+                                 hint="re-pull the model, or remove it with 'ollama rm'") from None
+
+    def blob_path(self, digest: Digest) -> Path:
+        """blobs/sha256-<hex>: the only place a store blob's name is spelled out."""
+        return self.blobs_dir / f"sha256-{digest.hex}"
+
+    def find_blob(self, digest: Digest) -> Path | None:
+        """The blob's file, in the current spelling or the pre-0.1.30 `sha256:<hex>`."""
+        for path in (self.blob_path(digest), self.blobs_dir / f"sha256:{digest.hex}"):
+            if path.is_file():
+                return path
+        return None
+
+    def has_blob(self, digest: Digest, size: int) -> bool:
+        path = self.find_blob(digest)
+        return path is not None and path.stat().st_size == size
+
+    def open_blob(self, digest: Digest) -> BinaryIO:
+        path = self.find_blob(digest)
+        if path is None:
+            raise FileNotFoundError(digest.hex)
+        return path.open("rb", buffering=0)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, on_event: OnEvent = no_events) -> Iterator[None]:
+        """Hold the store's advisory lock; removes staged files a dead importer left."""
+        self._mkdir(self.root)
+        path = self.root / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _os_error("cannot open lock file", path, e) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_event(f"waiting for another import into {self.root} to finish")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._chown(path)
+            self._remove_stale(on_event)
+            yield
+        finally:
+            os.close(fd)
+
+    def _remove_stale(self, on_event: OnEvent) -> None:
+        for d in (self.blobs_dir, self.manifests_dir):
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(_PARTIAL_PREFIX) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    on_event(f"removed {entry.path}, left by an interrupted import")
+
+    def prepare(self) -> None:
+        self._mkdir(self.blobs_dir)
+        self._mkdir(self.manifests_dir)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.blobs_dir if self.blobs_dir.is_dir() else self.root)
+        return st.f_bavail * st.f_frsize
+
+    def stage(self, digest: Digest) -> StagedBlob:
+        path = self.blobs_dir / f"{_PARTIAL_PREFIX}{digest.hex}-{secrets.token_hex(4)}{_PARTIAL_SUFFIX}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise _os_error("cannot create", path, e) from None
+        os.fchmod(fd, 0o644)
+        return StagedBlob(self, digest, path, os.fdopen(fd, "wb", buffering=0))
+
+    def commit_blob(self, staged: StagedBlob) -> None:
+        """Rename a verified, fsynced staged blob to its final name."""
+        final = self.blob_path(staged.digest)
+        try:
+            os.replace(staged.path, final)
+        except OSError as e:
+            raise _os_error("cannot rename", staged.path, e) from None
+
+    def touch_blob(self, digest: Digest) -> None:
+        """Refresh an existing blob's mtime, so Ollama's prune grace period covers it."""
+        path = self.find_blob(digest)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    def write_manifest(self, name: ModelName, raw: bytes) -> None:
+        """Exact bytes, via a temp file at depth 1 (invisible to Ollama), fsync, rename."""
+        final = self.manifest_path(name)
+        for parent in reversed(final.relative_to(self.manifests_dir).parents[:-1]):
+            self._mkdir(self.manifests_dir / parent)
+        tmp = self.manifests_dir / f"{_PARTIAL_PREFIX}{secrets.token_hex(8)}{_PARTIAL_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.fchmod(fd, 0o644)
+                os.write(fd, raw)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._chown(tmp)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _os_error("cannot write manifest", final, e) from None
+
+    def sync_blobs_dir(self) -> None:
+        _fsync_dir(self.blobs_dir)
+
+    def _mkdir(self, path: Path) -> None:
+        if path.is_dir():
+            return
+        try:
+            path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            path.chmod(0o755)
+        except OSError as e:
+            raise _os_error("cannot create directory", path, e) from None
+        self._chown(path)
+
+    def _owner(self) -> tuple[int, int] | None:
+        """The store owner's uid and gid when we are root and the store is someone else's."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            st = self.root.stat()
+        except OSError:
+            return None
+        return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+    def _chown(self, path: Path) -> None:
+        owner = self._owner()
+        if owner is not None:
+            os.chown(path, *owner, follow_symlinks=False)
+
+
+class StagedBlob:
+    """A blob being written under a temporary name in blobs/ (the reader verifies it)."""
+
+    def __init__(self, store: Store, digest: Digest, path: Path, f: BinaryIO) -> None:
+        self.store, self.digest, self.path = store, digest, path
+        self._f: BinaryIO | None = f
+        self.size = 0
+
+    def write(self, data: memoryview | bytes) -> None:
+        assert self._f is not None
+        try:
+            self._f.write(data)
+        except OSError as e:
+            raise _os_error("cannot write", self.path, e) from None
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """Close the file, fsynced and owned like the store."""
+        assert self._f is not None
+        try:
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise _os_error("cannot write", self.path, e) from None
+        finally:
+            self._f.close()
+            self._f = None
+        self.store._chown(self.path)
+
+    def discard(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _entries_at_depth(entries: list[os.DirEntry[str]], depth: int) -> Iterator[os.DirEntry[str]]:
+    """Entries `depth` directory levels below `entries` (Ollama globs manifests/*/*/*/*)."""
+    for entry in entries:
+        if depth == 0:
+            yield entry
+            continue
+        try:
+            if not entry.is_dir():
+                continue
+            children = list(os.scandir(entry.path))
+        except OSError:
+            continue
+        yield from _entries_at_depth(children, depth - 1)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
