@@ -86,11 +86,12 @@ def _output(json_mode: bool, quiet: bool) -> Output:
 
 
 TRUST = click.option(
-    "--trust", "trust", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+    "--trust", "trust", multiple=True, metavar="PUB",
+    type=click.Path(path_type=Path, dir_okay=False),
     help="Trust this public key (repeatable), besides every *.pub in the trust directory "
          "($BUNDLE_TRUST_DIR, default ~/.config/ollama-bundle/trusted).")
 MODELS = click.option(
-    "--models", "models_dir", type=click.Path(path_type=Path, file_okay=False),
+    "--models", "models_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
     help="Ollama model store (default: $OLLAMA_MODELS, else ~/.ollama/models).")
 PASSPHRASE_FILE = click.option(
     "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -127,6 +128,7 @@ def _passphrase(path: Path | None, *, confirm: bool, what: str) -> bytes | None:
 
 @main.command()
 @click.option("--out", "prefix", type=click.Path(path_type=Path, dir_okay=False),
+              metavar="PREFIX",
               help="Write PREFIX.key and PREFIX.pub (default: ~/.config/ollama-bundle/signing).")
 @click.option("--no-passphrase", is_flag=True, help="Leave the private key unencrypted.")
 @PASSPHRASE_FILE
@@ -176,19 +178,23 @@ def _open_output(path: str) -> Iterator[BinaryIO]:
               help="Bundle file to write (written under a temporary name, renamed when "
                    "complete), or - for stdout.")
 @MODELS
-@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False), metavar="KEY",
               multiple=True,
               help="Sign with this private key (repeatable for several signers; default: the "
                    "key 'bundle keygen' made, ~/.config/ollama-bundle/signing.key).")
 @click.option("--unsigned", is_flag=True, help="Write an unsigned bundle.")
 @click.option("--level", type=click.IntRange(MIN_LEVEL, MAX_LEVEL), default=1, show_default=True,
+              metavar="N",
               help="zstd compression level (formats/bundle-v1.md §7).")
 @PASSPHRASE_FILE
 @common
 def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
                key_path: tuple[Path, ...], unsigned: bool, level: int,
                passphrase_file: Path | None, json_mode: bool, quiet: bool) -> None:
-    """Write MODEL... (or --all) from an Ollama store into one signed bundle file."""
+    """Export models from an Ollama store into one signed bundle file.
+
+    MODEL is an Ollama name (tiny, tiny:chat, hf.co/org/repo:Q4_K_M); or pass --all.
+    """
     out = _output(json_mode, quiet)
     if bool(names) == all_models:
         raise UsageError("name the models to export, or pass --all (not both)")
