@@ -251,11 +251,14 @@ def _read_key_file(path: Path) -> bytes:
 
 @contextlib.contextmanager
 def _open_bundle(path: str) -> Iterator[BinaryIO]:
+    # Unbuffered (FileIO): the decompressing thread may be left blocked in a read of a stalled
+    # pipe after Ctrl-C, and a BufferedReader's lock would then abort interpreter shutdown.
     if path == "-":
-        yield sys.stdin.buffer
+        with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as stdin:
+            yield stdin
         return
     try:
-        f = Path(path).open("rb")
+        f = Path(path).open("rb", buffering=0)
     except FileNotFoundError:
         raise NotFoundError(f"bundle not found: {path}") from None
     except IsADirectoryError:

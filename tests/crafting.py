@@ -1,0 +1,610 @@
+"""Take bundles apart and put them back together byte by byte, for the tamper and
+hostile-archive tests (tests/test_tamper.py, tests/test_hostile.py).
+
+Nothing here uses bundler's own archive code: the tar stream is split with `tarfile`, rebuilt
+from headers made by `TarInfo.tobuf` (or by hand), and (de)compressed with `zstandard`
+directly, so a bug in bundler/archive.py cannot hide itself by being used on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import zstandard
+
+from bundler import signing
+from bundler.layout import signature_member
+from bundler.oci import canonical_json
+from tests.conftest import (
+    MODEL,
+    TEMPLATE,
+    Keys,
+    make_model,
+    run,
+    tree,
+    weights,
+)
+
+BLOCK = 512
+EOA = bytes(2 * BLOCK)
+ROOT = "ollama-bundle/root.json"
+OCI_LAYOUT = "oci-layout"
+INDEX = "index.json"
+SIG_PREFIX = "ollama-bundle/signatures/"
+LOCK = ".ollama-bundle.lock"
+
+# ---------------------------------------------------------------------------------------------
+# zstd
+
+
+def decompress(data: bytes) -> bytes:
+    """Every frame of a zstd stream, as the tar bytes (no window limit: test data is small)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        io.BytesIO(data), read_across_frames=True)
+    out: bytes = reader.read()
+    return out
+
+
+def compress(tar: bytes, level: int = 3) -> bytes:
+    """One zstd frame with content size and checksum (not the writer's framing, on purpose)."""
+    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(tar)
+
+
+def frames(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each zstd frame in `data`, in order."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    dctx = zstandard.ZstdDecompressor()
+    while pos < len(data):
+        obj = dctx.decompressobj()
+        obj.decompress(data[pos:])
+        if not obj.eof:
+            raise ValueError(f"incomplete zstd frame at {pos}")
+        end = len(data) - len(obj.unused_data)
+        out.append((pos, end))
+        pos = end
+    return out
+
+
+_MAGIC = (0xFD2FB528).to_bytes(4, "little")
+
+
+def zstd_frame(blocks: Iterable[bytes], *, window_log: int | None = 17,
+               content_size: int | None = None) -> bytes:
+    """A frame built by hand (RFC 8878 §3.1.1), without checksum.
+
+    `window_log=None` makes a single-segment frame, whose window is its content size.
+    `blocks` are complete blocks (header included), see `rle_block` and `raw_block`.
+    """
+    single = window_log is None
+    if single and content_size is None:
+        raise ValueError("a single-segment frame needs a content size")
+    if content_size is None:
+        fcs_flag, fcs = 0, b""
+    elif content_size < 2**32 and not (single and content_size < 256):
+        fcs_flag, fcs = 2, content_size.to_bytes(4, "little")
+    else:
+        fcs_flag, fcs = 3, content_size.to_bytes(8, "little")
+    descriptor = (fcs_flag << 6) | (int(single) << 5)
+    window = b"" if window_log is None else bytes([(window_log - 10) << 3])
+    return _MAGIC + bytes([descriptor]) + window + fcs + b"".join(blocks)
+
+
+def _block_header(size: int, kind: int, last: bool) -> bytes:
+    return ((size << 3) | (kind << 1) | int(last)).to_bytes(3, "little")
+
+
+def rle_block(byte: int, size: int, *, last: bool) -> bytes:
+    return _block_header(size, 1, last) + bytes([byte])
+
+
+def raw_block(data: bytes, *, last: bool) -> bytes:
+    return _block_header(len(data), 0, last) + data
+
+
+def zero_bomb(total: int, *, declare_size: bool = True, window_log: int = 17) -> bytes:
+    """A valid frame of `total` zero bytes in 4-byte RLE blocks: 2 GiB is a 64 KiB frame."""
+    step = 1 << min(window_log, 17)
+    sizes = [step] * (total // step) + ([total % step] if total % step else [])
+    blocks = [rle_block(0, s, last=i == len(sizes) - 1) for i, s in enumerate(sizes)]
+    return zstd_frame(blocks, window_log=window_log,
+                      content_size=total if declare_size else None)
+
+
+def zstd_zeros(total: int, *, level: int = 1) -> bytes:
+    """`total` zero bytes compressed by libzstd itself (one frame, content size, checksum)."""
+    out = io.BytesIO()
+    chunk = bytes(1 << 20)
+    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    with cctx.stream_writer(out, size=total, closefd=False) as w:
+        left = total
+        while left:
+            n = min(left, len(chunk))
+            w.write(chunk[:n])
+            left -= n
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# tar
+
+
+@dataclass
+class Member:
+    """One tar member: its header fields (a TarInfo) and its body."""
+
+    info: tarfile.TarInfo
+    data: bytes = b""
+    fmt: Literal[0, 1, 2] = tarfile.USTAR_FORMAT
+    size: int | None = None  # the header's size when it lies; None: len(data)
+    pad: bytes | None = None  # the padding after the body when not zeros
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def encode(self) -> bytes:
+        """Header(s), body and padding; the body is written as given, so with `size` set the
+        header lies about it."""
+        self.info.size = len(self.data) if self.size is None else self.size
+        header = self.info.tobuf(self.fmt, "utf-8", "surrogateescape")
+        pad = bytes(-len(self.data) % BLOCK) if self.pad is None else self.pad
+        return header + self.data + pad
+
+    def copy(self, **fields: Any) -> Member:
+        info = tarfile.TarInfo(self.info.name)
+        for attr in ("size", "mode", "uid", "gid", "mtime", "type", "linkname", "uname",
+                     "gname", "devmajor", "devminor"):
+            setattr(info, attr, getattr(self.info, attr))
+        info.pax_headers = dict(self.info.pax_headers)
+        data = fields.pop("data", self.data)
+        fmt = fields.pop("fmt", self.fmt)
+        size = fields.pop("size", self.size)
+        pad = fields.pop("pad", self.pad)
+        for k, v in fields.items():
+            setattr(info, k, v)
+        return Member(info, data, fmt, size, pad)
+
+
+def regular(name: str, data: bytes, **fields: Any) -> Member:
+    """A member as the writer makes it (formats/bundle-v1.md §3), fields overridable."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    fmt = fields.pop("fmt", tarfile.USTAR_FORMAT)
+    size = fields.pop("size", None)
+    pad = fields.pop("pad", None)
+    for k, v in fields.items():
+        setattr(info, k, v)
+    return Member(info, data, fmt, size, pad)
+
+
+def pax_record(key: str, value: str | bytes) -> bytes:
+    """One `"%d %s=%s\\n"` record, its length prefix included in the length."""
+    payload = key.encode() + b"=" + (value.encode() if isinstance(value, str) else value) + b"\n"
+    n = len(payload) + 2
+    while len(str(n)) + 1 + len(payload) != n:
+        n = len(str(n)) + 1 + len(payload)
+    return str(n).encode() + b" " + payload
+
+
+def pax_header(*records: bytes, type_: bytes = tarfile.XHDTYPE,
+               name: str = "././@PaxHeader") -> Member:
+    data = b"".join(records)
+    return regular(name, data, type=type_)
+
+
+def size_field(size: int) -> bytes:
+    """The 12-byte size field: octal when it fits, else GNU base-256 (negative too)."""
+    if 0 <= size < 8**11:
+        return b"%011o\0" % size
+    return (b"\xff" if size < 0 else b"\x80") + (size % 256**11).to_bytes(11, "big")
+
+
+def raw_header(name: str, size: int | bytes, **fields: Any) -> bytes:
+    """A ustar header whose size field is `size` (an int as `size_field` writes it, or the
+    12 bytes verbatim), with a correct checksum."""
+    m = regular(name, b"", **fields)
+    buf = bytearray(m.info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+    buf[124:136] = size if isinstance(size, bytes) else size_field(size)
+    return with_checksum(buf)
+
+
+def with_checksum(header: bytes | bytearray) -> bytes:
+    buf = bytearray(header)
+    buf[148:156] = b" " * 8
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
+def split(tar: bytes) -> list[Member]:
+    """The members of a tar made by the writer: one Member per regular file."""
+    members: list[Member] = []
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as tf:
+        for info in tf.getmembers():
+            f = tf.extractfile(info)
+            assert f is not None, info.name
+            data = f.read()
+            members.append(regular(info.name, data))
+    return members
+
+
+def build(parts: Sequence[Member | bytes], *, end: bytes = EOA) -> bytes:
+    """The tar: each Member encoded, each bytes part inserted verbatim, then `end`."""
+    return b"".join(p if isinstance(p, bytes) else p.encode() for p in parts) + end
+
+
+# ---------------------------------------------------------------------------------------------
+# A bundle taken apart
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_name(data: bytes) -> str:
+    return f"blobs/sha256/{sha256_hex(data)}"
+
+
+@dataclass
+class Bundle:
+    """A bundle's members, with what each blob is (from the bundle's own documents)."""
+
+    members: list[Member]
+
+    @classmethod
+    def load(cls, path: Path) -> Bundle:
+        return cls(split(decompress(path.read_bytes())))
+
+    def copy(self) -> Bundle:
+        return Bundle([m.copy() for m in self.members])
+
+    def tar(self, *, end: bytes = EOA) -> bytes:
+        return build(self.members, end=end)
+
+    def compressed(self, *, end: bytes = EOA) -> bytes:
+        return compress(self.tar(end=end))
+
+    def pos(self, name: str) -> int:
+        return [m.name for m in self.members].index(name)
+
+    def member(self, name: str) -> Member:
+        return self.members[self.pos(name)]
+
+    @property
+    def root(self) -> dict[str, Any]:
+        obj: dict[str, Any] = json.loads(self.member(ROOT).data)
+        return obj
+
+    @property
+    def index(self) -> dict[str, Any]:
+        obj: dict[str, Any] = json.loads(self.member(INDEX).data)
+        return obj
+
+    @property
+    def signature_positions(self) -> list[int]:
+        return [i for i, m in enumerate(self.members) if m.name.startswith(SIG_PREFIX)]
+
+    @property
+    def first_blob(self) -> int:
+        return self.pos(INDEX) + 1
+
+    def manifests(self) -> list[dict[str, Any]]:
+        digests = dict.fromkeys(d["digest"] for d in self.index["manifests"])
+        return [json.loads(self.member(f"blobs/sha256/{d[7:]}").data) for d in digests]
+
+    def kind(self, kind: str) -> int:
+        """Position of a member of a kind: root, signature, oci-layout, index.json, manifest,
+        manifest2, config, template, weights (the biggest blob), last (the last member)."""
+        if kind == "root":
+            return self.pos(ROOT)
+        if kind == "signature":
+            return self.signature_positions[0]
+        if kind in (OCI_LAYOUT, INDEX):
+            return self.pos(kind)
+        if kind == "manifest":
+            return self.first_blob
+        if kind == "manifest2":
+            return self.first_blob + 1
+        manifests = self.manifests()
+        if kind == "config":
+            return self.pos(f"blobs/sha256/{manifests[0]['config']['digest'][7:]}")
+        if kind == "template":
+            layer = next(la for m in manifests for la in m["layers"]
+                         if la["mediaType"] == TEMPLATE)
+            return self.pos(f"blobs/sha256/{layer['digest'][7:]}")
+        if kind == "weights":
+            blobs = range(self.first_blob, len(self.members))
+            return max(blobs, key=lambda i: len(self.members[i].data))
+        if kind == "last":
+            return len(self.members) - 1
+        raise ValueError(kind)
+
+    # -- rewriting signed documents --------------------------------------------------------
+
+    def set_root(self, root_bytes: bytes, *, sign_with: signing.PrivateKey | None) -> None:
+        """Replace root.json; re-sign it (replacing every signature) or keep the old ones."""
+        self.members[self.pos(ROOT)] = regular(ROOT, root_bytes)
+        if sign_with is not None:
+            for i in reversed(self.signature_positions):
+                del self.members[i]
+            sig = regular(signature_member(sign_with.public.keyid),
+                          signing.sign(sign_with, root_bytes))
+            self.members.insert(self.pos(ROOT) + 1, sig)
+
+    def set_root_obj(self, root: Mapping[str, Any], *,
+                     sign_with: signing.PrivateKey | None) -> None:
+        self.set_root(canonical_json(root) + b"\n", sign_with=sign_with)
+
+    def set_index(self, index_bytes: bytes, *, sign_with: signing.PrivateKey | None) -> None:
+        """Replace index.json and the root's reference to it."""
+        self.members[self.pos(INDEX)] = regular(INDEX, index_bytes)
+        root = self.root
+        root["index"] = {"digest": f"sha256:{sha256_hex(index_bytes)}",
+                         "size": len(index_bytes)}
+        self.set_root_obj(root, sign_with=sign_with)
+
+    def replace_blob(self, old: bytes, new: bytes, *,
+                     sign_with: signing.PrivateKey | None) -> None:
+        """Swap a config or layer for other bytes and rewrite, consistently, every manifest
+        that names it, index.json and the root: only the signature can tell."""
+        old_d, new_d = f"sha256:{sha256_hex(old)}", f"sha256:{sha256_hex(new)}"
+        i = self.pos(blob_name(old))
+        self.members[i] = regular(blob_name(new), new)
+        renamed: dict[str, tuple[str, int]] = {}
+        n_manifests = len({d["digest"] for d in self.index["manifests"]})
+        for j in range(self.first_blob, self.first_blob + n_manifests):
+            m = self.members[j]
+            manifest = json.loads(m.data)
+            touched = False
+            for d in [manifest["config"], *manifest["layers"]]:
+                if d["digest"] == old_d:
+                    d["digest"], d["size"], touched = new_d, len(new), True
+            if touched:
+                raw = json.dumps(manifest, separators=(",", ":")).encode()
+                renamed[f"sha256:{sha256_hex(m.data)}"] = (f"sha256:{sha256_hex(raw)}", len(raw))
+                self.members[j] = regular(blob_name(raw), raw)
+        index = self.index
+        for d in index["manifests"]:
+            if d["digest"] in renamed:
+                d["digest"], d["size"] = renamed[d["digest"]]
+        root = self.root
+        for b in root["blobs"]:
+            if b["digest"] in renamed:
+                b["digest"], b["size"] = renamed[b["digest"]]
+            elif b["digest"] == old_d:
+                b["digest"], b["size"] = new_d, len(new)
+        index_bytes = canonical_json(index)
+        self.members[self.pos(INDEX)] = regular(INDEX, index_bytes)
+        root["index"] = {"digest": f"sha256:{sha256_hex(index_bytes)}",
+                         "size": len(index_bytes)}
+        self.set_root_obj(root, sign_with=sign_with)
+
+
+    def rewrite_manifest(self, pos: int, raw: bytes, *,
+                         sign_with: signing.PrivateKey | None) -> None:
+        """Replace the manifest blob at `pos` by `raw`, and index.json and the root with it."""
+        old = f"sha256:{sha256_hex(self.members[pos].data)}"
+        new = f"sha256:{sha256_hex(raw)}"
+        self.members[pos] = regular(blob_name(raw), raw)
+        index = self.index
+        for d in index["manifests"]:
+            if d["digest"] == old:
+                d["digest"], d["size"] = new, len(raw)
+        root = self.root
+        for b in root["blobs"]:
+            if b["digest"] == old:
+                b["digest"], b["size"] = new, len(raw)
+        index_bytes = canonical_json(index)
+        self.members[self.pos(INDEX)] = regular(INDEX, index_bytes)
+        root["index"] = {"digest": f"sha256:{sha256_hex(index_bytes)}",
+                         "size": len(index_bytes)}
+        self.set_root_obj(root, sign_with=sign_with)
+
+
+def edit_header(member: Member, edit: Callable[[bytearray], None]) -> bytes:
+    """The member encoded, its ustar header edited in place and its checksum made right."""
+    raw = member.encode()
+    header = bytearray(raw[:BLOCK])
+    edit(header)
+    return with_checksum(header) + raw[BLOCK:]
+
+
+def flip(data: bytes, offset: int, mask: int = 0xFF) -> bytes:
+    b = bytearray(data)
+    b[offset] ^= mask
+    return bytes(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scene of a test: a target store with content, and everything around it watched
+
+
+def listing(root: Path, *, skip: Callable[[Path], bool] = lambda p: False) -> dict[str, Any]:
+    """Every entry under root (links not followed): kind, mode, and for files size, mtime and
+    sha256; for links the target. Directory mtimes are left out (staging touches them)."""
+    out: dict[str, Any] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            if skip(p):
+                continue
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("link", str(p.readlink()))
+            elif p.is_dir():
+                out[rel] = ("dir", st.st_mode)
+            elif p.is_file():
+                out[rel] = ("file", st.st_mode, st.st_size, st.st_mtime_ns,
+                            sha256_hex(p.read_bytes()))
+            else:
+                out[rel] = ("other", st.st_mode)
+        dirnames[:] = [d for d in dirnames if not skip(Path(dirpath) / d)]
+    return out
+
+
+WATCHED_OUTSIDE = (Path("/etc/passwd"), Path("/abs"), Path("/abs/evil"), Path("/evil"),
+                   Path("/tmp/evil"))
+
+
+def _outside_state() -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for p in WATCHED_OUTSIDE:
+        if p.is_file():
+            st = p.stat()
+            state[str(p)] = (st.st_size, st.st_mtime_ns, sha256_hex(p.read_bytes()))
+        else:
+            state[str(p)] = p.exists()
+    return state
+
+
+@dataclass
+class Snapshot:
+    target_tree: dict[str, str]
+    target: dict[str, Any]
+    around: dict[str, Any]
+    outside: dict[str, Any]
+
+
+def other_models(root: Path) -> Path:
+    """A target store's existing content: a model the bundle also has (tiny:latest, with other
+    bytes, so a successful import would replace it), one it lacks, and a blob it shares."""
+    make_model(root, "registry.ollama.ai/library/tiny/latest",
+               [(MODEL, weights(50_000, seed=9)), (TEMPLATE, b"{{ .Prompt }}")])
+    make_model(root, "registry.ollama.ai/library/other/latest", [(MODEL, weights(40_000, seed=8))])
+    return root
+
+
+@dataclass
+class Scene:
+    """tmp_path/target is the store imported into; tmp_path/cwd the working directory."""
+
+    tmp: Path
+    target: Path
+    keys: Keys
+    env: dict[str, str]
+    bundle_file: Path
+    sentinel: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        other_models(self.target)
+        (self.tmp / "cwd").mkdir(exist_ok=True)
+        self.sentinel = self.tmp / "outside.txt"
+        self.sentinel.write_bytes(b"not to be touched\n")
+
+    @property
+    def private_key(self) -> signing.PrivateKey:
+        return signing.read_private(self.keys.key, None)
+
+    def bundle(self) -> Bundle:
+        return Bundle.load(self.bundle_file)
+
+    def write(self, data: bytes, name: str = "crafted.tar.zst") -> Path:
+        path = self.tmp / name
+        path.write_bytes(data)
+        return path
+
+    def write_tar(self, tar: bytes, name: str = "crafted.tar.zst") -> Path:
+        return self.write(compress(tar), name)
+
+    def snapshot(self) -> Snapshot:
+        target = self.target.resolve()
+        return Snapshot(
+            tree(self.target),
+            listing(self.target, skip=lambda p: p.name == LOCK and p.parent == self.target),
+            listing(self.tmp, skip=lambda p: p.resolve() == target),
+            _outside_state(),
+        )
+
+    def import_args(self, path: Path, *extra: str) -> list[str]:
+        return ["import", str(path), "--models", str(self.target),
+                "--trust", str(self.keys.pub), *extra]
+
+    def verify_args(self, path: Path, *extra: str) -> list[str]:
+        return ["verify", str(path), "--trust", str(self.keys.pub), *extra]
+
+    def refused(self, path: Path, *extra: str, code: int = 3,
+                trust: Path | None = None) -> str:
+        """Run verify and import on `path`: both must fail with `code`, one clean error line,
+        and nothing may change in the target or anywhere around it. Returns import's stderr."""
+        before = self.snapshot()
+        stderr = ""
+        for args in (self.verify_args(path, *extra), self.import_args(path, *extra)):
+            if trust is not None:
+                args[args.index("--trust") + 1] = str(trust)
+            r = run(args, self.env)
+            stderr = r.stderr
+            if os.environ.get("SHOW_ERRORS"):
+                print("\nSHOW", args[0], r.exit_code, [x for x in r.stderr.splitlines() if x.startswith("error")])
+            assert r.exit_code == code, (args[0], r.exit_code, r.output)
+            assert_clean_error(r.stderr, r.stdout)
+            after = self.snapshot()
+            assert after.target_tree == before.target_tree, args[0]
+            assert after.target == before.target, args[0]
+            assert after.around == before.around, args[0]
+            assert after.outside == before.outside, args[0]
+        assert self.sentinel.read_bytes() == b"not to be touched\n"
+        return stderr
+
+    def accepted(self, path: Path, *extra: str) -> None:
+        """verify and import both succeed."""
+        for args in (self.verify_args(path, *extra), self.import_args(path, *extra)):
+            r = run(args, self.env)
+            assert r.exit_code == 0, (args[0], r.output)
+            assert "Traceback" not in r.output
+
+
+def assert_clean_error(stderr: str, stdout: str = "") -> None:
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    assert len(errors[0]) < 1000, errors[0][:2000]
+    for line in stderr.splitlines():
+        assert line.split(":", 1)[0] in ("error", "hint", "trust", "store", "warning"), line
+
+
+# ---------------------------------------------------------------------------------------------
+# A real process, for peak memory
+
+
+MEASURE = """\
+import resource, runpy, sys
+sys.argv = ["bundle", *sys.argv[1:]]
+try:
+    runpy.run_module("bundler", run_name="__main__", alter_sys=True)
+finally:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sys.stderr.write(f"\\nMAXRSS={rss}\\n")
+"""
+
+
+@dataclass
+class Measured:
+    returncode: int
+    stderr: str
+    maxrss_bytes: int
+
+
+def run_measured(args: Sequence[str], env: Mapping[str, str]) -> Measured:
+    """`python -m bundler ARGS` in a child that reports its own peak RSS."""
+    p = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True,
+                       env={**os.environ, **env}, check=False, timeout=600)
+    text = p.stderr.decode(errors="replace")
+    head, _, tail = text.rpartition("MAXRSS=")
+    assert tail, text
+    return Measured(p.returncode, head, int(tail.strip()) * 1024)
+

@@ -1,0 +1,111 @@
+"""kill -9 and Ctrl-C during an import leave the store consistent; a re-run completes it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import MODEL, TEMPLATE, Keys, make_model, run, tree
+
+KILL_POINTS = 12
+
+
+def check_consistent(store: Path) -> None:
+    """No manifest without its blobs; no partial blob under a final name."""
+    blobs = store / "blobs"
+    for path in (blobs.iterdir() if blobs.exists() else []):
+        if path.name.startswith("sha256-"):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name[7:], path
+        else:
+            assert path.name.startswith(".bundle-") and path.name.endswith(".partial"), path
+    manifests = store / "manifests"
+    for path in (manifests.glob("*/*/*/*") if manifests.exists() else []):
+        doc = json.loads(path.read_bytes())
+        for d in [doc["config"], *doc["layers"]]:
+            blob = blobs / f"sha256-{d['digest'][7:]}"
+            assert blob.is_file() and blob.stat().st_size == d["size"], (path, d)
+    # temp manifests live at depth 1 only, never where Ollama's glob looks
+    for path in (manifests.rglob(".bundle-*") if manifests.exists() else []):
+        assert path.parent == manifests
+
+
+def _big_store(root: Path) -> Path:
+    rng = random.Random(7)
+    for i in range(3):
+        make_model(root, f"registry.ollama.ai/library/m{i}/latest",
+                   [(MODEL, rng.randbytes(24_000_000)), (TEMPLATE, f"t{i}".encode())])
+    return root
+
+
+def _import_cmd(bundle: Path, target: Path, keys: Keys) -> list[str]:
+    return [sys.executable, "-m", "bundler", "import", str(bundle), "--models", str(target),
+            "--trust", str(keys.pub), "-q"]
+
+
+def test_kill_9_at_random_points_then_resume(tmp_path: Path, keys: Keys,
+                                             env: dict[str, str]) -> None:
+    store = _big_store(tmp_path / "src")
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    target = tmp_path / "target"
+    start = time.monotonic()
+    subprocess.run(_import_cmd(bundle, tmp_path / "probe", keys), check=True,
+                   env={**os.environ, **env})
+    duration = time.monotonic() - start
+
+    rng = random.Random(1)
+    killed = 0
+    for _ in range(KILL_POINTS):
+        proc = subprocess.Popen(_import_cmd(bundle, target, keys), env={**os.environ, **env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, duration))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        check_consistent(target)
+    assert killed >= KILL_POINTS // 2  # most runs were really interrupted
+
+    r = run(["import", str(bundle), "--models", str(target), "--trust", str(keys.pub)])
+    assert r.exit_code == 0, r.stderr
+    check_consistent(target)
+    assert tree(target) == tree(store)
+    assert not list(target.rglob(".bundle-*"))  # the re-run cleaned up what the kills left
+
+
+def test_ctrl_c_cleans_up(tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    store = _big_store(tmp_path / "src")
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    target = tmp_path / "target"
+    make_model(target, "registry.ollama.ai/library/keep/latest", [(TEMPLATE, b"keep")])
+    before = tree(target)
+    # stdin is a pipe we feed slowly, so the import is surely mid-blob when interrupted
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bundler", "import", "-", "--models", str(target), "--trust",
+         str(keys.pub)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, env={**os.environ, **env})
+    assert proc.stdin is not None and proc.stderr is not None
+    data = bundle.read_bytes()
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not list((target / "blobs").glob(".bundle-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read().decode()
+    proc.stdin.close()
+    proc.stderr.close()
+    assert proc.wait() == 1, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert tree(target) == before
+    assert not list(target.rglob(".bundle-*"))
