@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import mmap
 import queue
+import re
 import tarfile
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -23,7 +24,7 @@ from bundler.digest import CHUNK_SIZE
 from bundler.errors import IntegrityError
 
 BLOCK = 512
-_PAX_NAME = "././@PaxHeader"
+_PAX_SIZE = re.compile(rb"([1-9][0-9]{0,3}) size=(0|[1-9][0-9]{0,19})\n")
 _MAX_PAX_BYTES = 1024
 _MAX_TRAILING_ZEROS = 1024 * 1024  # after end-of-archive; tar's own record padding is 10 KiB
 MAX_WINDOW = 2**27  # formats/bundle-v1.md §7: readers limit the window to 128 MiB
@@ -87,13 +88,134 @@ class ArchiveWriter:
 # Reading
 
 
+_ZSTD_MAGIC = 0xFD2FB528
+_SKIPPABLE_MAGIC = 0x184D2A50  # ... 0x184D2A5F
+_FCS_BYTES = (0, 2, 4, 8)
+_DID_BYTES = (0, 1, 2, 4)
+
+
+class FrameWalker:
+    """Follows the frame and block structure of a zstd stream (RFC 8878 §3.1) as its bytes
+    pass by, without decompressing. python-zstandard's stream reader returns end-of-file
+    quietly on a truncated last frame or a dangling frame header; `finish()` does not."""
+
+    def __init__(self) -> None:
+        self._state = "magic"
+        self._need = 4
+        self._buf = bytearray()
+        self._skip = 0
+        self._last = False
+        self._checksum = False
+        self.frames = 0
+        self.consumed = 0
+
+    def feed(self, data: bytes) -> None:
+        view, pos, n = memoryview(data), 0, len(data)
+        self.consumed += n
+        while pos < n:
+            if self._skip:
+                take = min(self._skip, n - pos)
+                self._skip -= take
+                pos += take
+                if not self._skip:
+                    self._after_body()
+                continue
+            take = min(self._need - len(self._buf), n - pos)
+            self._buf += view[pos : pos + take]
+            pos += take
+            if len(self._buf) == self._need:
+                field = bytes(self._buf)
+                self._buf.clear()
+                self._on_field(field)
+
+    def _expect(self, state: str, need: int) -> None:
+        self._state, self._need = state, need
+        if need == 0:
+            self._on_field(b"")
+
+    def _on_field(self, field: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(field, "little")
+            if magic == _ZSTD_MAGIC:
+                self._expect("descriptor", 1)
+            elif magic & 0xFFFFFFF0 == _SKIPPABLE_MAGIC:
+                self._expect("skippable-size", 4)
+            else:
+                raise IntegrityError("bundle is not a zstd stream, or has trailing garbage",
+                                     hint="the file is damaged, or is not a bundle")
+        elif state == "descriptor":
+            fhd = field[0]
+            if fhd & 0x08:
+                raise IntegrityError("bundle: zstd frame header has a reserved bit set")
+            single = (fhd >> 5) & 1
+            self._checksum = bool((fhd >> 2) & 1)
+            fcs = _FCS_BYTES[fhd >> 6] or single  # flag 0: 1 byte if single-segment
+            self._expect("header-rest", (0 if single else 1) + _DID_BYTES[fhd & 3] + fcs)
+        elif state in ("header-rest", "block-next"):
+            self._expect("block-header", 3)
+        elif state == "block-header":
+            h = int.from_bytes(field, "little")
+            block_type, size = (h >> 1) & 3, h >> 3
+            if block_type == 3:
+                raise IntegrityError("bundle: zstd block of reserved type")
+            self._last = bool(h & 1)
+            self._state = "block"
+            self._skip = 1 if block_type == 1 else size
+            if not self._skip:
+                self._after_body()
+        elif state == "checksum":
+            self._end_frame()
+        elif state == "skippable-size":
+            self._state = "skippable"
+            self._skip = int.from_bytes(field, "little")
+            if not self._skip:
+                self._after_body()
+
+    def _after_body(self) -> None:
+        if self._state == "skippable":
+            self._expect("magic", 4)
+        elif not self._last:
+            self._expect("block-header", 3)
+        elif self._checksum:
+            self._expect("checksum", 4)
+        else:
+            self._end_frame()
+
+    def _end_frame(self) -> None:
+        self.frames += 1
+        self._expect("magic", 4)
+
+    def finish(self) -> None:
+        """At end of input: require that the last frame was complete."""
+        if self._state != "magic" or self._buf or self._skip or not self.frames:
+            raise IntegrityError(
+                "bundle ends in the middle of a zstd frame: it is truncated or has trailing "
+                "garbage", hint="copy the file again; compare its size with the original")
+
+
+class _WalkedSource:
+    """The compressed source as the decompressor reads it, shown to a FrameWalker."""
+
+    def __init__(self, src: BinaryIO, walker: FrameWalker) -> None:
+        self._src, self._walker = src, walker
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        if data:
+            self._walker.feed(data)
+        return data
+
+
 class _Decompressor:
     """A thread that decompresses `src` into a ring of page-aligned buffers, in order."""
 
     def __init__(self, src: BinaryIO, *, depth: int = 4) -> None:
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._walker = FrameWalker()
+        self._source = _WalkedSource(src, self._walker)
         self._reader = dctx.stream_reader(
-            src, read_size=CHUNK_SIZE, read_across_frames=True, closefd=False,
+            cast("BinaryIO", self._source), read_size=CHUNK_SIZE, read_across_frames=True, closefd=False,
         )
         # depth items may wait in the queue, one is being used: depth + 2 buffers suffice.
         self._buffers = [mmap.mmap(-1, CHUNK_SIZE) for _ in range(depth + 2)]
@@ -124,6 +246,9 @@ class _Decompressor:
                         break
                     n += got
                 if n == 0:
+                    while self._source.read(CHUNK_SIZE):
+                        pass
+                    self._walker.finish()
                     self._put(None)
                     return
                 if not self._put(view[:n]):
@@ -154,6 +279,12 @@ class _Decompressor:
 class Member:
     name: str
     size: int
+    header: bytes  # the raw header block(s), PAX header included
+
+    @property
+    def is_canonical(self) -> bool:
+        """True if the header is exactly what the writer emits (formats/bundle-v1.md §3)."""
+        return self.header == member_header(self.name, self.size)
 
 
 class ArchiveReader:
@@ -202,30 +333,33 @@ class ArchiveReader:
     def _read(self, n: int) -> bytes:
         return b"".join(bytes(v) for v in self._views(n))
 
-    def _skip(self, n: int) -> None:
-        for _ in self._views(n):
-            pass
-
     # -- members -----------------------------------------------------------------------------
 
     def next_member(self) -> Member | None:
         """The next member's header, or None at the end-of-archive marker."""
         if self._pending:
             raise RuntimeError("previous member body not consumed")
-        self._skip(self._pad)
-        self._pad = 0
+        if self._pad:
+            if self._read(self._pad).strip(b"\0"):
+                raise IntegrityError("bundle: non-zero bytes in the padding after a member")
+            self._pad = 0
         pax_size: int | None = None
+        raw = b""
         while True:
             block = self._read(BLOCK)
             if block == bytes(BLOCK):
+                if pax_size is not None:
+                    raise IntegrityError("bundle: a PAX header is not followed by a member")
                 self._check_end()
                 return None
+            raw += block
             info = self._parse_header(block)
             if info.type == tarfile.XHDTYPE:
                 if pax_size is not None or info.size > _MAX_PAX_BYTES:
                     raise IntegrityError("bundle: malformed PAX header")
-                pax_size = self._parse_pax(self._read(info.size))
-                self._skip(padding(info.size))
+                data = self._read(info.size)
+                pax_size = self._parse_pax(data)
+                raw += data + self._read_padding(info.size)
                 continue
             if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
                 raise IntegrityError(
@@ -235,34 +369,33 @@ class ArchiveReader:
                 )
             size = info.size if pax_size is None else pax_size
             self._pending, self._pad = size, padding(size)
-            return Member(info.name, size)
+            return Member(info.name, size, raw)
+
+    def _read_padding(self, size: int) -> bytes:
+        pad = self._read(padding(size))
+        if pad.strip(b"\0"):
+            raise IntegrityError("bundle: non-zero bytes in the padding after a member")
+        return pad
 
     @staticmethod
     def _parse_header(block: bytes) -> tarfile.TarInfo:
         if block[257:265] not in (b"ustar\x0000", b"ustar  \x00"):
             raise IntegrityError("bundle: a tar header is not in ustar format")
         try:
-            return tarfile.TarInfo.frombuf(block, "utf-8", "strict")
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
         except (tarfile.HeaderError, UnicodeDecodeError, ValueError) as e:
             raise IntegrityError(f"bundle: corrupt tar header ({e})") from None
+        if info.size < 0:  # base-256 sizes can be negative
+            raise IntegrityError(f"bundle member {info.name[:200]!r} has a negative size")
+        return info
 
     @staticmethod
     def _parse_pax(data: bytes) -> int:
         # formats/bundle-v1.md §3.1: "exactly one record, size=<decimal>"
-        try:
-            length, _, rest = data.partition(b" ")
-            record = data[: int(length)]
-            key, _, value = rest.partition(b"=")
-            if key != b"size" or len(record) != len(data) or not record.endswith(b"\n"):
-                raise ValueError
-            size = int(value[:-1].decode("ascii"))
-            if not str(size).encode() == value[:-1] or size < 0:
-                raise ValueError
-        except ValueError:
-            raise IntegrityError(
-                "bundle: a PAX header holds something other than one size record",
-            ) from None
-        return size
+        m = _PAX_SIZE.fullmatch(data)
+        if m is None or int(m.group(1)) != len(data):
+            raise IntegrityError("bundle: a PAX header holds something other than one size record")
+        return int(m.group(2))
 
     def _check_end(self) -> None:
         """After the first zero block: one more, then nothing but zeros (§3)."""

@@ -336,6 +336,9 @@ def import_bundle(
             staged = _stage_all(reader, store, to_write)
             try:
                 reader.finish()
+                missing = set(to_write) - {blob.digest for blob in staged}
+                if missing:  # check_manifests makes this impossible; never write such a manifest
+                    raise IntegrityError(f"blob {min(missing)} is referenced but not carried")
                 for blob in staged:
                     store.commit_blob(blob)
             except BaseException:

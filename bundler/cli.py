@@ -254,7 +254,12 @@ def _open_bundle(path: str) -> Iterator[BinaryIO]:
     # Unbuffered (FileIO): the decompressing thread may be left blocked in a read of a stalled
     # pipe after Ctrl-C, and a BufferedReader's lock would then abort interpreter shutdown.
     if path == "-":
-        with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as stdin:
+        try:
+            fd = sys.stdin.fileno()
+        except (OSError, ValueError):  # not a real file (e.g. a test runner's stdin)
+            yield sys.stdin.buffer
+            return
+        with open(fd, "rb", buffering=0, closefd=False) as stdin:
             yield stdin
         return
     try:

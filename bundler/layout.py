@@ -210,7 +210,8 @@ def check_manifests(
     root: Root, named: Sequence[tuple[ModelName, Descriptor]], raws: Mapping[Digest, bytes],
 ) -> list[Model]:
     """Parse the verified manifest blobs and check them against the root (§6)."""
-    sizes = {b.digest: b.size for b in root.blobs}
+    # configs and layers must be among the blobs after the manifests, never a manifest
+    sizes = {b.digest: b.size for b in root.blobs[len(raws):]}
     parsed: dict[Digest, Manifest] = {}
     models: list[Model] = []
     referenced: set[Digest] = set()

@@ -41,16 +41,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _depth(obj: Any, level: int = 0) -> int:
+def _check_tree(obj: Any, level: int = 0) -> None:
+    """Nesting depth, and strings that are valid Unicode (no lone surrogates from \\ud800)."""
     if level > _MAX_DEPTH:
         raise ValueError(f"nested deeper than {_MAX_DEPTH} levels")
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _depth(v, level + 1)
+    if isinstance(obj, str):
+        obj.encode("utf-8")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            k.encode("utf-8")
+            _check_tree(v, level + 1)
     elif isinstance(obj, list):
         for v in obj:
-            _depth(v, level + 1)
-    return level
+            _check_tree(v, level + 1)
 
 
 def load_json(raw: bytes, what: str) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def load_json(raw: bytes, what: str) -> dict[str, Any]:
             text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
             parse_float=lambda s: _reject_constant(f"number {s}"),
         )
-        _depth(obj)
+        _check_tree(obj)
     except (ValueError, RecursionError) as e:
         raise IntegrityError(f"{what}: not valid JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):

@@ -64,19 +64,23 @@ class Head:
 def decide_trust(
     root_raw: bytes, carried: dict[str, bytes], trusted: Sequence[signing.PublicKey],
 ) -> Signatures:
-    ok: list[str] = []
-    for key in trusted:
-        for keyid, sig in carried.items():
-            if signing.verify(key, root_raw, sig):
-                ok.append(key.keyid)
-                break
-            if keyid == key.keyid:
-                raise IntegrityError(
-                    f"the signature of trusted key {keyid[:16]}… does not verify: the bundle "
-                    "was altered after it was signed",
-                    hint="get a fresh copy of the bundle from its source",
-                )
-    return Signatures(tuple(sorted(carried)), tuple(sorted(set(ok))))
+    """formats/signature-v1.md §4: each signature member is checked against the trusted key
+    whose key id it names; a trusted key's signature that does not verify is tampering."""
+    ders = {k: signing.decode(sig, f"signature member {k[:16]}…") for k, sig in carried.items()}
+    by_id = {key.keyid: key for key in trusted}
+    ok = []
+    for keyid, der in ders.items():
+        key = by_id.get(keyid)
+        if key is None:
+            continue
+        if not signing.verify(key, root_raw, der):
+            raise IntegrityError(
+                f"the signature of trusted key {keyid[:16]}… does not verify: the bundle "
+                "was altered after it was signed",
+                hint="get a fresh copy of the bundle from its source",
+            )
+        ok.append(keyid)
+    return Signatures(tuple(sorted(carried)), tuple(sorted(ok)))
 
 
 def refuse_untrusted(signatures: Signatures) -> IntegrityError:
@@ -92,6 +96,14 @@ def refuse_untrusted(signatures: Signatures) -> IntegrityError:
         "the bundle is not signed",
         hint="ask for a signed bundle, or pass --allow-unsigned to accept it on digests alone",
     )
+
+
+def _require_canonical(m: Member) -> None:
+    # formats/bundle-v1.md §3: headers are exactly what the writer emits
+    if not m.is_canonical:
+        raise IntegrityError(f"bundle member {m.name[:200]!r}: tar header differs from the "
+                             "canonical one (mode, owner, time or other fields were changed)",
+                             hint="this is not an intact bundle")
 
 
 class BundleReader:
@@ -119,6 +131,7 @@ class BundleReader:
             )
         if max_size is not None and m.size > max_size:
             raise IntegrityError(f"{expected} is {m.size} bytes, more than the limit {max_size}")
+        _require_canonical(m)
         return m
 
     def read_head(
@@ -132,6 +145,7 @@ class BundleReader:
         carried: dict[str, bytes] = {}
         m = self._archive.next_member()
         while m is not None and (keyid := signature_keyid(m.name)) is not None:
+            _require_canonical(m)
             if len(carried) >= MAX_SIGNATURES or m.size > MAX_SIGNATURE_BYTES:
                 raise IntegrityError("bundle: too many or too large signature members")
             if carried and keyid <= max(carried):
@@ -146,6 +160,7 @@ class BundleReader:
                      "(--allow-unsigned)")
         if m is None or m.name != OCI_LAYOUT_MEMBER or m.size != len(OCI_LAYOUT):
             raise IntegrityError(f"bundle: {OCI_LAYOUT_MEMBER} is missing or malformed")
+        _require_canonical(m)
         if self._archive.read_body() != OCI_LAYOUT:
             raise IntegrityError(f"bundle: {OCI_LAYOUT_MEMBER} does not hold the exact bytes "
                                  "of formats/bundle-v1.md §2")

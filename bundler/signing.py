@@ -14,6 +14,10 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 
@@ -146,12 +150,21 @@ def sign(key: PrivateKey, payload: bytes) -> bytes:
     return base64.b64encode(key.key.sign(payload, _ECDSA))
 
 
-def verify(key: PublicKey, payload: bytes, signature_b64: bytes) -> bool:
-    """True if signature_b64 is key's signature over payload; IntegrityError if malformed."""
+def decode(signature_b64: bytes, what: str) -> bytes:
+    """The DER signature in a signature member; IntegrityError unless it is well formed
+    (formats/signature-v1.md §3: standard base64 of a DER ECDSA-Sig-Value)."""
     try:
         der = base64.b64decode(signature_b64, validate=True)
-    except binascii.Error:
-        raise IntegrityError("a signature member is not base64") from None
+        r, s = decode_dss_signature(der)
+    except (binascii.Error, ValueError):
+        raise IntegrityError(f"{what} is not a base64 DER ECDSA signature") from None
+    if encode_dss_signature(r, s) != der or not (0 < r < 2**256 and 0 < s < 2**256):
+        raise IntegrityError(f"{what} is not a canonical DER ECDSA signature")
+    return der
+
+
+def verify(key: PublicKey, payload: bytes, der: bytes) -> bool:
+    """True if `der` is key's signature over payload."""
     try:
         key.key.verify(der, payload, _VERIFY)
     except InvalidSignature:

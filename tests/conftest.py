@@ -130,7 +130,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 def run(args: Sequence[str], env: Mapping[str, str] | None = None,
-        input: bytes | None = None) -> Result:  # noqa: A002 - click's name
+        input: bytes | None = None) -> Result:
     return CliRunner().invoke(main, list(args), env=dict(env or {}), input=input,
                               catch_exceptions=False)
 

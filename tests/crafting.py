@@ -548,8 +548,6 @@ class Scene:
                 args[args.index("--trust") + 1] = str(trust)
             r = run(args, self.env)
             stderr = r.stderr
-            if os.environ.get("SHOW_ERRORS"):
-                print("\nSHOW", args[0], r.exit_code, [x for x in r.stderr.splitlines() if x.startswith("error")])
             assert r.exit_code == code, (args[0], r.exit_code, r.output)
             assert_clean_error(r.stderr, r.stdout)
             after = self.snapshot()

@@ -28,7 +28,7 @@ def _descriptor(d: Any, root: Path, seen: set[str]) -> bytes:
     path = root / "blobs" / "sha256" / d["digest"][7:]
     if not path.is_file():
         raise LayoutError(f"blob {d['digest']} referenced but missing")
-    data = path.read_bytes()
+    data: bytes = path.read_bytes()
     if len(data) != d["size"]:
         raise LayoutError(f"blob {d['digest']} has {len(data)} bytes, descriptor says {d['size']}")
     seen.add(d["digest"][7:])
@@ -59,6 +59,7 @@ def check_layout(root: Path) -> dict[str, Any]:
     for path in (root / "blobs" / "sha256").iterdir():
         if hashlib.sha256(path.read_bytes()).hexdigest() != path.name:
             raise LayoutError(f"blobs/sha256/{path.name}: content does not match its name")
+        # (image-layout.md allows unreferenced blobs; bundle-v1.md §6 does not)
         if path.name not in seen:
             raise LayoutError(f"blobs/sha256/{path.name}: not referenced")
     return dict(index)

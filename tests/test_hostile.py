@@ -291,7 +291,21 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _odd_length(style: str, n: int) -> bytes:
+    """A `size` record whose length prefix has the right value, spelled as no tar spells it
+    (POSIX: "%d %s=%s\n")."""
+    payload = b" size=%d\n" % n
+    for length in range(10, 100):
+        digits = str(length).encode()
+        spelled = {"plus": b"+" + digits, "underscore": digits[:1] + b"_" + digits[1:]}[style]
+        if len(spelled) + len(payload) == length:
+            return spelled + payload
+    raise AssertionError(style)
+
+
 PAX_CASES: dict[str, tuple[str, Callable[[int], list[bytes]]]] = {
+    "length-plus-sign": ("template", lambda n: [_odd_length("plus", n)]),
+    "length-underscore": ("template", lambda n: [_odd_length("underscore", n)]),
     "path": ("index.json", lambda n: [pax_record("path", "index.json")]),
     "path-traversal": ("template", lambda n: [pax_record("path", "../../evil")]),
     "path-before-root": ("root", lambda n: [pax_record("path", ROOT)]),
