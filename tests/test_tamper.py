@@ -298,6 +298,79 @@ def test_trusted_signature_garbled_beside_a_copy_under_another_id(scene: Scene) 
     scene.refused(scene.write_tar(b.tar()))
 
 
+def _der_int(n: int, *, pad: bool = False) -> bytes:
+    body = n.to_bytes((n.bit_length() + 8) // 8, "big")  # a leading zero when the top bit is set
+    if pad:
+        body = b"\x00" + body
+    return b"\x02" + bytes([len(body)]) + body
+
+
+def _der(r: int, s: int, *, long_length: bool = False, pad_r: bool = False) -> bytes:
+    content = _der_int(r, pad=pad_r) + _der_int(s)
+    length = bytes([0x81, len(content)]) if long_length else bytes([len(content)])
+    return b"\x30" + length + content
+
+
+def _r_s(sig_b64: bytes) -> tuple[int, int]:
+    der = base64.b64decode(sig_b64)
+    assert der[0] == 0x30 and der[1] == len(der) - 2
+    rest = der[2:]
+    values = []
+    for _ in range(2):
+        assert rest[0] == 0x02
+        n = rest[1]
+        values.append(int.from_bytes(rest[2 : 2 + n], "big"))
+        rest = rest[2 + n :]
+    assert not rest
+    return values[0], values[1]
+
+
+NON_CANONICAL_DER = {
+    "long-form-length": {"long_length": True},
+    "zero-padded-integer": {"pad_r": True},
+}
+
+
+@pytest.mark.parametrize("variant", list(NON_CANONICAL_DER))
+def test_trusted_signature_in_non_canonical_der(scene: Scene, variant: str) -> None:
+    """The trusted key's own signature (same r and s), re-encoded in a DER that is not the
+    canonical one (signature-v1.md §4.1: "standard base64 of a canonical DER")."""
+    b = scene.bundle()
+    i = b.kind("signature")
+    r, s = _r_s(b.members[i].data)
+    assert base64.b64encode(_der(r, s)) == b.members[i].data
+    b.members[i].data = base64.b64encode(_der(r, s, **NON_CANONICAL_DER[variant]))
+    scene.refused(scene.write_tar(b.tar()))
+
+
+def test_trusted_signature_in_non_canonical_base64(scene: Scene) -> None:
+    """The trusted key's own signature with the unused low bits of its last base64 character
+    set: it decodes to the same DER (RFC 4648 §3.5), so only a canonical-encoding check sees
+    the changed byte (bundle-v1.md §4.1). The root is re-signed until its DER signature's
+    length is not a multiple of 3, so that its base64 has pad bits."""
+    b = scene.bundle()
+    key = scene.private_key
+    root = b.root
+    for second in range(60):
+        root["created"] = f"2026-01-01T00:00:{second:02d}Z"
+        b.set_root_obj(root, sign_with=key)
+        sig = b.members[b.kind("signature")].data
+        if sig.endswith(b"="):
+            break
+    else:
+        raise AssertionError("no signature with base64 padding in 60 tries")
+    scene.accepted(scene.write_tar(b.tar(), "canonical.tar.zst"))
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    data = sig.rstrip(b"=")
+    last = alphabet.index(data[-1:])
+    unused = 0b1111 if sig.endswith(b"==") else 0b11
+    assert last & unused == 0
+    changed = data[:-1] + alphabet[last | unused : (last | unused) + 1] + sig[len(data):]
+    assert base64.b64decode(changed) == base64.b64decode(sig) and changed != sig
+    b.members[b.kind("signature")].data = changed
+    scene.refused(scene.write_tar(b.tar()))
+
+
 def test_verify_with_another_trusted_key(scene: Scene, other: Keys) -> None:
     stderr = scene.refused(scene.bundle_file, trust=other.pub)
     assert scene.keys.keyid[:16] in stderr
@@ -390,6 +463,7 @@ TRAILING_TAR = {
     "after-100-KiB-of-zeros": bytes(100 * 1024) + b"x",
     "a-whole-member": regular("extra.txt", b"hello").encode() + EOA,
     "a-member-after-more-zeros": bytes(4096) + regular("extra.txt", b"hello").encode() + EOA,
+    "zeros-over-1-MiB": bytes(1024 * 1024 + 512),
 }
 
 
@@ -397,6 +471,11 @@ TRAILING_TAR = {
 def test_trailing_bytes_after_end_of_archive(scene: Scene, tail: str) -> None:
     b = scene.bundle()
     scene.refused(scene.write_tar(b.tar(end=EOA + TRAILING_TAR[tail])))
+
+
+def _skippable(data: bytes, magic: int = 0x184D2A50) -> bytes:
+    """A skippable frame (RFC 8878 §3.1.2): magic, 4-byte length, user data."""
+    return magic.to_bytes(4, "little") + len(data).to_bytes(4, "little") + data
 
 
 TRAILING_RAW = {
@@ -407,6 +486,8 @@ TRAILING_RAW = {
     "lone-zstd-magic": (0xFD2FB528).to_bytes(4, "little"),
     "frame-header-only": zstd_frame([], window_log=17, content_size=1000),
     "frame-of-text": compress(b"hello, not zeros"),
+    "skippable-frame-cut-short": _skippable(b"x" * 100)[:20],
+    "skippable-frame-header-only": _skippable(b"")[:6],
 }
 
 
@@ -414,6 +495,13 @@ TRAILING_RAW = {
 def test_trailing_bytes_after_zstd_stream(scene: Scene, tail: str) -> None:
     data = scene.bundle_file.read_bytes()
     scene.refused(scene.write(data + TRAILING_RAW[tail]))
+
+
+@pytest.mark.parametrize("magic", [0x184D2A50, 0x184D2A5F])
+def test_skippable_frame_after_the_stream_is_accepted(scene: Scene, magic: int) -> None:
+    """Control: a complete skippable frame is part of a valid zstd stream (§7)."""
+    data = scene.bundle_file.read_bytes()
+    scene.accepted(scene.write(data + _skippable(b"user data", magic) + _skippable(b"", magic)))
 
 
 def test_trailing_zeros_within_the_limit_are_accepted(scene: Scene) -> None:
