@@ -23,6 +23,7 @@ from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageErr
 
 _ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)  # RFC 6979
 _VERIFY = ec.ECDSA(hashes.SHA256())
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # group order
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +147,11 @@ def write_key_pair(prefix: Path, key: PrivateKey, passphrase: bytes | None) -> t
 
 
 def sign(key: PrivateKey, payload: bytes) -> bytes:
-    """The signature member's content: base64 of the DER signature over payload."""
-    return base64.b64encode(key.key.sign(payload, _ECDSA))
+    """The signature member's content: base64 of the low-s DER signature over payload."""
+    r, s = decode_dss_signature(key.key.sign(payload, _ECDSA))
+    if s > _P256_N // 2:
+        s = _P256_N - s
+    return base64.b64encode(encode_dss_signature(r, s))
 
 
 def decode(signature_b64: bytes, what: str) -> bytes:
@@ -158,8 +162,10 @@ def decode(signature_b64: bytes, what: str) -> bytes:
         r, s = decode_dss_signature(der)
     except (binascii.Error, ValueError):
         raise IntegrityError(f"{what} is not a base64 DER ECDSA signature") from None
-    if encode_dss_signature(r, s) != der or not (0 < r < 2**256 and 0 < s < 2**256):
-        raise IntegrityError(f"{what} is not a canonical DER ECDSA signature")
+    # canonical: one base64 spelling, minimal DER, low s (s and n - s both verify)
+    if (base64.b64encode(der) != signature_b64 or encode_dss_signature(r, s) != der
+            or not (0 < r < _P256_N and 0 < s <= _P256_N // 2)):
+        raise IntegrityError(f"{what} is not a canonical (low-s, DER, base64) ECDSA signature")
     return der
 
 
