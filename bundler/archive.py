@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -46,29 +46,38 @@ def member_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
+class Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
+
+
 class ArchiveWriter:
     """Writes members to `out` as zstd frames; `close()` writes the end-of-archive frame."""
 
-    def __init__(self, out: BinaryIO, *, level: int) -> None:
+    def __init__(self, out: Sink) -> None:
         self._out = out
-        self._cctx = zstandard.ZstdCompressor(
-            level=level, write_checksum=True, write_content_size=True, threads=0,
-        )
+        self._cctxs: dict[int, zstandard.ZstdCompressor] = {}
 
-    def write_small(self, members: Iterable[tuple[str, bytes]]) -> None:
+    def _cctx(self, level: int) -> zstandard.ZstdCompressor:
+        if level not in self._cctxs:
+            self._cctxs[level] = zstandard.ZstdCompressor(
+                level=level, write_checksum=True, write_content_size=True, threads=0)
+        return self._cctxs[level]
+
+    def write_small(self, members: Iterable[tuple[str, bytes]], *, level: int) -> None:
         """Several small members in one frame (the head of the bundle)."""
         data = bytearray()
         for name, body in members:
             data += member_header(name, len(body)) + body + bytes(padding(len(body)))
-        self._out.write(self._cctx.compress(bytes(data)))
+        self._out.write(self._cctx(level).compress(bytes(data)))
 
-    def write_stream(self, name: str, size: int, chunks: Iterable[memoryview | bytes]) -> None:
+    def write_stream(self, name: str, size: int, chunks: Iterable[memoryview | bytes], *,
+                     level: int) -> None:
         """One member in its own frame; `chunks` must add up to exactly `size` bytes."""
         header = member_header(name, size)
         total = len(header) + size + padding(size)
         written = 0
-        with self._cctx.stream_writer(
-            self._out, size=total, closefd=False, write_size=CHUNK_SIZE,
+        with self._cctx(level).stream_writer(
+            cast("BinaryIO", self._out), size=total, closefd=False, write_size=CHUNK_SIZE,
         ) as z:
             z.write(header)
             for chunk in chunks:
@@ -81,7 +90,7 @@ class ArchiveWriter:
             z.write(bytes(padding(size)))
 
     def close(self) -> None:
-        self._out.write(self._cctx.compress(bytes(2 * BLOCK)))
+        self._out.write(self._cctx(1).compress(bytes(2 * BLOCK)))
 
 
 # ---------------------------------------------------------------------------------------------

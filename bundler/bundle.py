@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bundler import __version__, signing
-from bundler.archive import ArchiveWriter
+from bundler.archive import ArchiveWriter, Sink
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
 from bundler.layout import (
@@ -23,6 +23,7 @@ from bundler.layout import (
     Contents,
     Model,
     blob_member,
+    compression_level,
     format_created,
     plan_contents,
     signature_member,
@@ -31,7 +32,7 @@ from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
-from bundler.streams import ReadAhead
+from bundler.streams import ReadAhead, WriteBehind
 
 TOOL_NAME = "ollama-bundle"
 _FREE_SPACE_MARGIN = 1024 * 1024  # plus 1 % of what is written: file system overhead
@@ -125,7 +126,7 @@ class ExportResult:
 
 
 def export_bundle(
-    plan: ExportPlan, out: BinaryIO, *, keys: Sequence[signing.PrivateKey], level: int,
+    plan: ExportPlan, out: Sink, *, keys: Sequence[signing.PrivateKey], level: int | None,
     created_epoch: int | None, on_bytes: OnBytes = no_progress,
 ) -> ExportResult:
     """Write the bundle to `out`, verifying every store blob's digest while it streams."""
@@ -134,30 +135,33 @@ def export_bundle(
     root_raw = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__)
     root_bytes = root_raw.to_bytes()
     sigs = sorted((k.public.keyid, signing.sign(k, root_bytes)) for k in keys)
-    writer = ArchiveWriter(out, level=level)
+    writer = ArchiveWriter(out)
     writer.write_small([
         (ROOT_MEMBER, root_bytes),
         *((signature_member(keyid), sig) for keyid, sig in sigs),
         (OCI_LAYOUT_MEMBER, OCI_LAYOUT),
         (INDEX_MEMBER, contents.index_raw),
-    ])
+    ], level=compression_level(None, level))
     manifests = {m.manifest.digest: m.manifest.raw for m in contents.models}
-    owners: dict[Digest, ModelName] = {}
+    owners: dict[Digest, tuple[ModelName, str]] = {}
     for m in contents.models:
         for b in m.manifest.blobs:
-            owners.setdefault(b.digest, m.name)
+            owners.setdefault(b.digest, (m.name, b.media_type))
     for ref in contents.blobs:
         raw = manifests.get(ref.digest)
         if raw is not None:
-            writer.write_stream(blob_member(ref.digest), ref.size, [raw])
+            writer.write_stream(blob_member(ref.digest), ref.size, [raw],
+                                level=compression_level(None, level))
             on_bytes(ref.size)
             continue
+        owner, media_type = owners[ref.digest]
         with plan.store.open_blob(ref.digest) as f:
             source = ReadAhead(f)
-            writer.write_stream(blob_member(ref.digest), ref.size, _counted(source, on_bytes))
+            writer.write_stream(blob_member(ref.digest), ref.size, _counted(source, on_bytes),
+                                level=compression_level(media_type, level))
         if source.digest != ref.digest:
             raise IntegrityError(
-                f"corrupt store: model {owners[ref.digest].display_shortest()}: blob "
+                f"corrupt store: model {owner.display_shortest()}: blob "
                 f"{ref.digest} does not match its digest (got {source.digest})",
                 hint="re-pull the model, or remove it with 'ollama rm'; nothing was written")
     writer.close()
@@ -175,18 +179,17 @@ def _counted(chunks: ReadAhead, on_bytes: OnBytes) -> Iterator[memoryview]:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
+def atomic_output(path: Path) -> Iterator[Sink]:
     """Write to a temporary name beside `path`; rename into place only on success."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
     try:
-        f = tmp.open("xb")
+        f = tmp.open("xb", buffering=0)
     except OSError as e:
         raise BundlerError(f"cannot write {path}: {e.strerror}",
                            hint="check that the directory exists and is writable") from None
     try:
         with f:
-            yield f
-            f.flush()
+            yield WriteBehind(f)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from bundler import __version__, bundle, config, signing
-from bundler.archive import MAX_LEVEL, MIN_LEVEL
+from bundler.archive import MAX_LEVEL, MIN_LEVEL, Sink
 from bundler.errors import BundlerError, ExitCode, NotFoundError, UsageError
 from bundler.reader import Head
 from bundler.store import Store, locate
@@ -159,7 +159,7 @@ def keygen(prefix: Path | None, no_passphrase: bool, passphrase_file: Path | Non
 
 
 @contextlib.contextmanager
-def _open_output(path: str) -> Iterator[BinaryIO]:
+def _open_output(path: str) -> Iterator[Sink]:
     if path == "-":
         if sys.stdout.isatty():
             raise UsageError("refusing to write a bundle to a terminal",
@@ -183,13 +183,13 @@ def _open_output(path: str) -> Iterator[BinaryIO]:
               help="Sign with this private key (repeatable for several signers; default: the "
                    "key 'bundle keygen' made, ~/.config/ollama-bundle/signing.key).")
 @click.option("--unsigned", is_flag=True, help="Write an unsigned bundle.")
-@click.option("--level", type=click.IntRange(MIN_LEVEL, MAX_LEVEL), default=1, show_default=True,
-              metavar="N",
-              help="zstd compression level (formats/bundle-v1.md §7).")
+@click.option("--level", type=click.IntRange(MIN_LEVEL, MAX_LEVEL), default=None, metavar="N",
+              help="zstd level for every member (default: -1 for weights, which barely "
+                   "compress, 3 for JSON and text; formats/bundle-v1.md §7).")
 @PASSPHRASE_FILE
 @common
 def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
-               key_path: tuple[Path, ...], unsigned: bool, level: int,
+               key_path: tuple[Path, ...], unsigned: bool, level: int | None,
                passphrase_file: Path | None, json_mode: bool, quiet: bool) -> None:
     """Export models from an Ollama store into one signed bundle file.
 

@@ -34,6 +34,20 @@ MAX_INDEX_BYTES = 16 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 MAX_SIGNATURES = 64
 
+# formats/bundle-v1.md §7: weights barely compress; JSON and text do.
+WEIGHTS_MEDIA_TYPES = frozenset(f"application/vnd.ollama.image.{kind}" for kind in (
+    "model", "projector", "adapter", "draft", "tensor"))
+LEVEL_WEIGHTS = -1
+LEVEL_OTHER = 3
+
+
+def compression_level(media_type: str | None, override: int | None) -> int:
+    """The zstd level for a member: `override` if given, else by what the member holds."""
+    if override is not None:
+        return override
+    return LEVEL_WEIGHTS if media_type in WEIGHTS_MEDIA_TYPES else LEVEL_OTHER
+
+
 _SIGNATURE_MEMBER = re.compile(r"ollama-bundle/signatures/([0-9a-f]{64})\.sig")
 _CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 

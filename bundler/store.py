@@ -19,6 +19,7 @@ from bundler.layout import Model
 from bundler.oci import Manifest
 from bundler.progress import OnEvent, no_events
 from bundler.reference import ModelName
+from bundler.streams import WriteBehind
 
 LOCK_NAME = ".ollama-bundle.lock"
 _PARTIAL_PREFIX = ".bundle-"
@@ -265,12 +266,12 @@ class StagedBlob:
     def __init__(self, store: Store, digest: Digest, path: Path, f: BinaryIO) -> None:
         self.store, self.digest, self.path = store, digest, path
         self._f: BinaryIO | None = f
+        self._out = WriteBehind(f)
         self.size = 0
 
     def write(self, data: memoryview | bytes) -> None:
-        assert self._f is not None
         try:
-            self._f.write(data)
+            self._out.write(data)
         except OSError as e:
             raise _os_error("cannot write", self.path, e) from None
         self.size += len(data)

@@ -1,14 +1,17 @@
-"""Read a file ahead in a second thread, hashing as it goes, into reused page-aligned buffers
-(reference/performance.md traps 1-2): the caller compresses and writes while we read and hash."""
+"""Streaming file I/O: read ahead in a second thread, hashing as it goes, into reused
+page-aligned buffers (reference/performance.md traps 1-2); write behind, so that gigabytes of
+dirty pages never pile up."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import mmap
+import os
 import queue
 import threading
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, cast
 
 from bundler.digest import CHUNK_SIZE, Digest
 
@@ -75,3 +78,67 @@ class ReadAhead:
         finally:
             self._stop.set()
             thread.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: keep the kernel's dirty page cache small (reference/performance.md: writing new
+# multi-GB files on these VMs is slow when gigabytes of dirty pages pile up).
+
+_WINDOW = 32 * 1024 * 1024
+_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", fn)
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+class WriteBehind:
+    """Writes to an unbuffered file and, every 32 MiB, starts writeback of what was just
+    written and waits for (then drops from the cache) the window before it. Durability is
+    unchanged: the caller still fsyncs at the end, which then has little left to do."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._fd = f.fileno()
+        self._offset = 0
+        self._window = 0  # start of the window not yet handed to writeback
+        self._previous: tuple[int, int] | None = None
+        self._range = _sync_file_range
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        while view:  # raw files may write short
+            view = view[self._f.write(view) :]
+        self._offset += len(data)
+        if self._offset - self._window >= _WINDOW:
+            self._handoff()
+        return len(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def _handoff(self) -> None:
+        start, length = self._window, self._offset - self._window
+        self._window = self._offset
+        if self._range is not None and self._range(
+                self._fd, start, length, _SYNC_FILE_RANGE_WRITE) != 0:
+            self._range = None  # not supported here (a pipe, an odd file system)
+        if self._previous is not None:
+            p_start, p_length = self._previous
+            if self._range is not None:
+                self._range(self._fd, p_start, p_length, _SYNC_FILE_RANGE_WAIT_BEFORE
+                            | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER)
+            else:
+                os.fdatasync(self._fd)
+            os.posix_fadvise(self._fd, p_start, p_length, os.POSIX_FADV_DONTNEED)
+        self._previous = (start, length)

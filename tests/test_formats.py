@@ -124,10 +124,11 @@ def test_member_headers_are_deterministic_and_pax_above_8gib() -> None:
 def test_archive_round_trip_any_sizes(bodies: list[bytes], split: int) -> None:
     """Members of any size survive writer -> reader, whatever the write chunking."""
     out = io.BytesIO()
-    w = ArchiveWriter(out, level=1)
-    w.write_small([("head", b"h")])
+    w = ArchiveWriter(out)
+    w.write_small([("head", b"h")], level=3)
     for i, body in enumerate(bodies):
-        w.write_stream(f"m{i}", len(body), [body[j:j + split] for j in range(0, len(body), split)])
+        w.write_stream(f"m{i}", len(body), [body[j:j + split] for j in range(0, len(body), split)],
+                       level=-1 + i % 3)
     w.close()
     with ArchiveReader(io.BytesIO(out.getvalue())) as r:
         m = r.next_member()
