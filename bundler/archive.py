@@ -8,11 +8,8 @@ with decompressed data, so decompression overlaps hashing and writing.
 
 from __future__ import annotations
 
-import mmap
-import queue
 import re
 import tarfile
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,6 +19,7 @@ import zstandard
 
 from bundler.digest import CHUNK_SIZE
 from bundler.errors import IntegrityError
+from bundler.streams import Prefetch
 
 BLOCK = 512
 _PAX_SIZE = re.compile(rb"([1-9][0-9]{0,3}) size=(0|[1-9][0-9]{0,19})\n")
@@ -217,71 +215,35 @@ class _WalkedSource:
 
 
 class _Decompressor:
-    """A thread that decompresses `src` into a ring of page-aligned buffers, in order."""
+    """Decompresses `src` in a second thread (streams.Prefetch) while its frames are walked."""
 
-    def __init__(self, src: BinaryIO, *, depth: int = 4) -> None:
+    def __init__(self, src: BinaryIO) -> None:
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         self._walker = FrameWalker()
         self._source = _WalkedSource(src, self._walker)
         self._reader = dctx.stream_reader(
-            cast("BinaryIO", self._source), read_size=CHUNK_SIZE, read_across_frames=True, closefd=False,
+            cast("BinaryIO", self._source), read_size=CHUNK_SIZE, read_across_frames=True,
+            closefd=False,
         )
-        # depth items may wait in the queue, one is being used: depth + 2 buffers suffice.
-        self._buffers = [mmap.mmap(-1, CHUNK_SIZE) for _ in range(depth + 2)]
-        self._queue: queue.Queue[memoryview | BaseException | None] = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="decompress", daemon=True)
-        self._thread.start()
+        self._prefetch = Prefetch(self._fill, name="decompress")
+        self.next = self._prefetch.next
+        self.close = self._prefetch.close
 
-    def _put(self, item: memoryview | BaseException | None) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
+    def _fill(self, buffer: memoryview) -> int:
+        n = 0
         try:
-            i = 0
-            while not self._stop.is_set():
-                buf = self._buffers[i % len(self._buffers)]
-                view = memoryview(buf)
-                n = 0
-                while n < CHUNK_SIZE:
-                    got = self._reader.readinto(view[n:])
-                    if not got:
-                        break
-                    n += got
-                if n == 0:
-                    while self._source.read(CHUNK_SIZE):
-                        pass
-                    self._walker.finish()
-                    self._put(None)
-                    return
-                if not self._put(view[:n]):
-                    return
-                i += 1
+            while n < len(buffer):
+                got = self._reader.readinto(buffer[n:])
+                if not got:
+                    break
+                n += got
         except zstandard.ZstdError as e:
-            self._put(IntegrityError(f"bundle is not a valid zstd stream: {e}"))
-        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
-            self._put(e)
-
-    def next(self) -> memoryview | None:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            self._queue.put(item)  # stay failed
-            raise item
-        if item is None:
-            self._queue.put(None)  # stay at EOF
-        return item
-
-    def close(self) -> None:
-        """Stop reading. A thread stuck in a read of a stalled pipe is left behind (it is a
-        daemon and holds nothing that needs cleaning), so Ctrl-C never hangs."""
-        self._stop.set()
-        self._thread.join(timeout=2.0)
+            raise IntegrityError(f"bundle is not a valid zstd stream: {e}") from None
+        if n == 0:  # the end: the whole source must have been complete frames
+            while self._source.read(CHUNK_SIZE):
+                pass
+            self._walker.finish()
+        return n
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,24 +18,23 @@ from bundler.digest import CHUNK_SIZE, Digest
 _DEPTH = 4
 
 
-class ReadAhead:
-    """Iterate over views of `f`'s bytes; `digest` and `size` are final once iteration ends.
+class Prefetch:
+    """Runs `fill` in a thread over a ring of reused page-aligned buffers and hands the filled
+    views, in order, to the consuming thread (`next()` or iteration).
 
-    A view is valid until the next one is taken. Errors in the reading thread are re-raised
-    in the iterating thread.
+    `fill(buffer)` returns how many bytes it put at the start of `buffer`; 0 means the end.
+    A view is valid until the next one is taken: depth views may wait in the queue and one is
+    in use, so depth + 2 buffers never overlap. An exception in `fill` is re-raised in the
+    consuming thread.
     """
 
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-        self._hash = hashlib.sha256()
-        self.size = 0
+    def __init__(self, fill: Callable[[memoryview], int], *, name: str) -> None:
+        self._fill = fill
         self._buffers = [mmap.mmap(-1, CHUNK_SIZE) for _ in range(_DEPTH + 2)]
         self._queue: queue.Queue[memoryview | BaseException | None] = queue.Queue(_DEPTH)
         self._stop = threading.Event()
-
-    @property
-    def digest(self) -> Digest:
-        return Digest(self._hash.hexdigest())
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     def _put(self, item: memoryview | BaseException | None) -> bool:
         while not self._stop.is_set():
@@ -51,33 +50,61 @@ class ReadAhead:
             i = 0
             while not self._stop.is_set():
                 view = memoryview(self._buffers[i % len(self._buffers)])
-                n = self._f.readinto(view)  # type: ignore[attr-defined]
+                n = self._fill(view)
                 if not n:
                     self._put(None)
                     return
-                chunk = view[:n]
-                self._hash.update(chunk)
-                self.size += n
-                if not self._put(chunk):
+                if not self._put(view[:n]):
                     return
                 i += 1
-        except BaseException as e:  # noqa: BLE001 - re-raised in the iterating thread
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread
             self._put(e)
 
+    def next(self) -> memoryview | None:
+        """The next filled view, or None at the end (and again on every later call)."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put(item)  # stay failed
+            raise item
+        if item is None:
+            self._queue.put(None)  # stay at the end
+        return item
+
     def __iter__(self) -> Iterator[memoryview]:
-        thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
-        thread.start()
         try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
+            while (item := self.next()) is not None:
                 yield item
         finally:
-            self._stop.set()
-            thread.join()
+            self.close()
+
+    def close(self) -> None:
+        """Stop filling. A thread stuck in a read of a stalled pipe is left behind (it is a
+        daemon and holds nothing that needs cleaning), so Ctrl-C never hangs."""
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+
+class ReadAhead:
+    """Iterate over views of `f`'s bytes, read and hashed in a second thread; `digest` and
+    `size` are final once iteration ends."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def digest(self) -> Digest:
+        return Digest(self._hash.hexdigest())
+
+    def _fill(self, buffer: memoryview) -> int:
+        n: int = self._f.readinto(buffer) or 0  # type: ignore[attr-defined]
+        self._hash.update(buffer[:n])
+        self.size += n
+        return n
+
+    def __iter__(self) -> Iterator[memoryview]:
+        return iter(Prefetch(self._fill, name="read-ahead"))
 
 
 # ---------------------------------------------------------------------------------------------
