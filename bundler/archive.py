@@ -48,6 +48,29 @@ class Sink(Protocol):
     def write(self, data: bytes | memoryview, /) -> int | None: ...
 
 
+STORE = None  # the "level" of a member written as raw zstd blocks, not compressed (§7)
+_RAW_BLOCK = 128 * 1024  # zstd's maximum block size
+# frame header for raw frames: magic, descriptor 0xC0 (8-byte content size, no single
+# segment, no checksum), window descriptor 0x38 (128 KiB window), content size
+_RAW_FRAME = b"\x28\xb5\x2f\xfd\xc0\x38"
+
+
+def _raw_blocks(pieces: Iterable[bytes | memoryview], total: int) -> Iterator[bytes | memoryview]:
+    """A zstd frame of raw blocks (RFC 8878 §3.1.1.2) around `pieces`, which add up to `total`.
+    Used for weights, which do not compress: the decoder copies them, nobody searches them."""
+    yield _RAW_FRAME + total.to_bytes(8, "little")
+    left = total
+    for piece in pieces:
+        view = memoryview(piece)
+        for start in range(0, len(view), _RAW_BLOCK):
+            block = view[start : start + _RAW_BLOCK]
+            left -= len(block)
+            yield (len(block) << 3 | (left == 0)).to_bytes(3, "little")
+            yield block
+    if total == 0:
+        yield (1).to_bytes(3, "little")  # one empty last block
+
+
 class ArchiveWriter:
     """Writes members to `out` as zstd frames; `close()` writes the end-of-archive frame."""
 
@@ -69,26 +92,39 @@ class ArchiveWriter:
         self._out.write(self._cctx(level).compress(bytes(data)))
 
     def write_stream(self, name: str, size: int, chunks: Iterable[memoryview | bytes], *,
-                     level: int) -> None:
-        """One member in its own frame; `chunks` must add up to exactly `size` bytes."""
+                     level: int | None) -> None:
+        """One member in its own frame, compressed at `level` or stored (STORE) as raw blocks;
+        `chunks` must add up to exactly `size` bytes."""
         header = member_header(name, size)
+        pieces = _checked(name, size, chunks, header)
         total = len(header) + size + padding(size)
-        written = 0
+        if level is STORE:
+            for part in _raw_blocks(pieces, total):
+                self._out.write(part)
+            return
         with self._cctx(level).stream_writer(
             cast("BinaryIO", self._out), size=total, closefd=False, write_size=CHUNK_SIZE,
         ) as z:
-            z.write(header)
-            for chunk in chunks:
-                written += len(chunk)
-                if written > size:
-                    break
-                z.write(chunk)
-            if written != size:
-                raise IntegrityError(f"{name}: source gave {written} bytes, expected {size}")
-            z.write(bytes(padding(size)))
+            for piece in pieces:
+                z.write(piece)
 
     def close(self) -> None:
         self._out.write(self._cctx(1).compress(bytes(2 * BLOCK)))
+
+
+def _checked(name: str, size: int, chunks: Iterable[memoryview | bytes],
+             header: bytes) -> Iterator[memoryview | bytes]:
+    """header, then the chunks (exactly `size` bytes of them), then the zero padding."""
+    yield header
+    written = 0
+    for chunk in chunks:
+        written += len(chunk)
+        if written > size:
+            break
+        yield chunk
+    if written != size:
+        raise IntegrityError(f"{name}: source gave {written} bytes, expected {size}")
+    yield bytes(padding(size))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from bundler.layout import (
     blob_member,
     compression_level,
     format_created,
+    metadata_level,
     plan_contents,
     signature_member,
 )
@@ -141,7 +142,7 @@ def export_bundle(
         *((signature_member(keyid), sig) for keyid, sig in sigs),
         (OCI_LAYOUT_MEMBER, OCI_LAYOUT),
         (INDEX_MEMBER, contents.index_raw),
-    ], level=compression_level(None, level))
+    ], level=metadata_level(level))
     manifests = {m.manifest.digest: m.manifest.raw for m in contents.models}
     owners: dict[Digest, tuple[ModelName, str]] = {}
     for m in contents.models:
@@ -151,7 +152,7 @@ def export_bundle(
         raw = manifests.get(ref.digest)
         if raw is not None:
             writer.write_stream(blob_member(ref.digest), ref.size, [raw],
-                                level=compression_level(None, level))
+                                level=metadata_level(level))
             on_bytes(ref.size)
             continue
         owner, media_type = owners[ref.digest]

@@ -37,15 +37,21 @@ MAX_SIGNATURES = 64
 # formats/bundle-v1.md §7: weights barely compress; JSON and text do.
 WEIGHTS_MEDIA_TYPES = frozenset(f"application/vnd.ollama.image.{kind}" for kind in (
     "model", "projector", "adapter", "draft", "tensor"))
-LEVEL_WEIGHTS = -1
+LEVEL_WEIGHTS = None  # stored as raw zstd blocks
 LEVEL_OTHER = 3
 
 
-def compression_level(media_type: str | None, override: int | None) -> int:
-    """The zstd level for a member: `override` if given, else by what the member holds."""
+def compression_level(media_type: str, override: int | None) -> int | None:
+    """The zstd level for a config or layer (None: stored as raw blocks): `override` if given,
+    else by what the member holds."""
     if override is not None:
         return override
     return LEVEL_WEIGHTS if media_type in WEIGHTS_MEDIA_TYPES else LEVEL_OTHER
+
+
+def metadata_level(override: int | None) -> int:
+    """The zstd level for the head frame and the manifests."""
+    return LEVEL_OTHER if override is None else override
 
 
 _SIGNATURE_MEMBER = re.compile(r"ollama-bundle/signatures/([0-9a-f]{64})\.sig")

@@ -4,6 +4,7 @@ headers."""
 from __future__ import annotations
 
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bundler.archive import ArchiveReader, ArchiveWriter, member_header
+from bundler.archive import STORE, ArchiveReader, ArchiveWriter, member_header
 from bundler.digest import Digest
 from bundler.errors import IntegrityError
 from bundler.layout import BlobRef, Model, Root, plan_contents
@@ -128,7 +129,7 @@ def test_archive_round_trip_any_sizes(bodies: list[bytes], split: int) -> None:
     w.write_small([("head", b"h")], level=3)
     for i, body in enumerate(bodies):
         w.write_stream(f"m{i}", len(body), [body[j:j + split] for j in range(0, len(body), split)],
-                       level=-1 + i % 3)
+                       level=(STORE, -1, 3)[i % 3])
     w.close()
     with ArchiveReader(io.BytesIO(out.getvalue())) as r:
         m = r.next_member()
@@ -151,3 +152,20 @@ def test_locate_store() -> None:
     assert locate(None, {"OLLAMA_MODELS": " '/y' "}, home).path == Path("/y")
     assert locate(None, {"OLLAMA_MODELS": "  "}, home).path == home / ".ollama" / "models"
     assert locate(None, {}, home).source == "default"
+
+
+@pytest.mark.parametrize("size", [0, 1, 128 * 1024 - 512, 128 * 1024, 300_001])
+def test_stored_members_are_raw_zstd_blocks_that_zstd_reads(tmp_path: Path, size: int) -> None:
+    """formats/bundle-v1.md §7: weights are stored as raw blocks; stock zstd and tar agree."""
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    path = tmp_path / "b.tar.zst"
+    with path.open("wb") as f:
+        w = ArchiveWriter(f)
+        w.write_stream("blob", size, [body[:1000], body[1000:]], level=STORE)
+        w.close()
+    assert len(path.read_bytes()) > size  # stored, not compressed
+    subprocess.run(["zstd", "-q", "-t", str(path)], check=True)
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(path), "-C", str(out)], check=True)
+    assert (out / "blob").read_bytes() == body
