@@ -184,8 +184,9 @@ def _open_output(path: str) -> Iterator[Sink]:
                    "key 'bundle keygen' made, ~/.config/ollama-bundle/signing.key).")
 @click.option("--unsigned", is_flag=True, help="Write an unsigned bundle.")
 @click.option("--level", type=click.IntRange(MIN_LEVEL, MAX_LEVEL), default=None, metavar="N",
-              help="zstd level for every member (default: -1 for weights, which barely "
-                   "compress, 3 for JSON and text; formats/bundle-v1.md §7).")
+              help="Compress every member at this zstd level (default: weights, which barely "
+                   "compress, are stored as raw zstd blocks; JSON and text at level 3; "
+                   "formats/bundle-v1.md §7).")
 @PASSPHRASE_FILE
 @common
 def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
