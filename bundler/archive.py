@@ -13,13 +13,13 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, cast
 
 import zstandard
 
 from bundler.digest import CHUNK_SIZE
 from bundler.errors import IntegrityError
-from bundler.streams import Prefetch
+from bundler.streams import Prefetch, Sink
 
 BLOCK = 512
 _PAX_SIZE = re.compile(rb"([1-9][0-9]{0,3}) size=(0|[1-9][0-9]{0,19})\n")
@@ -44,11 +44,6 @@ def member_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
-class Sink(Protocol):
-    def write(self, data: bytes | memoryview, /) -> int | None: ...
-
-
-STORE = None  # the "level" of a member written as raw zstd blocks, not compressed (§7)
 _RAW_BLOCK = 128 * 1024  # zstd's maximum block size
 # frame header for raw frames: magic, descriptor 0xC0 (8-byte content size, no single
 # segment, no checksum), window descriptor 0x38 (128 KiB window), content size
@@ -93,12 +88,12 @@ class ArchiveWriter:
 
     def write_stream(self, name: str, size: int, chunks: Iterable[memoryview | bytes], *,
                      level: int | None) -> None:
-        """One member in its own frame, compressed at `level` or stored (STORE) as raw blocks;
+        """One member in its own frame, compressed at `level` or stored as raw blocks (None);
         `chunks` must add up to exactly `size` bytes."""
         header = member_header(name, size)
         pieces = _checked(name, size, chunks, header)
         total = len(header) + size + padding(size)
-        if level is STORE:
+        if level is None:
             for part in _raw_blocks(pieces, total):
                 self._out.write(part)
             return
@@ -150,11 +145,9 @@ class FrameWalker:
         self._last = False
         self._checksum = False
         self.frames = 0
-        self.consumed = 0
 
     def feed(self, data: bytes) -> None:
         view, pos, n = memoryview(data), 0, len(data)
-        self.consumed += n
         while pos < n:
             if self._skip:
                 take = min(self._skip, n - pos)
@@ -303,8 +296,6 @@ class ArchiveReader:
         self._pos = 0
         self._pending = 0  # body bytes of the current member not yet consumed
         self._pad = 0
-        self.offset = 0  # decompressed bytes consumed so far
-        self._ended = False
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -333,7 +324,6 @@ class ArchiveReader:
             take = min(n, len(self._chunk) - self._pos)
             view = self._chunk[self._pos : self._pos + take]
             self._pos += take
-            self.offset += take
             n -= take
             yield view
 
@@ -416,7 +406,6 @@ class ArchiveReader:
                     "bundle: data after the end of the archive",
                     hint="the file has trailing garbage; it is not a bundle as export wrote it",
                 )
-        self._ended = True
 
     def _next_raw(self) -> memoryview | None:
         if self._pos < len(self._chunk):
@@ -427,12 +416,9 @@ class ArchiveReader:
 
     def body(self) -> Iterator[memoryview]:
         """The current member's body as views (each valid until the next is taken)."""
-        n, self._pending = self._pending, 0
-        yield from self._views(n)
+        for view in self._views(self._pending):
+            self._pending -= len(view)
+            yield view
 
     def read_body(self) -> bytes:
         return b"".join(bytes(v) for v in self.body())
-
-    def skip_body(self) -> None:
-        for _ in self.body():
-            pass

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from bundler import __version__, signing
-from bundler.archive import ArchiveWriter, Sink
+from bundler.archive import ArchiveWriter
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
 from bundler.layout import (
@@ -33,7 +30,7 @@ from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
-from bundler.streams import ReadAhead, WriteBehind
+from bundler.streams import ReadAhead, Sink
 
 TOOL_NAME = "ollama-bundle"
 _FREE_SPACE_MARGIN = 1024 * 1024  # plus 1 % of what is written: file system overhead
@@ -95,16 +92,13 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
     models = [store.read_model(n) for n in picked]
     for model in models:
         for blob in model.manifest.blobs:
-            path = store.find_blob(blob.digest)
-            if path is None:
+            size = store.blob_size(blob.digest)
+            if size != blob.size:
+                problem = "is missing" if size is None else (
+                    f"has {size} bytes, the manifest says {blob.size}")
                 raise IntegrityError(
                     f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
-                    "is missing", hint="re-pull the model, or remove it with 'ollama rm'")
-            if path.stat().st_size != blob.size:
-                raise IntegrityError(
-                    f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
-                    f"has {path.stat().st_size} bytes, the manifest says {blob.size}",
-                    hint="re-pull the model, or remove it with 'ollama rm'")
+                    f"{problem}", hint="re-pull the model, or remove it with 'ollama rm'")
     return ExportPlan(store, plan_contents(models))
 
 
@@ -135,7 +129,8 @@ def export_bundle(
     created = format_created(int(time.time()) if created_epoch is None else created_epoch)
     root_raw = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__)
     root_bytes = root_raw.to_bytes()
-    sigs = sorted((k.public.keyid, signing.sign(k, root_bytes)) for k in keys)
+    unique_keys = {k.public.keyid: k for k in keys}.values()  # one signature per key id
+    sigs = sorted((k.public.keyid, signing.sign(k, root_bytes)) for k in unique_keys)
     writer = ArchiveWriter(out)
     writer.write_small([
         (ROOT_MEMBER, root_bytes),
@@ -177,26 +172,6 @@ def _counted(chunks: ReadAhead, on_bytes: OnBytes) -> Iterator[memoryview]:
     for chunk in chunks:
         on_bytes(len(chunk))
         yield chunk
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Sink]:
-    """Write to a temporary name beside `path`; rename into place only on success."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        f = tmp.open("xb", buffering=0)
-    except OSError as e:
-        raise BundlerError(f"cannot write {path}: {e.strerror}",
-                           hint="check that the directory exists and is writable") from None
-    try:
-        with f:
-            yield WriteBehind(f)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +253,6 @@ class ImportResult:
     bytes_written: int
     blobs_present: int
     dry_run: bool
-    warnings: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -318,8 +292,10 @@ def import_bundle(
     only: Sequence[str] = (), dry_run: bool = False, on_total: OnBytes = no_progress,
     on_bytes: OnBytes = no_progress, on_event: OnEvent = no_events,
 ) -> ImportResult:
-    """Verify everything, stage blobs, then commit blobs and finally manifests (ollama-store.md §4)."""
-    with BundleReader(src, on_bytes) as reader:
+    """Verify everything, stage blobs, then commit blobs and finally manifests, all under the
+    store's lock (formats/ollama-store.md §4). A dry run reads only the head."""
+    lock = contextlib.nullcontext() if dry_run else store.locked(on_event)
+    with lock, BundleReader(src, on_bytes) as reader:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         changes = _plan_changes(head, store, only)
         needed = {b.digest: b.size for c in changes for b in c.model.manifest.blobs}
@@ -329,32 +305,37 @@ def import_bundle(
                               sum(to_write.values()), len(present), dry_run)
         if dry_run:
             return result
-        with store.locked(on_event):
-            store.prepare()
-            free, want = store.free_bytes(), sum(to_write.values())
-            if want + want // 100 + _FREE_SPACE_MARGIN > free:
-                raise BundlerError(
-                    f"not enough space in {store.root}: {want} bytes to write, {free} free",
-                    hint="free space there, or import fewer models with --only")
-            on_total(sum(b.size for b in head.layer_blobs))
-            staged = _stage_all(reader, store, to_write)
-            try:
-                reader.finish()
-                missing = set(to_write) - {blob.digest for blob in staged}
-                if missing:  # check_manifests makes this impossible; never write such a manifest
-                    raise IntegrityError(f"blob {min(missing)} is referenced but not carried")
-                for blob in staged:
-                    store.commit_blob(blob)
-            except BaseException:
-                for blob in staged:
-                    blob.discard()
-                raise
-            for digest in present:
+        store.prepare()
+        free, want = store.free_bytes(), sum(to_write.values())
+        if want + want // 100 + _FREE_SPACE_MARGIN > free:
+            raise BundlerError(
+                f"not enough space in {store.root}: {want} bytes to write, {free} free",
+                hint="free space there, or import fewer models with --only")
+        on_total(sum(b.size for b in head.layer_blobs))
+        staged = _stage_all(reader, store, to_write)
+        try:
+            reader.finish()
+            if set(to_write) - {blob.digest for blob in staged}:
+                raise IntegrityError("a referenced blob is not carried")  # check_manifests
+            for digest in present:  # fresh mtimes: Ollama's prune spares them now
                 store.touch_blob(digest)
-            store.sync_blobs_dir()
-            for change in changes:
-                if change.action != "unchanged":
-                    store.write_manifest(change.target, change.model.manifest.raw)
+            for blob in staged:
+                store.commit_blob(blob)
+        except BaseException:
+            for blob in staged:
+                blob.discard()
+            raise
+        store.sync_blobs_dir()
+        for change in changes:
+            if change.action == "unchanged":
+                continue
+            gone = [b.digest for b in change.model.manifest.blobs
+                    if not store.has_blob(b.digest, b.size)]
+            if gone:  # another program (ollama rm, a prune) removed it meanwhile
+                raise BundlerError(
+                    f"blob {gone[0]} of {change.target.display_shortest()} vanished during the "
+                    "import; its manifest was not written", hint="run the import again")
+            store.write_manifest(change.target, change.model.manifest.raw)
     return result
 
 

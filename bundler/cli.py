@@ -15,10 +15,11 @@ import click
 from tqdm import tqdm
 
 from bundler import __version__, bundle, config, signing
-from bundler.archive import MAX_LEVEL, MIN_LEVEL, Sink
+from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, NotFoundError, UsageError
 from bundler.reader import Head
 from bundler.store import Store, locate
+from bundler.streams import Sink, check_output, open_output
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +31,7 @@ class Output:
 
     def __init__(self, *, json_mode: bool, quiet: bool) -> None:
         self.json_mode, self.quiet = json_mode, quiet
+        self.to_stderr = False  # the result goes to stderr when stdout carries data
 
     def log(self, line: str) -> None:
         if not self.quiet or line.startswith("warning:"):
@@ -37,9 +39,9 @@ class Output:
 
     def result(self, text: str, doc: dict[str, Any]) -> None:
         if self.json_mode:
-            click.echo(json.dumps(doc, indent=2, sort_keys=True))
+            click.echo(json.dumps(doc, indent=2, sort_keys=True), err=self.to_stderr)
         elif not self.quiet:
-            click.echo(text)
+            click.echo(text, err=self.to_stderr)
 
     @contextlib.contextmanager
     def progress(self, desc: str, total: int | None = None) -> Iterator[tqdm[Any]]:
@@ -57,10 +59,13 @@ class BundlerGroup(click.Group):
             return super().invoke(ctx)
         except BundlerError as e:
             _fail(ctx, e.message, e.hint, e.exit_code)
-        except KeyboardInterrupt:
-            _fail(ctx, "interrupted; nothing was left half-written", None, ExitCode.ERROR)
         except BrokenPipeError:
             ctx.exit(ExitCode.ERROR)
+        except OSError as e:  # a backstop: every expected case is a BundlerError already
+            where = f" ({e.filename})" if e.filename else ""
+            _fail(ctx, f"{e.strerror or e}{where}", None, ExitCode.ERROR)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted; nothing was left half-written", None, ExitCode.ERROR)
 
 
 def _fail(ctx: click.Context, message: str, hint: str | None, code: int) -> None:
@@ -69,7 +74,8 @@ def _fail(ctx: click.Context, message: str, hint: str | None, code: int) -> None
         click.echo(f"hint: {hint}", err=True)
     sub = ctx.meta.get("output")
     if isinstance(sub, Output) and sub.json_mode:
-        click.echo(json.dumps({"error": message, "hint": hint, "exitCode": int(code)}))
+        click.echo(json.dumps({"error": message, "hint": hint, "exitCode": int(code)}),
+                   err=sub.to_stderr)
     ctx.exit(code)
 
 
@@ -94,7 +100,7 @@ MODELS = click.option(
     "--models", "models_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
     help="Ollama model store (default: $OLLAMA_MODELS, else ~/.ollama/models).")
 PASSPHRASE_FILE = click.option(
-    "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
     help="Read the key passphrase from this file (else $BUNDLE_PASSPHRASE, else a prompt).")
 
 
@@ -115,7 +121,10 @@ def main() -> None:
 
 def _passphrase(path: Path | None, *, confirm: bool, what: str) -> bytes | None:
     if path is not None:
-        return path.read_bytes().rstrip(b"\r\n")
+        try:
+            return path.read_bytes().rstrip(b"\r\n")
+        except FileNotFoundError:
+            raise NotFoundError(f"passphrase file not found: {path}") from None
     env = os.environ.get("BUNDLE_PASSPHRASE")
     if env:
         return env.encode()
@@ -137,6 +146,8 @@ def keygen(prefix: Path | None, no_passphrase: bool, passphrase_file: Path | Non
            json_mode: bool, quiet: bool) -> None:
     """Make an ECDSA P-256 signing key pair; print its key id."""
     out = _output(json_mode, quiet)
+    if no_passphrase and passphrase_file:
+        raise UsageError("--no-passphrase and --passphrase-file contradict each other")
     prefix = prefix or config.default_key_prefix(os.environ, HOME)
     passphrase = None
     if not no_passphrase:
@@ -161,13 +172,10 @@ def keygen(prefix: Path | None, no_passphrase: bool, passphrase_file: Path | Non
 @contextlib.contextmanager
 def _open_output(path: str) -> Iterator[Sink]:
     if path == "-":
-        if sys.stdout.isatty():
-            raise UsageError("refusing to write a bundle to a terminal",
-                             hint="redirect stdout to a file or a pipe, or use -o FILE")
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
     else:
-        with bundle.atomic_output(Path(path)) as f:
+        with open_output(Path(path)) as f:
             yield f
 
 
@@ -201,6 +209,13 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         raise UsageError("name the models to export, or pass --all (not both)")
     if unsigned and key_path:
         raise UsageError("--unsigned and --key contradict each other")
+    if output == "-":
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write a bundle to a terminal",
+                             hint="redirect stdout to a file or a pipe, or use -o FILE")
+        out.to_stderr = True  # stdout carries the bundle
+    else:
+        check_output(Path(output))
     keys = [] if unsigned else _signing_keys(key_path, passphrase_file)
     store = Store(locate(models_dir, os.environ, HOME))
     out.log(f"store: {store.location.describe()}")
@@ -227,23 +242,10 @@ def _signing_keys(paths: tuple[Path, ...], passphrase_file: Path | None) -> list
                 f"no signing key: {default} does not exist",
                 hint="make one with 'bundle keygen', pass --key KEY, or pass --unsigned")
         paths = (default,)
-    keys = []
-    for path in paths:
-        data = _read_key_file(path)
-        passphrase = (_passphrase(passphrase_file, confirm=False, what=str(path))
-                      if signing.is_encrypted_pem(data) else None)
-        keys.append(signing.read_private(path, passphrase))
-    return keys
+    def ask(path: Path) -> Callable[[], bytes | None]:
+        return lambda: _passphrase(passphrase_file, confirm=False, what=str(path))
 
-
-def _read_key_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError(f"signing key not found: {path}",
-                            hint="make one with 'bundle keygen'") from None
-    except OSError as e:
-        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+    return [signing.read_private(path, ask(path)) for path in paths]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ def source_date_epoch(env: Mapping[str, str]) -> int | None:
     value = env.get("SOURCE_DATE_EPOCH", "").strip()
     if not value:
         return None
-    if not value.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH={value[:40]!r} is not a whole number of seconds")
+    if not (value.isascii() and value.isdigit()) or int(value) > _LAST_SECOND:
+        raise UsageError(f"SOURCE_DATE_EPOCH={value[:40]!r} is not a time in seconds since 1970",
+                         hint="unset it, or set it to e.g. $(git log -1 --format=%ct)")
     return int(value)
+
+
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last time the root's format can hold

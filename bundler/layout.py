@@ -55,7 +55,7 @@ def metadata_level(override: int | None) -> int:
 
 
 _SIGNATURE_MEMBER = re.compile(r"ollama-bundle/signatures/([0-9a-f]{64})\.sig")
-_CREATED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
 def blob_member(digest: Digest) -> str:
@@ -126,8 +126,13 @@ class Root:
                 hint="the bundle was written by a newer or different tool",
             )
         created = get(obj, "created", str, what)
-        if not _CREATED.fullmatch(created):
-            raise IntegrityError(f"{what}: 'created' is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
+        try:
+            if not _CREATED.fullmatch(created):
+                raise ValueError
+            datetime.fromisoformat(created[:-1])  # a real date (no lazy _strptime import)
+        except ValueError:
+            raise IntegrityError(
+                f"{what}: 'created' is not a UTC time YYYY-MM-DDTHH:MM:SSZ") from None
         tool = get(obj, "tool", dict, what)
         blobs = tuple(
             BlobRef.from_json(b, f"{what} blob {i}")
@@ -166,10 +171,6 @@ class Contents:
             created=created, tool_name=tool_name, tool_version=tool_version,
             index=BlobRef(Digest.of(self.index_raw), len(self.index_raw)), blobs=self.blobs,
         )
-
-    @property
-    def manifest_count(self) -> int:
-        return len(unique([m.manifest.digest for m in self.models]))
 
 
 def plan_contents(models: Iterable[Model]) -> Contents:

@@ -8,6 +8,7 @@ import binascii
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def public_pem(key: PublicKey) -> bytes:
 
 
 def is_encrypted_pem(data: bytes) -> bool:
-    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
+    """PKCS#8 encrypted, or a traditional PEM with a Proc-Type: ENCRYPTED header."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
 
 
 def load_private(data: bytes, passphrase: bytes | None, source: str) -> PrivateKey:
@@ -113,7 +115,9 @@ def read_public(path: Path) -> PublicKey:
         raise BundlerError(f"cannot read public key {path}: {e.strerror}") from None
 
 
-def read_private(path: Path, passphrase: bytes | None) -> PrivateKey:
+def read_private(path: Path, passphrase: bytes | Callable[[], bytes | None] | None) -> PrivateKey:
+    """Load a private key file; `passphrase` may be a function, asked only if the key is
+    encrypted."""
     try:
         mode = path.stat().st_mode
         data = path.read_bytes()
@@ -129,6 +133,8 @@ def read_private(path: Path, passphrase: bytes | None) -> PrivateKey:
             f"signing key {path} is readable by other users (mode {stat.S_IMODE(mode):04o})",
             hint=f"chmod 600 {path}",
         )
+    if callable(passphrase):
+        passphrase = passphrase() if is_encrypted_pem(data) else None
     return load_private(data, passphrase, str(path))
 
 

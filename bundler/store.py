@@ -68,7 +68,10 @@ class Store:
     # -- reading -----------------------------------------------------------------------------
 
     def require(self) -> None:
-        """A readable store must exist (exit 4 otherwise)."""
+        """A readable store must exist (exit 4 if it does not, 1 if it cannot be read)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise BundlerError(f"model store {self.location.describe()} is not a directory",
+                               hint="pass --models DIR or set OLLAMA_MODELS to the store")
         if not self.root.is_dir():
             raise NotFoundError(
                 f"model store not found: {self.location.describe()}",
@@ -76,8 +79,8 @@ class Store:
                      "/usr/share/ollama/.ollama/models)",
             )
         if not os.access(self.root, os.R_OK | os.X_OK):
-            raise NotFoundError(f"model store is not readable: {self.location.describe()}",
-                                hint="run as the store's owner, or with sudo")
+            raise BundlerError(f"model store is not readable: {self.location.describe()}",
+                               hint="run as the store's owner, or with sudo")
 
     def names(self, on_event: OnEvent = no_events) -> list[ModelName]:
         """Every model as Ollama lists it: files at depth 4 under manifests/ with valid parts."""
@@ -132,38 +135,76 @@ class Store:
                 return path
         return None
 
-    def has_blob(self, digest: Digest, size: int) -> bool:
+    def blob_size(self, digest: Digest) -> int | None:
+        """The size of the blob's file, or None if the store does not have it."""
         path = self.find_blob(digest)
-        return path is not None and path.stat().st_size == size
+        try:
+            return None if path is None else path.stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def has_blob(self, digest: Digest, size: int) -> bool:
+        return self.blob_size(digest) == size
 
     def open_blob(self, digest: Digest) -> BinaryIO:
         path = self.find_blob(digest)
-        if path is None:
-            raise FileNotFoundError(digest.hex)
-        return path.open("rb", buffering=0)
+        try:
+            if path is None:
+                raise FileNotFoundError
+            return path.open("rb", buffering=0)
+        except FileNotFoundError:
+            raise IntegrityError(f"corrupt store: blob {digest} vanished during the export",
+                                 hint="another program removed it; run the export again") from None
+        except OSError as e:
+            raise _os_error("cannot read", path or self.blob_path(digest), e) from None
 
     # -- writing -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self, on_event: OnEvent = no_events) -> Iterator[None]:
-        """Hold the store's advisory lock; removes staged files a dead importer left."""
-        self._mkdir(self.root)
-        path = self.root / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise _os_error("cannot open lock file", path, e) from None
-        try:
+        """Write as the store's owner, holding the store's advisory lock; removes staged files
+        a dead importer left."""
+        with self._as_owner():
+            self._mkdir(self.root)
+            path = self.root / LOCK_NAME
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                on_event(f"waiting for another import into {self.root} to finish")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            self._chown(path)
-            self._remove_stale(on_event)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as e:
+                raise _os_error("cannot open lock file", path, e) from None
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    on_event(f"waiting for another import into {self.root} to finish")
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                self._remove_stale(on_event)
+                yield
+            finally:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def _as_owner(self) -> Iterator[None]:
+        """As root, into a store that belongs to another user (the ollama service user): act
+        as that user, so what we create is theirs and a link they planted cannot make root
+        write where they could not (formats/ollama-store.md §4)."""
+        owner = None
+        if os.geteuid() == 0:
+            with contextlib.suppress(OSError):
+                st = self.root.stat()
+                owner = None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+        if owner is None:
+            yield
+            return
+        groups = os.getgroups()
+        os.setgroups([owner[1]])
+        os.setegid(owner[1])
+        os.seteuid(owner[0])
+        try:
             yield
         finally:
-            os.close(fd)
+            os.seteuid(0)
+            os.setegid(0)
+            os.setgroups(groups)
 
     def _remove_stale(self, on_event: OnEvent) -> None:
         for d in (self.blobs_dir, self.manifests_dir):
@@ -171,6 +212,8 @@ class Store:
                 entries = list(os.scandir(d))
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                raise _os_error("cannot list", d, e) from None
             for entry in entries:
                 if entry.name.startswith(_PARTIAL_PREFIX) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(FileNotFoundError):
@@ -223,7 +266,6 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._chown(tmp)
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as e:
@@ -242,22 +284,6 @@ class Store:
             path.chmod(0o755)
         except OSError as e:
             raise _os_error("cannot create directory", path, e) from None
-        self._chown(path)
-
-    def _owner(self) -> tuple[int, int] | None:
-        """The store owner's uid and gid when we are root and the store is someone else's."""
-        if os.geteuid() != 0:
-            return None
-        try:
-            st = self.root.stat()
-        except OSError:
-            return None
-        return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
-
-    def _chown(self, path: Path) -> None:
-        owner = self._owner()
-        if owner is not None:
-            os.chown(path, *owner, follow_symlinks=False)
 
 
 class StagedBlob:
@@ -267,17 +293,15 @@ class StagedBlob:
         self.store, self.digest, self.path = store, digest, path
         self._f: BinaryIO | None = f
         self._out = WriteBehind(f)
-        self.size = 0
 
     def write(self, data: memoryview | bytes) -> None:
         try:
             self._out.write(data)
         except OSError as e:
             raise _os_error("cannot write", self.path, e) from None
-        self.size += len(data)
 
     def finish(self) -> None:
-        """Close the file, fsynced and owned like the store."""
+        """Close the file, fsynced."""
         assert self._f is not None
         try:
             os.fsync(self._f.fileno())
@@ -286,7 +310,6 @@ class StagedBlob:
         finally:
             self._f.close()
             self._f = None
-        self.store._chown(self.path)
 
     def discard(self) -> None:
         if self._f is not None:

@@ -4,16 +4,24 @@ dirty pages never pile up."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import mmap
 import os
 import queue
+import secrets
 import threading
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, cast
+from pathlib import Path
+from typing import BinaryIO, Protocol, cast
 
 from bundler.digest import CHUNK_SIZE, Digest
+from bundler.errors import BundlerError, NotFoundError, UsageError
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> int | None: ...
 
 _DEPTH = 4
 
@@ -91,7 +99,6 @@ class ReadAhead:
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
         self._hash = hashlib.sha256()
-        self.size = 0
 
     @property
     def digest(self) -> Digest:
@@ -100,7 +107,6 @@ class ReadAhead:
     def _fill(self, buffer: memoryview) -> int:
         n: int = self._f.readinto(buffer) or 0  # type: ignore[attr-defined]
         self._hash.update(buffer[:n])
-        self.size += n
         return n
 
     def __iter__(self) -> Iterator[memoryview]:
@@ -169,3 +175,40 @@ class WriteBehind:
                 os.fdatasync(self._fd)
             os.posix_fadvise(self._fd, p_start, p_length, os.POSIX_FADV_DONTNEED)
         self._previous = (start, length)
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output path that cannot work, before any work is done."""
+    if not path.name:
+        raise UsageError("the output file name is empty", hint="use -o FILE, or -o - for stdout")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory", hint=f"use -o {path}/models.tar.zst")
+    if not path.parent.is_dir():
+        raise NotFoundError(f"directory {path.parent} does not exist",
+                            hint="create it first, or choose another -o")
+
+
+@contextlib.contextmanager
+def open_output(path: Path) -> Iterator[Sink]:
+    """A regular file is written under a temporary name beside it, fsynced and renamed into
+    place only when complete; a device or FIFO (e.g. /dev/null) is written directly."""
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        with target.open("wb", buffering=0) as f:
+            yield f
+        return
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    try:
+        f = tmp.open("xb", buffering=0)
+    except OSError as e:
+        raise BundlerError(f"cannot write {path}: {e.strerror}",
+                           hint="check that the directory is writable") from None
+    try:
+        with f:
+            yield WriteBehind(f)
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -162,3 +162,18 @@ def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     subprocess.run([sys.executable, str(REPO / "scripts" / "make-sample-store"), str(root),
                     "--size", "2MiB"], check=True, capture_output=True)
     yield root
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory every user can traverse (pytest's tmp_path is 0700), for tests that act as
+    another user."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="ollama-bundle-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bundler.archive import STORE, ArchiveReader, ArchiveWriter, member_header
+from bundler.archive import ArchiveReader, ArchiveWriter, member_header
 from bundler.digest import Digest
 from bundler.errors import IntegrityError
 from bundler.layout import BlobRef, Model, Root, plan_contents
@@ -129,7 +129,7 @@ def test_archive_round_trip_any_sizes(bodies: list[bytes], split: int) -> None:
     w.write_small([("head", b"h")], level=3)
     for i, body in enumerate(bodies):
         w.write_stream(f"m{i}", len(body), [body[j:j + split] for j in range(0, len(body), split)],
-                       level=(STORE, -1, 3)[i % 3])
+                       level=(None, -1, 3)[i % 3])
     w.close()
     with ArchiveReader(io.BytesIO(out.getvalue())) as r:
         m = r.next_member()
@@ -161,7 +161,7 @@ def test_stored_members_are_raw_zstd_blocks_that_zstd_reads(tmp_path: Path, size
     path = tmp_path / "b.tar.zst"
     with path.open("wb") as f:
         w = ArchiveWriter(f)
-        w.write_stream("blob", size, [body[:1000], body[1000:]], level=STORE)
+        w.write_stream("blob", size, [body[:1000], body[1000:]], level=None)
         w.close()
     assert len(path.read_bytes()) > size  # stored, not compressed
     subprocess.run(["zstd", "-q", "-t", str(path)], check=True)

@@ -34,16 +34,18 @@ def test_staged_names_are_ones_ollama_prunes(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root; CI runs as root")
-def test_root_import_gives_files_to_the_store_owner(tmp_path: Path, bundle_file: Path,
+def test_root_import_gives_files_to_the_store_owner(world_dir: Path, bundle_file: Path,
                                                     keys: Keys, env: dict[str, str]) -> None:
-    target = tmp_path / "ollama-home"
+    target = world_dir / "ollama-home"
     target.mkdir()
     os.chown(target, 4321, 4322)
     r = run(["import", str(bundle_file), "--models", str(target), "--trust", str(keys.pub)])
     assert r.exit_code == 0, r.stderr
+    assert len(list(target.rglob("*"))) > 10
     for p in target.rglob("*"):
         st = p.lstat()
         assert (st.st_uid, st.st_gid) == (4321, 4322), p
+    assert os.geteuid() == 0 and os.getegid() == 0  # privileges were restored
 
 
 @pytest.fixture
