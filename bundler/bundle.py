@@ -40,7 +40,7 @@ _FREE_SPACE_MARGIN = 1024 * 1024  # plus 1 % of what is written: file system ove
 # Selecting models by name
 
 
-def _pick(wanted: Sequence[str], available: Sequence[ModelName], where: str) -> list[ModelName]:
+def pick(wanted: Sequence[str], available: Sequence[ModelName], where: str) -> list[ModelName]:
     """Resolve user-typed names against `available`, case-insensitively (Ollama's lookup)."""
     by_fold = {n.folded(): n for n in available}
     picked: dict[ModelName, None] = {}
@@ -88,7 +88,7 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
             raise NotFoundError(f"no models in {store.location.describe()}")
         picked = available
     else:
-        picked = _pick(names, available, store.location.describe())
+        picked = pick(names, available, store.location.describe())
     models = [store.read_model(n) for n in picked]
     for model in models:
         for blob in model.manifest.blobs:
@@ -267,7 +267,7 @@ class ImportResult:
 def _plan_changes(head: Head, store: Store, only: Sequence[str]) -> list[ModelChange]:
     models = list(head.models)
     if only:
-        picked = set(_pick(only, [m.name for m in models], "the bundle"))
+        picked = set(pick(only, [m.name for m in models], "the bundle"))
         models = [m for m in models if m.name in picked]
     existing = store.names()
     changes = []

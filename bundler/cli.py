@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, TypeVar
 import click
 from tqdm import tqdm
 
-from bundler import __version__, bundle, config, signing
+from bundler import __version__, bundle, config, credentials, push, registry, signing, transport
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, NotFoundError, UsageError
 from bundler.reader import Head
@@ -89,6 +89,28 @@ def _output(json_mode: bool, quiet: bool) -> Output:
     out = Output(json_mode=json_mode, quiet=quiet)
     click.get_current_context().meta["output"] = out
     return out
+
+
+def registry_options(f: F) -> F:
+    for option in reversed([
+        click.option("--plain-http", is_flag=True,
+                     help="Use plain HTTP (as Ollama's --insecure does); implied by http://."),
+        click.option("--ca-cert", type=click.Path(path_type=Path, dir_okay=False),
+                     metavar="FILE", help="Trust this CA for the registry's TLS certificate."),
+        click.option("--insecure-skip-tls-verify", is_flag=True,
+                     help="Do not verify the registry's TLS certificate (warns)."),
+        click.option("--client-cert", type=click.Path(path_type=Path, dir_okay=False),
+                     metavar="FILE", help="TLS client certificate (mTLS), with --client-key."),
+        click.option("--client-key", type=click.Path(path_type=Path, dir_okay=False),
+                     metavar="FILE", help="TLS client key, with --client-cert."),
+        click.option("--username", metavar="USER",
+                     help="Registry user; the password comes from --password-stdin "
+                          "(default: docker's config.json, else anonymous)."),
+        click.option("--password-stdin", is_flag=True,
+                     help="Read the registry password from the first line of stdin."),
+    ]):
+        f = option(f)
+    return f
 
 
 TRUST = click.option(
@@ -351,13 +373,24 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
               help="Import only this model (repeatable).")
 @click.option("--dry-run", is_flag=True,
               help="Check the signature and plan, report what would change, write nothing.")
+@click.option("--to-registry", "registry_url", metavar="URL",
+              help="Push the models into this registry instead of a store: "
+                   "[http://|https://]host[:port][/namespace].")
+@registry_options
 @common
 def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...],
                allow_unsigned: bool, only: tuple[str, ...], dry_run: bool,
-               json_mode: bool, quiet: bool) -> None:
-    """Verify a bundle and write its models into an Ollama model store."""
+               registry_url: str | None, json_mode: bool, quiet: bool,
+               **options: Any) -> None:
+    """Verify a bundle and write its models into an Ollama model store, or push them into a
+    registry (--to-registry)."""
     out = _output(json_mode, quiet)
     keys = _trusted(trust, out)
+    if registry_url is not None:
+        if models_dir is not None or dry_run:
+            raise UsageError("--to-registry goes with neither --models nor --dry-run")
+        _push(bundle_path, registry_url, keys, allow_unsigned, only, out, options)
+        return
     store = Store(locate(models_dir, os.environ, HOME))
     out.log(f"store: {store.location.describe()}")
     with _open_bundle(bundle_path) as f, out.progress("import") as bar:
@@ -373,6 +406,84 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     lines.append(f"{verb} {result.blobs_written} blobs ({_size(result.bytes_written)}), "
                  f"{result.blobs_present} already present, into {result.store}")
     out.result("\n".join(lines), result.to_json())
+
+
+def _client(url: str, out: Output, *, plain_http: bool, ca_cert: Path | None,
+            insecure_skip_tls_verify: bool, client_cert: Path | None, client_key: Path | None,
+            username: str | None, password_stdin: bool) -> registry.Client:
+    target = registry.Target.parse(url, plain_http=plain_http)
+    if insecure_skip_tls_verify:
+        out.log("warning: --insecure-skip-tls-verify: the registry's identity is not checked")
+    if (client_key is None) != (client_cert is None):
+        raise UsageError("--client-cert and --client-key go together")
+    if password_stdin and not username:
+        raise UsageError("--password-stdin needs --username")
+    creds = None
+    if username:
+        if not password_stdin:
+            raise UsageError("pass the password with --password-stdin, never on the command line")
+        creds = registry.Credentials(username, sys.stdin.readline().rstrip("\r\n"))
+    else:
+        creds = credentials.from_docker_config(target.host, os.environ, HOME)
+    tls = transport.TlsOptions(ca_cert, client_cert, client_key, insecure_skip_tls_verify)
+    out.log(f"registry: {target.base}" + (f" (namespace {target.namespace})"
+                                          if target.namespace else "")
+            + (f", as {creds.username}" if creds else ", anonymous"))
+    return registry.Client(transport.Transport(tls), target, creds, on_event=out.log)
+
+
+def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsigned: bool,
+          only: tuple[str, ...], out: Output, options: dict[str, Any]) -> None:
+    client = _client(url, out, **options)
+    with _open_bundle(bundle_path) as f, out.progress("push") as bar:
+        result = push.push_bundle(f, client, keys, allow_unsigned=allow_unsigned, only=only,
+                                  on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
+                                  on_event=out.log)
+    if result.items:
+        result.check = push.check_registry(client, result.items[0].repository,
+                                           result.items[0].tag)
+    lines = [_signers_text(result.head)]
+    lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
+              + ("  (renamed: registries want lowercase)" if i.renamed(client.target) else "")
+              for i in result.items]
+    lines.append(f"uploaded {result.uploaded} blobs ({_size(result.uploaded_bytes)}), "
+                 f"{result.present} already there, {result.mounted} mounted")
+    lines += _check_text(result.check)
+    lines += ["colleagues pull with:", *(f"  {c}" for c in result.commands)]
+    out.result("\n".join(lines), result.to_json())
+
+
+def _check_text(check: push.RegistryCheck | None) -> list[str]:
+    if check is None:
+        return []
+    verdict = ("`ollama pull` will work from here" if check.ok
+               else "`ollama pull` will NOT work from here")
+    return [f"check {check.model}: {verdict}", *(f"  - {x}" for x in check.findings),
+            *(f"  fix: {x}" for x in check.advice)]
+
+
+@main.command("check-registry")
+@click.argument("url")
+@click.argument("names", nargs=-1, metavar="[MODEL...]")
+@registry_options
+@common
+def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet: bool,
+                       **options: Any) -> None:
+    """Probe a registry the way `ollama pull` does and say whether pulls will work.
+
+    MODEL is namespace/model:tag as pushed (default: the tags the registry lists, up to 10).
+    Exit code 0 if every probe passed, 5 otherwise.
+    """
+    out = _output(json_mode, quiet)
+    client = _client(url, out, **options)
+    checks = [push.check_registry(client, repo, tag)
+              for repo, tag in push.check_targets(client, names)]
+    text = [line for c in checks for line in _check_text(c)]
+    out.result("\n".join(text), {"registry": client.target.base,
+                                  "checks": [c.to_json() for c in checks]})
+    if not all(c.ok for c in checks):
+        raise registry.RegistryError("the registry will not serve `ollama pull` as it is",
+                                     hint=push.NGINX_ADVICE)
 
 
 def _size(n: int) -> str:

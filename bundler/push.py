@@ -1,0 +1,275 @@
+"""Use cases for registries: replay a bundle into a registry (`import --to-registry`) and
+probe a registry the way Ollama's pull does (`check-registry`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+from bundler import signing
+from bundler.bundle import pick
+from bundler.digest import CHUNK_SIZE, Digest
+from bundler.errors import IntegrityError, UsageError
+from bundler.layout import Model
+from bundler.progress import OnBytes, OnEvent, no_events, no_progress
+from bundler.reader import BundleReader, Head
+from bundler.reference import ModelName
+from bundler.registry import (
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    Client,
+    RegistryError,
+    Target,
+    is_valid_tag,
+    repository_name,
+)
+
+UPLOAD_CHUNK = 16 * CHUNK_SIZE  # PATCH size for large blobs; smaller blobs go in one PUT
+
+
+@dataclass(frozen=True, slots=True)
+class PushItem:
+    model: Model
+    repository: str
+    tag: str
+
+    def pull_name(self, target: Target) -> str:
+        return f"{target.host}/{self.repository}:{self.tag}"
+
+    def renamed(self, target: Target) -> bool:
+        """True if Distribution's rules changed the name (not just the namespace we chose)."""
+        namespace = target.namespace or self.model.name.namespace
+        return f"{namespace}/{self.model.name.model}" != self.repository
+
+
+def plan_push(head: Head, target: Target, only: Sequence[str]) -> list[PushItem]:
+    """Where each model goes: <host>/<namespace from the URL, else its own>/<model>:<tag>,
+    lowercased where Distribution requires it."""
+    models = list(head.models)
+    if only:
+        wanted = set(pick(only, [m.name for m in models], "the bundle"))
+        models = [m for m in models if m.name in wanted]
+    items: dict[tuple[str, str], PushItem] = {}
+    for m in models:
+        repo = repository_name(target.namespace or m.name.namespace, m.name.model)
+        if repo is None or not is_valid_tag(m.name.tag):
+            raise UsageError(f"{m.name} cannot be named in a Distribution registry",
+                             hint="import it into a store instead, or rename it with 'ollama cp'")
+        key = (repo, m.name.tag)
+        if key in items:
+            raise UsageError(f"{m.name} and {items[key].model.name} would both be {repo}:"
+                             f"{m.name.tag}", hint="push them to different namespaces with --only")
+        if m.manifest.media_type != MEDIA_TYPE_DOCKER_MANIFEST:
+            raise UsageError(f"{m.name}: Ollama pulls only Docker schema2 manifests")
+        items[key] = PushItem(m, repo, m.name.tag)
+    return list(items.values())
+
+
+@dataclass(slots=True)
+class PushResult:
+    head: Head
+    target: Target
+    items: list[PushItem]
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    present: int = 0
+    mounted: int = 0
+    check: RegistryCheck | None = None
+    commands: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "registry": self.target.base, "signatures": {
+                "carried": list(self.head.signatures.carried),
+                "trusted": list(self.head.signatures.trusted)},
+            "models": [{"name": str(i.model.name), "pushedAs": i.pull_name(self.target),
+                        "digest": str(i.model.manifest.digest),
+                        "renamed": i.renamed(self.target)}
+                       for i in self.items],
+            "blobsUploaded": self.uploaded, "bytesUploaded": self.uploaded_bytes,
+            "blobsPresent": self.present, "blobsMounted": self.mounted,
+            "ollamaPull": self.commands,
+            "check": None if self.check is None else self.check.to_json(),
+        }
+
+
+def push_bundle(
+    src: BinaryIO, client: Client, trusted: Sequence[signing.PublicKey], *,
+    allow_unsigned: bool, only: Sequence[str] = (), on_total: OnBytes = no_progress,
+    on_bytes: OnBytes = no_progress, on_event: OnEvent = no_events,
+    chunk_size: int = UPLOAD_CHUNK,
+) -> PushResult:
+    """Verify the head, stream every blob into the registry once (HEAD to skip, mount for a
+    second repository), then PUT the manifests, byte for byte, last."""
+    with BundleReader(src, on_bytes) as reader:
+        head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
+        items = plan_push(head, client.target, only)
+        result = PushResult(head, client.target, items)
+        needs: dict[Digest, list[str]] = {}
+        natural: dict[Digest, str] = {}  # where a blob may already be: the model's own repo
+        for item in items:
+            for blob in item.model.manifest.blobs:
+                repos = needs.setdefault(blob.digest, [])
+                if item.repository not in repos:
+                    repos.append(item.repository)
+                own = repository_name(item.model.name.namespace, item.model.name.model)
+                if own is not None and own != item.repository:
+                    natural.setdefault(blob.digest, own)
+        on_total(sum(b.size for b in head.layer_blobs))
+        for ref, body in reader.blobs():
+            repos = needs.get(ref.digest, [])
+            if not repos:
+                for _ in body:
+                    pass
+                continue
+            home = next((r for r in repos if client.has_blob(r, ref.digest, ref.size)), None)
+            source = natural.get(ref.digest)
+            if home is not None:
+                result.present += 1
+            elif source and client.mount(repos[0], ref.digest, source):
+                home = repos[0]  # already in the registry under the model's own name
+                result.mounted += 1
+            if home is None:
+                home = repos[0]
+                client.upload(home, ref.digest, ref.size, body, chunk_size=chunk_size)
+                result.uploaded += 1
+                result.uploaded_bytes += ref.size
+            else:
+                for _ in body:  # verified all the same
+                    pass
+            for repo in repos:
+                if repo != home and not client.has_blob(repo, ref.digest, ref.size):
+                    if not client.mount(repo, ref.digest, home):
+                        raise RegistryError(f"the registry would not mount blob "
+                                            f"{ref.digest.short} from {home} into {repo}")
+                    result.mounted += 1
+        reader.finish()
+        for item in items:  # tags last: a model appears only once all its blobs are in
+            m = item.model.manifest
+            answered = client.put_manifest(item.repository, item.tag, m.raw, m.media_type)
+            if answered and answered != str(m.digest):
+                raise IntegrityError(
+                    f"the registry stored {item.pull_name(client.target)} as {answered}, not "
+                    f"{m.digest}", hint="the registry rewrote the manifest; Ollama would see "
+                                        "another model ID")
+            on_event(f"pushed {item.model.name.display_shortest()} as "
+                     f"{item.pull_name(client.target)}")
+        insecure = " --insecure" if client.target.scheme == "http" else ""
+        result.commands = [f"ollama pull{insecure} {i.pull_name(client.target)}" for i in items]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# check-registry: will `ollama pull` work from here? (reference/ollama.md §3.1-§3.2)
+
+
+@dataclass(slots=True)
+class RegistryCheck:
+    model: str
+    ok: bool
+    findings: list[str]
+    advice: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "ok": self.ok, "findings": self.findings,
+                "advice": self.advice}
+
+
+NGINX_ADVICE = ("put the recipe in front of the registry: scripts/registry-for-ollama (nginx "
+                 "adds a Location header to blob responses), or use S3-compatible storage with "
+                 "redirects on a different hostname")
+
+
+def check_registry(client: Client, repository: str, tag: str) -> RegistryCheck:
+    """Probe as current Ollama pulls: manifest with the schema2 Accept, HEAD a blob, GET it
+    stopping at a redirect to another host (only a 307 elsewhere, or a 200 with Location,
+    will do), then a ranged GET on the direct URL without credentials."""
+    name = f"{client.target.host}/{repository}:{tag}"
+    findings: list[str] = []
+    resp = client.get_manifest(repository, tag, MEDIA_TYPE_DOCKER_MANIFEST)
+    if resp.status != 200:
+        return RegistryCheck(name, False, [f"manifest: HTTP {resp.status}"],
+                             ["push the model first, or check the name"])
+    if client.authenticated:
+        return RegistryCheck(name, False, ["the registry needs credentials to pull"], [
+            "Ollama sends no Basic auth and no Docker credentials: allow anonymous pull"])
+    findings.append("manifest served to the Docker schema2 Accept header")
+    try:
+        doc = json.loads(resp.body)
+        layers = [*doc.get("layers", []), doc["config"]]
+        blob = max(layers, key=lambda d: int(d["size"]))
+        digest = Digest.parse(blob["digest"])
+    except (ValueError, KeyError, TypeError, IntegrityError):
+        return RegistryCheck(name, False, ["the manifest is not a schema2 manifest"], [])
+    url = client.url(f"/v2/{repository}/blobs/{digest}")
+    head = client.transport.request("HEAD", url)
+    if head.status != 200 or not head.header("Content-Length"):
+        problem = f"HEAD blob: HTTP {head.status} without Content-Length"
+        return RegistryCheck(name, False, [*findings, problem], [])
+    findings.append("blob HEAD answers with Content-Length")
+    direct = _resolve_like_ollama(client, url)
+    if direct.startswith("error:"):
+        return RegistryCheck(name, False, [*findings, direct[6:].strip()], [NGINX_ADVICE])
+    findings.append(f"blob GET gives a direct URL ({direct})")
+    ranged = client.transport.request("GET", direct, headers={"Range": "bytes=0-0"}, stream=True)
+    data = b"".join(ranged.stream(1024))
+    if ranged.status != 206 or len(data) != 1:
+        problem = f"a Range request on the direct URL got HTTP {ranged.status}, not 206"
+        return RegistryCheck(name, False, [*findings, problem],
+                             ["serve Range requests on blob URLs"])
+    findings.append("the direct URL serves Range requests")
+    return RegistryCheck(name, True, findings, [])
+
+
+def check_targets(client: Client, names: Sequence[str]) -> list[tuple[str, str]]:
+    """(repository, tag) for each MODEL given, else up to 10 tags the registry lists."""
+    if names:
+        out = []
+        for text in names:
+            name = ModelName.parse(text)
+            repo = repository_name(client.target.namespace or name.namespace, name.model)
+            if repo is None:
+                raise UsageError(f"{text!r} cannot be a repository name")
+            out.append((repo, name.tag))
+        return out
+    resp = client.send("GET", client.url("/v2/_catalog?n=10"), scope="registry:catalog:*")
+    if resp.status != 200:
+        raise UsageError("the registry does not list its repositories",
+                         hint="name the models to check: namespace/model:tag")
+    found: list[tuple[str, str]] = []
+    for repo in json.loads(resp.body).get("repositories") or []:
+        tags = client.send("GET", client.url(f"/v2/{repo}/tags/list"), scope=f"repository:{repo}:pull")
+        for tag in (json.loads(tags.body).get("tags") or [])[:1] if tags.status == 200 else []:
+            found.append((repo, tag))
+    if not found:
+        raise UsageError("the registry holds no models yet", hint="push some with "
+                         "'bundle import BUNDLE --to-registry URL'")
+    return found[:10]
+
+
+def _resolve_like_ollama(client: Client, url: str) -> str:
+    """reference/ollama.md §3.2 item 3: follow redirects to the same hostname (at most 10);
+    stop at the first to another hostname; accept only 307, or 200 with Location."""
+    host = urlsplit(url).hostname
+    for _ in range(10):
+        resp = client.transport.request("GET", url, stream=True)
+        location = resp.header("Location")
+        resp.close()
+        if resp.status in (301, 302, 303, 307, 308) and location:
+            target = urljoin(url, location)
+            if urlsplit(target).hostname == host:
+                url = target
+                continue
+            if resp.status == 307:
+                return target
+            return f"error: a {resp.status} redirect to another host (Ollama accepts only 307)"
+        if resp.status == 200:
+            if not location:
+                return ("error: blob GET answers 200 without a Location header, so `ollama "
+                        "pull` fails with 'http: no Location header in response' (Ollama's "
+                        "pull needs a 307 to another hostname or a 200 with Location)")
+            return urljoin(url, location)
+        return f"error: blob GET answered HTTP {resp.status}"
+    return "error: more than 10 redirects"

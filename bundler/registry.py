@@ -1,0 +1,336 @@
+"""A Docker/OCI distribution client over a Transport: auth challenges (Basic, Bearer),
+retries with backoff, blob uploads (monolithic and chunked with resume), manifests."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+from bundler.digest import Digest
+from bundler.errors import NetworkError, UsageError
+from bundler.progress import OnEvent, no_events
+from bundler.transport import Response, Transport
+
+MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MAX_TRIES = 6
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# distribution/reference: path components of a repository name
+_REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A registry given as [http://|https://]host[:port][/namespace]."""
+
+    scheme: str
+    host: str  # host[:port]
+    namespace: str | None
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    @classmethod
+    def parse(cls, text: str, *, plain_http: bool = False) -> Target:
+        scheme = "http" if plain_http else "https"
+        rest = text
+        for prefix in ("http://", "https://"):
+            if text.lower().startswith(prefix):
+                scheme, rest = prefix[:-3], text[len(prefix):]
+                break
+        host, _, namespace = rest.strip("/").partition("/")
+        if not host or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9a-fA-F:]+\](:[0-9]{1,5})?",
+                                        host):
+            raise UsageError(f"not a registry address: {text!r}",
+                             hint="use [http://|https://]host[:port][/namespace]")
+        if namespace and not _REPO_COMPONENT.fullmatch(namespace):
+            raise UsageError(f"registry namespace {namespace!r} is not one lowercase path "
+                             "component", hint="Ollama names have exactly namespace/model")
+        return cls(scheme, host.lower(), namespace or None)
+
+
+def repository_name(namespace: str, model: str) -> str | None:
+    """The Distribution repository for an Ollama namespace/model, lowercased; None if even the
+    lowercase form is not a legal repository name."""
+    repo = f"{namespace.lower()}/{model.lower()}"
+    ok = all(_REPO_COMPONENT.fullmatch(part) for part in repo.split("/"))
+    return repo if ok else None
+
+
+def is_valid_tag(tag: str) -> bool:
+    return bool(_TAG.fullmatch(tag))
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=<hidden>)"
+
+    def basic(self) -> str:
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
+
+class RegistryError(NetworkError):
+    pass
+
+
+def describe_error(resp: Response, action: str) -> RegistryError:
+    """The registry's own words (OCI error JSON) for a failed request."""
+    detail = f"HTTP {resp.status}"
+    try:
+        errors = json.loads(resp.body)["errors"]
+        detail += ": " + "; ".join(f"{e.get('code')}: {e.get('message', '')}" for e in errors)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    hints = {401: "the registry wants credentials: --username and --password-stdin, or "
+                  "docker login", 403: "these credentials may not push here",
+             404: "check the registry address and namespace"}
+    return RegistryError(f"{action} failed: {detail}", hint=hints.get(resp.status))
+
+
+class Client:
+    """Talks to one registry. Retries idempotent work on 5xx, 429 and dropped connections
+    (exponential backoff with jitter, honouring Retry-After); answers auth challenges."""
+
+    def __init__(self, transport: Transport, target: Target, credentials: Credentials | None,
+                 *, on_event: OnEvent = no_events, sleep: Callable[[float], None] = time.sleep,
+                 ) -> None:
+        self.transport, self.target, self._credentials = transport, target, credentials
+        self._on_event, self._sleep = on_event, sleep
+        self._tokens: dict[str, str] = {}  # scope -> Authorization value
+        self._basic = False
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        """True once the registry asked for credentials."""
+        return bool(self._tokens) or self._basic
+
+    def url(self, path: str) -> str:
+        return self.target.base + path
+
+    def _authorization(self, scope: str) -> dict[str, str]:
+        if scope in self._tokens:
+            return {"Authorization": self._tokens[scope]}
+        if self._basic and self._credentials is not None:
+            return {"Authorization": self._credentials.basic()}
+        return {}
+
+    def send(self, method: str, url: str, *, scope: str, headers: Mapping[str, str] | None = None,
+             body: bytes | memoryview | None = None, stream: bool = False) -> Response:
+        """A request with auth and retries; returns whatever status the registry gave last."""
+        authed = False
+        for attempt in range(1, MAX_TRIES + 1):
+            all_headers = {**self._authorization(scope), **(headers or {})}
+            try:
+                resp = self.transport.request(method, url, headers=all_headers, body=body,
+                                              stream=stream)
+            except NetworkError as e:
+                if attempt == MAX_TRIES:
+                    raise
+                self._wait(attempt, None, f"{e.message}; retrying")
+                continue
+            if resp.status == 401 and not authed:
+                authed = True
+                self._authenticate(resp, scope)
+                continue
+            if resp.status in _RETRY_STATUS and attempt < MAX_TRIES:
+                self._wait(attempt, resp.header("Retry-After"),
+                           f"{method} {url.split('?')[0]}: HTTP {resp.status}; retrying")
+                continue
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
+        delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311
+        if retry_after and retry_after.strip().isdigit():
+            delay = min(120.0, float(retry_after.strip()))
+        self._on_event(f"{why} in {delay:.1f} s")
+        self._sleep(delay)
+
+    def _authenticate(self, resp: Response, scope: str) -> None:
+        challenge = resp.header("WWW-Authenticate") or ""
+        kind, _, params_text = challenge.partition(" ")
+        if kind.lower() == "basic":
+            if self._credentials is None:
+                raise describe_error(resp, "authentication")
+            self._basic = True
+            return
+        if kind.lower() != "bearer":
+            raise describe_error(resp, "authentication")
+        params = dict(_CHALLENGE_PARAM.findall(params_text))
+        realm = params.get("realm")
+        if not realm:
+            raise RegistryError("the registry's Bearer challenge has no realm")
+        query = {"scope": scope} if scope else {}
+        if params.get("service"):
+            query["service"] = params["service"]
+        headers = {"Authorization": self._credentials.basic()} if self._credentials else {}
+        token_resp = self.transport.request(
+            "GET", realm + ("&" if "?" in realm else "?") + urlencode(query), headers=headers)
+        if token_resp.status != 200:
+            raise describe_error(token_resp, "getting a registry token")
+        try:
+            doc = json.loads(token_resp.body)
+            token = doc.get("token") or doc["access_token"]
+        except (ValueError, KeyError, TypeError):
+            raise RegistryError("the token server's answer holds no token") from None
+        self._tokens[scope] = f"Bearer {token}"
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def has_blob(self, repo: str, digest: Digest, size: int) -> bool:
+        resp = self.send("HEAD", self.url(f"/v2/{repo}/blobs/{digest}"), scope=_pull(repo))
+        if resp.status == 200:
+            return resp.header("Content-Length") in (None, str(size))
+        if resp.status == 404:
+            return False
+        raise describe_error(resp, f"checking blob {digest.short} in {repo}")
+
+    def mount(self, repo: str, digest: Digest, source: str) -> bool:
+        """Cross-repository mount; True if the registry linked the blob (201)."""
+        query = urlencode({"mount": str(digest), "from": source})
+        resp = self.send("POST", self.url(f"/v2/{repo}/blobs/uploads/?{query}"),
+                         scope=_push(repo, source), headers={"Content-Length": "0"})
+        if resp.status == 201:
+            return True
+        if resp.status == 202:  # an upload session was opened instead: close it
+            location = resp.header("Location")
+            if location:
+                self.transport.request("DELETE", urljoin(self.url("/"), location))
+            return False
+        raise describe_error(resp, f"mounting blob {digest.short} into {repo}")
+
+    def start_upload(self, repo: str) -> str:
+        resp = self.send("POST", self.url(f"/v2/{repo}/blobs/uploads/"), scope=_push(repo),
+                         headers={"Content-Length": "0"})
+        if resp.status != 202 or not resp.header("Location"):
+            raise describe_error(resp, f"starting an upload to {repo}")
+        return self._location(resp)
+
+    def _location(self, resp: Response) -> str:
+        return urljoin(resp.url, resp.header("Location") or "")
+
+    def upload(self, repo: str, digest: Digest, size: int, chunks: Iterable[bytes | memoryview],
+               *, chunk_size: int) -> None:
+        """Upload a blob: one PUT if it fits one chunk, else PATCHes of chunk_size bytes that
+        resume from the registry's reported Range after a failure, then the final PUT with the
+        digest. `chunks` must end (raising if the content is wrong) before the final PUT."""
+        location = self.start_upload(repo)
+        scope = _push(repo)
+        min_chunk = chunk_size
+        buffer = bytearray()
+        offset = 0
+        try:
+            for chunk in chunks:
+                buffer += chunk
+                while len(buffer) >= min_chunk and offset + len(buffer) < size:
+                    location, min_chunk = self._patch(repo, location, offset, buffer, min_chunk)
+                    offset += len(buffer)
+                    buffer.clear()
+            # the last part goes with the final PUT (all of a small blob: one request)
+            query = ("&" if "?" in location else "?") + urlencode({"digest": str(digest)})
+            resp = self.send("PUT", location + query, scope=scope, body=bytes(buffer),
+                             headers={"Content-Type": "application/octet-stream",
+                                      "Content-Length": str(len(buffer))})
+            if resp.status != 201:
+                raise describe_error(resp, f"uploading blob {digest.short} to {repo}")
+            if resp.header("Docker-Content-Digest") not in (None, str(digest)):
+                raise RegistryError(f"the registry stored blob {digest.short} under another "
+                                    f"digest ({resp.header('Docker-Content-Digest')})")
+        except BaseException:
+            self.transport_cancel(location)
+            raise
+
+    def _patch(self, repo: str, location: str, offset: int, data: bytearray,
+               min_chunk: int) -> tuple[str, int]:
+        """PATCH data at offset; after a failure, ask the registry where the upload stands and
+        resend only what is missing. Returns the next Location and the chunk size to use."""
+        scope = _push(repo)
+        end = offset + len(data)
+        for attempt in range(1, MAX_TRIES + 1):
+            have = self._upload_offset(location, scope) if attempt > 1 else offset
+            if have == end:
+                return location, min_chunk
+            if have != offset:
+                raise RegistryError(f"upload to {repo} is at byte {have}, expected {offset}",
+                                    hint="run the import again")
+            try:
+                resp = self.transport.request(
+                    "PATCH", location, body=bytes(data), headers={
+                        **self._authorization(scope),
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{end - 1}",
+                        "Content-Length": str(len(data))})
+            except NetworkError as e:
+                self._wait(attempt, None, f"{e.message}; resuming")
+                continue
+            if resp.status == 202:
+                minimum = resp.header("OCI-Chunk-Min-Length")
+                if minimum and minimum.isdigit():
+                    min_chunk = max(min_chunk, int(minimum))
+                return self._location(resp), min_chunk
+            if resp.status in _RETRY_STATUS or resp.status == 401:
+                if resp.status == 401:
+                    self._authenticate(resp, scope)
+                else:
+                    self._wait(attempt, resp.header("Retry-After"),
+                               f"PATCH to {repo}: HTTP {resp.status}; resuming")
+                continue
+            raise describe_error(resp, f"uploading to {repo}")
+        raise RegistryError(f"uploading to {repo} failed {MAX_TRIES} times")
+
+    def _upload_offset(self, location: str, scope: str) -> int:
+        """Where an upload session stands, from its Range header `0-<last byte>`. Distribution
+        answers `0-0` for an empty upload too; our chunks are never one byte, so 0-0 means 0."""
+        resp = self.send("GET", location, scope=scope)
+        if resp.status != 204:
+            raise describe_error(resp, "asking for the upload's status")
+        end = (resp.header("Range") or "0-0").removeprefix("bytes=").partition("-")[2]
+        if not end.isdigit():
+            raise RegistryError(f"the registry reports an odd upload range {end!r}")
+        return 0 if int(end) == 0 else int(end) + 1
+
+    def transport_cancel(self, location: str) -> None:
+        """Best effort: abandon an upload session."""
+        with contextlib.suppress(NetworkError):
+            self.transport.request("DELETE", location, headers=self._authorization(""))
+
+    def put_manifest(self, repo: str, reference: str, raw: bytes, media_type: str) -> str:
+        """PUT the exact bytes; returns the Docker-Content-Digest the registry answered."""
+        resp = self.send("PUT", self.url(f"/v2/{repo}/manifests/{quote(reference)}"),
+                         scope=_push(repo), body=raw,
+                         headers={"Content-Type": media_type, "Content-Length": str(len(raw))})
+        if resp.status not in (200, 201):
+            raise describe_error(resp, f"putting manifest {repo}:{reference}")
+        return resp.header("Docker-Content-Digest") or ""
+
+    def get_manifest(self, repo: str, reference: str, accept: str) -> Response:
+        return self.send("GET", self.url(f"/v2/{repo}/manifests/{quote(reference)}"),
+                         scope=_pull(repo), headers={"Accept": accept})
+
+
+def _pull(repo: str) -> str:
+    return f"repository:{repo}:pull"
+
+
+def _push(repo: str, source: str | None = None) -> str:
+    scope = f"repository:{repo}:pull,push"
+    return scope if source is None else f"{scope} repository:{source}:pull"
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).hostname or ""

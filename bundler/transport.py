@@ -1,0 +1,117 @@
+"""HTTP for registries over urllib3: TLS options, client certificates, proxies from the
+environment, timeouts. The only urllib3 user; everything above it sees `Response`."""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from bundler.errors import NetworkError, UsageError
+
+CONNECT_TIMEOUT = 15.0
+READ_TIMEOUT = 300.0  # a registry may hash a multi-GB blob before it answers the final PUT
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    skip_verify: bool = False
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes = b""
+    url: str = ""
+    _raw: urllib3.BaseHTTPResponse | None = field(default=None, repr=False)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def close(self) -> None:
+        """Drop an unread streamed body (the connection is closed, not reused)."""
+        if self._raw is not None:
+            self._raw.close()
+            self._raw.release_conn()
+
+    def stream(self, size: int) -> Iterator[bytes]:
+        """The body, read in chunks, for responses opened with stream=True."""
+        assert self._raw is not None
+        try:
+            yield from self._raw.stream(size)
+        except Urllib3Error as e:
+            raise NetworkError(f"reading {self.url} failed: {e}") from None
+        finally:
+            self._raw.release_conn()
+
+
+class Transport:
+    """One connection pool per proxy, shared by every request of a run."""
+
+    def __init__(self, tls: TlsOptions = TlsOptions()) -> None:
+        kw: dict[str, object] = {"num_pools": 8, "maxsize": 8, "retries": False,
+                                 "timeout": urllib3.Timeout(connect=CONNECT_TIMEOUT,
+                                                            read=READ_TIMEOUT)}
+        if tls.skip_verify:
+            kw["cert_reqs"] = ssl.CERT_NONE
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        else:
+            kw["cert_reqs"] = ssl.CERT_REQUIRED
+            if tls.ca_cert is not None:
+                if not tls.ca_cert.is_file():
+                    raise UsageError(f"CA certificate not found: {tls.ca_cert}")
+                kw["ca_certs"] = str(tls.ca_cert)
+        if tls.client_cert is not None:
+            kw["cert_file"] = str(tls.client_cert)
+            kw["key_file"] = str(tls.client_key) if tls.client_key else None
+        self._kw = kw
+        self._direct = urllib3.PoolManager(**kw)  # type: ignore[arg-type]
+        self._proxies: dict[str, urllib3.ProxyManager] = {}
+
+    def _pool(self, url: str) -> urllib3.PoolManager:
+        """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as the standard library reads them."""
+        parts = urlsplit(url)
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+            return self._direct
+        if proxy not in self._proxies:
+            self._proxies[proxy] = urllib3.ProxyManager(proxy, **self._kw)  # type: ignore[arg-type]
+        return self._proxies[proxy]
+
+    def request(
+        self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+        body: bytes | memoryview | None = None, stream: bool = False,
+    ) -> Response:
+        """One request, no retries and no redirects followed (the caller decides)."""
+        try:
+            raw = self._pool(url).urlopen(
+                method, url, body=body, headers=dict(headers or {}), redirect=False,
+                preload_content=not stream, decode_content=False,
+            )
+        except urllib3.exceptions.SSLError as e:
+            raise NetworkError(
+                f"TLS to {urlsplit(url).netloc} failed: {e.reason if hasattr(e, 'reason') else e}",
+                hint="pass --ca-cert FILE for a private CA (or --insecure-skip-tls-verify)",
+            ) from None
+        except Urllib3Error as e:
+            raise NetworkError(f"{method} {_redact(url)} failed: {e}") from None
+        resp = Response(raw.status, raw.headers, b"" if stream else raw.data, url,
+                        raw if stream else None)
+        if not stream:
+            raw.release_conn()
+        return resp
+
+
+def _redact(url: str) -> str:
+    """A URL without query string (upload URLs carry state tokens)."""
+    return url.split("?", 1)[0]
