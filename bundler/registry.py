@@ -297,6 +297,11 @@ class Client:
         """Where an upload session stands, from its Range header `0-<last byte>`. Distribution
         answers `0-0` for an empty upload too; our chunks are never one byte, so 0-0 means 0."""
         resp = self.send("GET", location, scope=scope)
+        if resp.status == 404:  # Distribution: our _state token is stale, the answer was lost
+            raise RegistryError(
+                "the registry took part of an upload but its answer was lost, so the upload "
+                "cannot be continued", hint="run the import again: blobs already in the "
+                                            "registry are skipped")
         if resp.status != 204:
             raise describe_error(resp, "asking for the upload's status")
         end = (resp.header("Range") or "0-0").removeprefix("bytes=").partition("-")[2]

@@ -1,0 +1,106 @@
+"""A loopback proxy in front of the real registry that injects the faults the registry itself
+cannot produce: 5xx and 429 answers, connections dropped before or after forwarding."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Fault:
+    """Applies to the `nth` request (1-based) whose method and path match."""
+
+    method: str
+    path_contains: str
+    nth: int
+    action: str  # "status:503", "status:429", "drop-before", "drop-after"
+    seen: int = 0
+    fired: bool = False
+
+
+@dataclass
+class FaultLog:
+    requests: list[str] = field(default_factory=list)
+    fired: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, FaultLog]]:
+    up = urlsplit(upstream)
+    log = FaultLog()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            with lock:
+                log.requests.append(f"{self.command} {self.path.split('?')[0]}")
+                fault = _match(faults, self.command, self.path)
+                if fault is not None:
+                    log.fired.append(f"{fault.action} {self.command} {self.path.split('?')[0]}")
+            if fault is not None and fault.action.startswith("status:"):
+                code = int(fault.action.split(":")[1])
+                self.send_response(code)
+                if code == 429:
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if fault is not None and fault.action == "drop-before":
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port, timeout=60)
+            headers = dict(self.headers.items())
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            if fault is not None and fault.action == "drop-after":
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    self.send_header(k, v)
+            upstream_length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", upstream_length or str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", log
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _match(faults: list[Fault], method: str, path: str) -> Fault | None:
+    for fault in faults:
+        if fault.fired or fault.method != method or fault.path_contains not in path:
+            continue
+        fault.seen += 1
+        if fault.seen == fault.nth:
+            fault.fired = True
+            return fault
+    return None
+

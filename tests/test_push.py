@@ -1,0 +1,169 @@
+"""import --to-registry against the real Distribution registry, read back by independent
+clients (skopeo, plain HTTP); faults injected by a loopback proxy in front of it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from bundler import push, signing
+from bundler import registry as reg
+from bundler.errors import IntegrityError
+from bundler.transport import Transport
+from tests.conftest import MODEL, TEMPLATE, Keys, make_model, run, weights
+from tests.faultproxy import Fault, fault_proxy
+from tests.servers import Registry, ollama_registry_fixture, registry_fixture  # noqa: F401 - fixtures
+
+SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def _get(url: str, accept: str | None = None) -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def _assert_served(base: str, repo: str, tag: str, manifest: bytes) -> None:
+    """The registry serves the manifest byte for byte and every blob hashes right."""
+    status, body, headers = _get(f"{base}/v2/{repo}/manifests/{tag}", SCHEMA2)
+    assert status == 200 and body == manifest
+    assert headers["Docker-Content-Digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    doc = json.loads(body)
+    for d in [doc["config"], *doc["layers"]]:
+        status, blob, _ = _get(f"{base}/v2/{repo}/blobs/{d['digest']}")
+        assert status == 200 and "sha256:" + hashlib.sha256(blob).hexdigest() == d["digest"]
+
+
+def _push(bundle: Path, url: str, keys: Keys, *extra: str) -> Any:
+    r = run(["import", str(bundle), "--to-registry", url, "--trust", str(keys.pub), "--json",
+             *extra])
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_push_round_trip_byte_identical(registry: Registry, store: Path,
+                                       bundle_file: Path, keys: Keys,
+                                       env: dict[str, str]) -> None:
+    url = registry.url + "/rt"
+    doc = _push(bundle_file, url, keys)
+    host = url.removeprefix("http://").split("/")[0]
+    assert sorted(m["pushedAs"] for m in doc["models"]) == sorted([
+        f"{host}/rt/repo:Q4_K_M", f"{host}/rt/tiny:chat", f"{host}/rt/tiny:latest"])
+    assert doc["ollamaPull"][0].startswith(f"ollama pull --insecure {host}/rt/")
+    assert doc["blobsUploaded"] > 0 and doc["check"]["ok"] is False  # bare registry: no Location
+    for path, repo, tag in [("registry.ollama.ai/library/tiny/latest", "rt/tiny", "latest"),
+                            ("registry.ollama.ai/library/tiny/chat", "rt/tiny", "chat"),
+                            ("hf.co/org/repo/Q4_K_M", "rt/repo", "Q4_K_M")]:
+        _assert_served(registry.url, repo, tag, (store / "manifests" / path).read_bytes())
+    # skopeo, an independent client, reads the same manifest bytes back
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{host}/rt/tiny:latest"], capture_output=True, check=True)
+    assert raw.stdout == (store / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes()
+    # a second push finds everything there
+    again = _push(bundle_file, url, keys)
+    assert again["blobsUploaded"] == 0 and again["blobsPresent"] > 0
+
+
+def test_push_mounts_and_maps_names(registry: Registry, tmp_path: Path, keys: Keys,
+                                    env: dict[str, str]) -> None:
+    store = tmp_path / "s"
+    w = weights(100_000, seed=5)
+    make_model(store, "registry.ollama.ai/Org/Big/latest", [(MODEL, w)])
+    make_model(store, "registry.ollama.ai/other/big/latest", [(MODEL, w), (TEMPLATE, b"t")])
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    doc = _push(bundle, registry.url, keys)
+    names = {m["name"]: m for m in doc["models"]}
+    assert names["registry.ollama.ai/Org/Big:latest"]["pushedAs"].endswith("/org/big:latest")
+    assert names["registry.ollama.ai/Org/Big:latest"]["renamed"] is True
+    assert doc["blobsMounted"] >= 1  # the shared weights went up once
+    assert doc["blobsUploaded"] == 3  # weights, template, config shared by both
+
+
+def test_chunked_upload_with_resume_through_faults(registry: Registry, tmp_path: Path,
+                                                   keys: Keys, env: dict[str, str]) -> None:
+    """Dropped connections, 5xx and 429 on every kind of request: the push completes and the
+    registry holds exactly the bundle's content."""
+    store = tmp_path / "s"
+    manifest = make_model(store, "registry.ollama.ai/library/m/latest",
+                          [(MODEL, weights(5_500_000, seed=3)), (TEMPLATE, b"{{ .Prompt }}")])
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    faults = [Fault("POST", "/blobs/uploads/", 1, "status:503"),
+              Fault("HEAD", "/blobs/", 2, "status:429"),
+              Fault("PATCH", "/blobs/uploads/", 2, "drop-before"),
+              Fault("PATCH", "/blobs/uploads/", 4, "status:502"),
+              Fault("PUT", "/blobs/uploads/", 1, "drop-before"),
+              Fault("PUT", "/manifests/", 1, "status:500")]
+    with fault_proxy(registry.url, faults) as (url, log):
+        client = reg.Client(Transport(), reg.Target.parse(url), None,
+                                 sleep=lambda _: None)
+        trusted = [signing.read_public(keys.pub)]
+        with bundle.open("rb") as f:
+            result = push.push_bundle(f, client, trusted, allow_unsigned=False,
+                                      chunk_size=64 * 1024)
+    assert len(log.fired) == len(faults), log.fired
+    assert result.uploaded == 3
+    _assert_served(registry.url, "library/m", "latest", manifest)
+
+
+def test_nothing_is_pushed_from_a_tampered_bundle(registry: Registry,
+                                                  tmp_path: Path, bundle_file: Path, keys: Keys,
+                                                  env: dict[str, str]) -> None:
+    # an untrusted bundle: refused before a single request
+    other = signing.generate()
+    client = reg.Client(Transport(), reg.Target.parse(registry.url + "/tamper"),
+                             None)
+    with bundle_file.open("rb") as f, pytest.raises(IntegrityError):
+        push.push_bundle(f, client, [other.public], allow_unsigned=False)
+    status, body, _ = _get(registry.url + "/v2/_catalog")
+    assert not [r for r in json.loads(body)["repositories"] if r.startswith("tamper/")]
+    # a corrupted last blob: never committed, no tag
+    with bundle_file.open("rb") as f:
+        plain = bytearray(zstandard.ZstdDecompressor().stream_reader(
+            f, read_across_frames=True).read())
+    end = len(plain.rstrip(b"\0"))
+    plain[end - 1] ^= 1
+    bad = tmp_path / "bad.tar.zst"
+    bad.write_bytes(zstandard.ZstdCompressor().compress(bytes(plain)))
+    r = run(["import", str(bad), "--to-registry", registry.url + "/tamper", "--trust",
+             str(keys.pub)])
+    assert r.exit_code == 3
+    status, body, _ = _get(registry.url + "/v2/tamper/tiny/tags/list")
+    assert status == 404 or not json.loads(body).get("tags")
+
+
+def test_a_lost_answer_to_a_chunk_fails_cleanly_and_a_rerun_completes(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    """Distribution 2.8 cannot continue an upload whose latest Location we never saw (its
+    _state token is then stale): the import says so, and running it again completes."""
+    store = tmp_path / "s"
+    manifest = make_model(store, "registry.ollama.ai/library/lost/latest",
+                          [(MODEL, weights(3_500_000, seed=4))])
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    trusted = [signing.read_public(keys.pub)]
+    with fault_proxy(registry.url, [Fault("PATCH", "/blobs/uploads/", 2, "drop-after")]) as (
+            url, log):
+        client = reg.Client(Transport(), reg.Target.parse(url), None, sleep=lambda _: None)
+        with bundle.open("rb") as f, pytest.raises(reg.RegistryError, match="cannot be continued"):
+            push.push_bundle(f, client, trusted, allow_unsigned=False, chunk_size=64 * 1024)
+        assert log.fired
+    status, _, _ = _get(f"{registry.url}/v2/library/lost/manifests/latest", SCHEMA2)
+    assert status == 404  # no tag for an incomplete model
+    doc = _push(bundle, registry.url, keys)
+    assert doc["blobsUploaded"] >= 1
+    _assert_served(registry.url, "library/lost", "latest", manifest)
