@@ -19,7 +19,13 @@ from bundler.errors import IntegrityError
 from bundler.transport import Transport
 from tests.conftest import MODEL, TEMPLATE, Keys, make_model, run, weights
 from tests.faultproxy import Fault, fault_proxy
-from tests.servers import Registry, ollama_registry_fixture, registry_fixture  # noqa: F401 - fixtures
+from tests.ollama_pull import PullError, pull
+from tests.servers import (  # noqa: F401 - fixtures
+    OllamaRegistry,
+    Registry,
+    ollama_registry_fixture,
+    registry_fixture,
+)
 
 SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -167,3 +173,29 @@ def test_a_lost_answer_to_a_chunk_fails_cleanly_and_a_rerun_completes(
     doc = _push(bundle, registry.url, keys)
     assert doc["blobsUploaded"] >= 1
     _assert_served(registry.url, "library/lost", "latest", manifest)
+
+
+def test_store_to_registry_to_ollama_pull_through_the_recipe(
+        registry: Registry, ollama_registry: OllamaRegistry, tmp_path: Path, store: Path,
+        bundle_file: Path, keys: Keys, env: dict[str, str]) -> None:
+    """The whole path colleagues use: push through the nginx recipe, check-registry says pulls
+    work, and an Ollama-style pull (tests/ollama_pull.py, written from the reference) gets the
+    model byte for byte; against the bare registry the same probe fails and says why."""
+    doc = _push(bundle_file, ollama_registry.url + "/team", keys)
+    assert doc["check"]["ok"] is True, doc["check"]
+    r = run(["check-registry", ollama_registry.url, "team/tiny:latest"])
+    assert r.exit_code == 0 and "will work" in r.stdout
+    r = run(["check-registry", registry.url, "team/tiny:latest"])
+    assert r.exit_code == 5 and "no Location header" in r.stdout
+    assert "scripts/registry-for-ollama" in r.stderr
+
+    pulled = tmp_path / "pulled"
+    pull(ollama_registry.url, "team", "tiny", "latest", pulled, min_part_size=100_000)
+    with pytest.raises(PullError, match="no Location header"):
+        pull(registry.url, "team", "tiny", "chat", tmp_path / "bare")
+    raw = (store / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes()
+    host = ollama_registry.url.removeprefix("http://")
+    assert (pulled / "manifests" / host / "team" / "tiny" / "latest").read_bytes() == raw
+    for d in [json.loads(raw)["config"], *json.loads(raw)["layers"]]:
+        name = "sha256-" + d["digest"][7:]
+        assert (pulled / "blobs" / name).read_bytes() == (store / "blobs" / name).read_bytes()
