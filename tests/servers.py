@@ -4,8 +4,8 @@ Use them by importing the fixture functions into a test module (no conftest.py o
 pytest_plugins needed); they register the fixtures `registry` and `ollama_registry` (import both
 even if you use only `ollama_registry`, which builds on `registry`):
 
-    from tests.servers import OllamaRegistry, Registry
-    from tests.servers import ollama_registry_fixture, registry_fixture  # noqa: F401
+    from tests.servers import (  # noqa: F401 (fixtures)
+        OllamaRegistry, Registry, ollama_registry_fixture, registry_fixture)
 
     def test_x(registry: Registry, ollama_registry: OllamaRegistry) -> None:
         registry.url           # http://127.0.0.1:PORT, the bare docker-registry
