@@ -104,7 +104,11 @@ class Transport:
                 hint="pass --ca-cert FILE for a private CA (or --insecure-skip-tls-verify)",
             ) from None
         except Urllib3Error as e:
-            raise NetworkError(f"{method} {_redact(url)} failed: {e}") from None
+            raise NetworkError(
+                f"{method} {_redact(url)} failed: {e}",
+                hint="check the address, that the registry is running, the scheme (http:// or "
+                     "--plain-http for a plain-HTTP registry) and HTTPS_PROXY/NO_PROXY",
+            ) from None
         resp = Response(raw.status, raw.headers, b"" if stream else raw.data, url,
                         raw if stream else None)
         if not stream:
