@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from bundler.digest import Digest
 from bundler.errors import NetworkError, UsageError
 from bundler.progress import OnEvent, no_events
-from bundler.transport import Response, Transport
+from bundler.transport import Response, TlsError, Transport
 
 MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MAX_TRIES = 6
@@ -138,6 +138,8 @@ class Client:
             try:
                 resp = self.transport.request(method, url, headers=all_headers, body=body,
                                               stream=stream)
+            except TlsError:
+                raise
             except NetworkError as e:
                 if attempt == MAX_TRIES:
                     raise

@@ -99,7 +99,7 @@ class Transport:
                 preload_content=not stream, decode_content=False,
             )
         except urllib3.exceptions.SSLError as e:
-            raise NetworkError(
+            raise TlsError(
                 f"TLS to {urlsplit(url).netloc} failed: {e.reason if hasattr(e, 'reason') else e}",
                 hint="pass --ca-cert FILE for a private CA (or --insecure-skip-tls-verify)",
             ) from None
@@ -114,6 +114,10 @@ class Transport:
         if not stream:
             raw.release_conn()
         return resp
+
+
+class TlsError(NetworkError):
+    """The registry's TLS certificate was refused: permanent, not worth a retry."""
 
 
 def _redact(url: str) -> str:

@@ -1,0 +1,117 @@
+"""Pushing to the real registry over TLS with a private CA and htpasswd Basic auth."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from tests.conftest import Keys, cli
+from tests.servers import _spawn, find_binary, free_port, stop_process
+
+USER, PASSWORD = "pusher", "correct-horse-battery"
+
+
+@dataclass(frozen=True)
+class SecureRegistry:
+    url: str
+    ca: Path
+    other_ca: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _make_ca(d: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN={name}",
+             "-days", "2", cwd=d)
+
+
+@contextlib.contextmanager
+def run_secure_registry(d: Path) -> Iterator[SecureRegistry]:
+    _make_ca(d, "ca")
+    _make_ca(d, "other-ca")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
+    (d / "htpasswd").write_text(f"{USER}:{hashed}\n")
+    port = free_port()
+    (d / "registry.yml").write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {d / 'storage'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: tests-only\n"
+        f"  tls:\n    certificate: {d / 'srv.pem'}\n    key: {d / 'srv.key'}\n"
+        f"auth:\n  htpasswd:\n    realm: tests\n    path: {d / 'htpasswd'}\n")
+    proc = _spawn([find_binary("docker-registry"), "serve", str(d / "registry.yml")],
+                  d / "registry.log")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail("TLS registry did not start:\n" + (d / "registry.log").read_text())
+            time.sleep(0.1)
+        yield SecureRegistry(f"https://127.0.0.1:{port}", d / "ca.pem", d / "other-ca.pem")
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def secure_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRegistry]:
+    with run_secure_registry(tmp_path_factory.mktemp("tls-registry")) as server:
+        yield server
+
+
+def test_tls_and_basic_auth(secure_registry: SecureRegistry, bundle_file: Path, keys: Keys,
+                            env: dict[str, str], tmp_path: Path) -> None:
+    base = ["import", str(bundle_file), "--to-registry", secure_registry.url + "/secure",
+            "--trust", str(keys.pub)]
+    home = {**env, "DOCKER_CONFIG": str(tmp_path / "docker")}
+    # the system CAs do not know our CA; another CA does not either
+    p = cli(*base, env=home)
+    assert p.returncode == 5 and b"--ca-cert" in p.stderr, p.stderr
+    p = cli(*base, "--ca-cert", str(secure_registry.other_ca), env=home)
+    assert p.returncode == 5
+    # the right CA, but no credentials
+    p = cli(*base, "--ca-cert", str(secure_registry.ca), env=home)
+    assert p.returncode == 5 and b"401" in p.stderr and b"--username" in p.stderr, p.stderr
+    # a wrong password
+    p = cli(*base, "--ca-cert", str(secure_registry.ca), "--username", USER, "--password-stdin",
+            env=home, stdin=b"wrong\n")
+    assert p.returncode == 5
+    # right: and the password appears nowhere in what we print
+    p = cli(*base, "--ca-cert", str(secure_registry.ca), "--username", USER, "--password-stdin",
+            "--json", env=home, stdin=PASSWORD.encode() + b"\n")
+    assert p.returncode == 0, p.stderr
+    assert PASSWORD.encode() not in p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["blobsUploaded"] > 0
+    assert doc["check"]["ok"] is False  # Ollama sends no Basic auth: colleagues could not pull
+    assert "credentials" in " ".join(doc["check"]["findings"])
+    # credentials from docker's config.json; TLS check skipped with a warning
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    import base64
+
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (docker / "config.json").write_text(json.dumps(
+        {"auths": {secure_registry.url.removeprefix("https://"): {"auth": auth}}}))
+    p = cli(*base, "--insecure-skip-tls-verify", "--json", env=home)
+    assert p.returncode == 0, p.stderr
+    assert b"warning: --insecure-skip-tls-verify" in p.stderr
+    assert json.loads(p.stdout)["blobsUploaded"] == 0  # all there already
+    assert PASSWORD.encode() not in p.stdout + p.stderr
