@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from bundler import __version__, signing
 from bundler.archive import ArchiveWriter
@@ -69,9 +69,36 @@ def model_json(model: Model) -> dict[str, Any]:
 # Export
 
 
+class BlobSource(Protocol):
+    """Where export reads blobs: an Ollama store, or a registry (push.RegistrySource)."""
+
+    def describe(self) -> str: ...
+
+    def open_blob(self, digest: Digest) -> contextlib.AbstractContextManager[BinaryIO]: ...
+
+    def mismatch(self, model: ModelName, digest: Digest, got: Digest) -> IntegrityError: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSource:
+    store: Store
+
+    def describe(self) -> str:
+        return self.store.location.describe()
+
+    def open_blob(self, digest: Digest) -> contextlib.AbstractContextManager[BinaryIO]:
+        return self.store.open_blob(digest)
+
+    def mismatch(self, model: ModelName, digest: Digest, got: Digest) -> IntegrityError:
+        return IntegrityError(
+            f"corrupt store: model {model.display_shortest()}: blob {digest} does not match "
+            f"its digest (got {got})",
+            hint="re-pull the model, or remove it with 'ollama rm'; nothing was written")
+
+
 @dataclass(frozen=True, slots=True)
 class ExportPlan:
-    store: Store
+    source: BlobSource
     contents: Contents
 
     @property
@@ -99,7 +126,7 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
                 raise IntegrityError(
                     f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
                     f"{problem}", hint="re-pull the model, or remove it with 'ollama rm'")
-    return ExportPlan(store, plan_contents(models))
+    return ExportPlan(StoreSource(store), plan_contents(models))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,20 +178,17 @@ def export_bundle(
             on_bytes(ref.size)
             continue
         owner, media_type = owners[ref.digest]
-        with plan.store.open_blob(ref.digest) as f:
+        with plan.source.open_blob(ref.digest) as f:
             source = ReadAhead(f)
             writer.write_stream(blob_member(ref.digest), ref.size, _counted(source, on_bytes),
                                 level=compression_level(media_type, level))
         if source.digest != ref.digest:
-            raise IntegrityError(
-                f"corrupt store: model {owner.display_shortest()}: blob "
-                f"{ref.digest} does not match its digest (got {source.digest})",
-                hint="re-pull the model, or remove it with 'ollama rm'; nothing was written")
+            raise plan.source.mismatch(owner, ref.digest, source.digest)
     writer.close()
     return ExportResult(
         output="", models=contents.models, blobs=len(contents.blobs),
         bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
-        created=created, store=plan.store.location.describe(),
+        created=created, store=plan.source.describe(),
     )
 
 

@@ -18,6 +18,7 @@ from bundler import __version__, bundle, config, credentials, push, registry, si
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, NotFoundError, UsageError
 from bundler.reader import Head
+from bundler.reference import ModelName
 from bundler.store import Store, locate
 from bundler.streams import Sink, check_output, open_output
 
@@ -217,12 +218,21 @@ def _open_output(path: str) -> Iterator[Sink]:
               help="Compress every member at this zstd level (default: weights, which barely "
                    "compress, are stored as raw zstd blocks; JSON and text at level 3; "
                    "formats/bundle-v1.md §7).")
+@click.option("--from-registry", is_flag=True,
+              help="Fetch MODEL... from their registry (registry.ollama.ai unless the name has "
+                   "a host) instead of a store; no Ollama needed.")
+@click.option("--mirror", metavar="URL",
+              help="With --from-registry: fetch from this registry instead of the names' hosts "
+                   "(the names in the bundle stay as given).")
+@registry_options
 @PASSPHRASE_FILE
 @common
 def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
                key_path: tuple[Path, ...], unsigned: bool, level: int | None,
-               passphrase_file: Path | None, json_mode: bool, quiet: bool) -> None:
-    """Export models from an Ollama store into one signed bundle file.
+               from_registry: bool, mirror: str | None,
+               passphrase_file: Path | None, json_mode: bool, quiet: bool,
+               **options: Any) -> None:
+    """Export models from an Ollama store (or a registry) into one signed bundle file.
 
     MODEL is an Ollama name (tiny, tiny:chat, hf.co/org/repo:Q4_K_M); or pass --all.
     """
@@ -239,9 +249,16 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     else:
         check_output(Path(output))
     keys = [] if unsigned else _signing_keys(key_path, passphrase_file)
-    store = Store(locate(models_dir, os.environ, HOME))
-    out.log(f"store: {store.location.describe()}")
-    plan = bundle.plan_export(store, names, all_models=all_models, on_event=out.log)
+    if from_registry:
+        if all_models or models_dir is not None:
+            raise UsageError("--from-registry takes model names, not --all or --models")
+        plan = push.plan_registry_export(names, _clients_for(names, mirror, out, options))
+    else:
+        if mirror is not None:
+            raise UsageError("--mirror goes with --from-registry")
+        store = Store(locate(models_dir, os.environ, HOME))
+        out.log(f"store: {store.location.describe()}")
+        plan = bundle.plan_export(store, names, all_models=all_models, on_event=out.log)
     created = config.source_date_epoch(os.environ)
     with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
         result = bundle.export_bundle(plan, f, keys=keys, level=level, created_epoch=created,
@@ -430,6 +447,25 @@ def _client(url: str, out: Output, *, plain_http: bool, ca_cert: Path | None,
                                           if target.namespace else "")
             + (f", as {creds.username}" if creds else ", anonymous"))
     return registry.Client(transport.Transport(tls), target, creds, on_event=out.log)
+
+
+def _clients_for(names: tuple[str, ...], mirror: str | None, out: Output,
+                 options: dict[str, Any]) -> Callable[[ModelName], registry.Client]:
+    """One client per registry host (or the mirror for all); --username only for one host."""
+    hosts = {ModelName.parse(n).host.lower() for n in names}
+    if options.get("username") and mirror is None and len(hosts) > 1:
+        raise UsageError("--username applies to one registry; these models come from "
+                         f"{len(hosts)}", hint="use docker login for each, or --mirror")
+    clients: dict[str, registry.Client] = {}
+    scheme = "http://" if options.get("plain_http") else ""
+
+    def client(name: ModelName) -> registry.Client:
+        url = mirror or scheme + name.host
+        if url not in clients:
+            clients[url] = _client(url, out, **options)
+        return clients[url]
+
+    return client
 
 
 def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsigned: bool,

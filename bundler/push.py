@@ -3,17 +3,19 @@ probe a registry the way Ollama's pull does (`check-registry`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from bundler import signing
-from bundler.bundle import pick
+from bundler.bundle import ExportPlan, pick
 from bundler.digest import CHUNK_SIZE, Digest
-from bundler.errors import IntegrityError, UsageError
-from bundler.layout import Model
+from bundler.errors import IntegrityError, NotFoundError, UsageError
+from bundler.layout import Model, plan_contents
+from bundler.oci import Manifest
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head
 from bundler.reference import ModelName
@@ -22,6 +24,7 @@ from bundler.registry import (
     Client,
     RegistryError,
     Target,
+    describe_error,
     is_valid_tag,
     repository_name,
 )
@@ -273,3 +276,58 @@ def _resolve_like_ollama(client: Client, url: str) -> str:
             return urljoin(url, location)
         return f"error: blob GET answered HTTP {resp.status}"
     return "error: more than 10 redirects"
+
+
+# ---------------------------------------------------------------------------------------------
+# export --from-registry: the same bundle the store exporter writes, without Ollama installed
+
+
+@dataclass(slots=True)
+class RegistrySource:
+    """Blobs fetched from registries, each from a repository whose manifest names it."""
+
+    homes: dict[Digest, tuple[Client, str]]
+    where: str
+
+    def describe(self) -> str:
+        return self.where
+
+    @contextlib.contextmanager
+    def open_blob(self, digest: Digest) -> Iterator[BinaryIO]:
+        client, repo = self.homes[digest]
+        resp = client.open_blob(repo, digest)
+        try:
+            yield resp.reader()
+        finally:
+            resp.close()
+
+    def mismatch(self, model: ModelName, digest: Digest, got: Digest) -> IntegrityError:
+        return IntegrityError(
+            f"the registry served blob {digest} of {model.display_shortest()} with other "
+            f"content (sha256 {got})", hint="a proxy or mirror altered it; nothing was written")
+
+
+def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Client],
+                         ) -> ExportPlan:
+    """Fetch each model's manifest (Docker schema2 Accept, as Ollama pulls) and plan the same
+    bundle a store export of these models would be."""
+    models: list[Model] = []
+    homes: dict[Digest, tuple[Client, str]] = {}
+    hosts: list[str] = []
+    for text in names:
+        name = ModelName.parse(text)
+        client = clients(name)
+        repo = repository_name(name.namespace, name.model) or f"{name.namespace}/{name.model}"
+        resp = client.get_manifest(repo, name.tag, MEDIA_TYPE_DOCKER_MANIFEST)
+        if resp.status == 404:
+            raise NotFoundError(f"model {text!r} not found at {client.target.base}/{repo}")
+        if resp.status != 200:
+            raise describe_error(resp, f"fetching the manifest of {text}")
+        manifest = Manifest.parse(resp.body, f"manifest of {name}")
+        models.append(Model(name, manifest))
+        for blob in manifest.blobs:
+            homes.setdefault(blob.digest, (client, repo))
+        if client.target.base not in hosts:
+            hosts.append(client.target.base)
+    return ExportPlan(RegistrySource(homes, "registry " + ", ".join(hosts)),
+                      plan_contents(models))

@@ -325,6 +325,24 @@ class Client:
             raise describe_error(resp, f"putting manifest {repo}:{reference}")
         return resp.header("Docker-Content-Digest") or ""
 
+    def open_blob(self, repo: str, digest: Digest) -> Response:
+        """GET a blob, following redirects (credentials go only to the registry itself)."""
+        url = self.url(f"/v2/{repo}/blobs/{digest}")
+        resp = self.send("GET", url, scope=_pull(repo), stream=True)
+        for _ in range(10):
+            location = resp.header("Location")
+            if resp.status not in (301, 302, 303, 307, 308) or not location:
+                break
+            resp.close()
+            url = urljoin(url, location)
+            same = urlsplit(url).netloc == self.target.host
+            resp = (self.send("GET", url, scope=_pull(repo), stream=True) if same
+                    else self.transport.request("GET", url, stream=True))
+        if resp.status != 200:
+            resp.close()
+            raise describe_error(resp, f"downloading blob {digest.short} from {repo}")
+        return resp
+
     def get_manifest(self, repo: str, reference: str, accept: str) -> Response:
         return self.send("GET", self.url(f"/v2/{repo}/manifests/{quote(reference)}"),
                          scope=_pull(repo), headers={"Accept": accept})

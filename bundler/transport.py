@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, cast
 from urllib.parse import urlsplit
 
 import urllib3
@@ -37,6 +38,11 @@ class Response:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
+
+    def reader(self) -> BinaryIO:
+        """The streamed body as a file object (readinto); read errors become NetworkError."""
+        assert self._raw is not None
+        return cast("BinaryIO", _Body(self._raw, self.url))
 
     def close(self) -> None:
         """Drop an unread streamed body (the connection is closed, not reused)."""
@@ -114,6 +120,23 @@ class Transport:
         if not stream:
             raw.release_conn()
         return resp
+
+
+class _Body:
+    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str) -> None:
+        self._raw, self._url = raw, url
+
+    def readinto(self, buffer: memoryview) -> int:
+        try:
+            return self._raw.readinto(buffer)
+        except Urllib3Error as e:
+            raise NetworkError(f"reading {_redact(self._url)} failed: {e}") from None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._raw.read(None if n < 0 else n)
+        except Urllib3Error as e:
+            raise NetworkError(f"reading {_redact(self._url)} failed: {e}") from None
 
 
 class TlsError(NetworkError):

@@ -19,7 +19,7 @@ class Fault:
     method: str
     path_contains: str
     nth: int
-    action: str  # "status:503", "status:429", "drop-before", "drop-after"
+    action: str  # "status:503", "status:429", "drop-before", "drop-after", "corrupt"
     seen: int = 0
     fired: bool = False
 
@@ -68,6 +68,8 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
             resp = conn.getresponse()
             data = resp.read()
             conn.close()
+            if fault is not None and fault.action == "corrupt" and data:
+                data = bytes([data[0] ^ 1]) + data[1:]
             if fault is not None and fault.action == "drop-after":
                 self.close_connection = True
                 self.connection.shutdown(2)

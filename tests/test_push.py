@@ -199,3 +199,37 @@ def test_store_to_registry_to_ollama_pull_through_the_recipe(
     for d in [json.loads(raw)["config"], *json.loads(raw)["layers"]]:
         name = "sha256-" + d["digest"][7:]
         assert (pulled / "blobs" / name).read_bytes() == (store / "blobs" / name).read_bytes()
+
+
+def test_store_to_registry_to_bundle_is_the_same_bundle(
+        registry: Registry, tmp_path: Path, store: Path, keys: Keys, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """export --from-registry (through a mirror) writes byte for byte the bundle the store
+    exporter wrote for the same models; a mirror that alters a blob is caught."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    names = ["tiny:latest", "tiny:chat", "hf.co/org/repo:Q4_K_M"]
+    a, b = tmp_path / "a.tar.zst", tmp_path / "b.tar.zst"
+    r = run(["export", *names, "--models", str(store), "--key", str(keys.key), "-o", str(a)])
+    assert r.exit_code == 0, r.stderr
+    _push(a, registry.url, keys)
+    r = run(["export", "--from-registry", *names, "--mirror", registry.url, "--key",
+             str(keys.key), "-o", str(b)])
+    assert r.exit_code == 0, r.stderr
+    assert a.read_bytes() == b.read_bytes()
+    # and from the registry into a store: byte-identical to the source
+    target = tmp_path / "target"
+    assert run(["import", str(b), "--models", str(target), "--trust", str(keys.pub)]
+               ).exit_code == 0
+    for path in ("registry.ollama.ai/library/tiny/latest", "hf.co/org/repo/Q4_K_M"):
+        assert (target / "manifests" / path).read_bytes() == \
+            (store / "manifests" / path).read_bytes()
+
+    c = tmp_path / "c.tar.zst"
+    with fault_proxy(registry.url, [Fault("GET", "/blobs/sha256:", 2, "corrupt")]) as (url, _):
+        r = run(["export", "--from-registry", *names, "--mirror", url, "--key", str(keys.key),
+                 "-o", str(c)])
+    assert r.exit_code == 3 and "other content" in r.stderr
+    assert not c.exists() and not list(tmp_path.glob(".c.tar.zst*"))
+    r = run(["export", "--from-registry", "nope:1", "--mirror", registry.url, "--unsigned",
+             "-o", str(c)])
+    assert r.exit_code == 4
