@@ -1,6 +1,6 @@
 """scripts/make-sample-store builds an Ollama model store laid out byte for byte as Ollama does.
 
-Reference: /work/shared/reference/ollama.md §1.2-§1.6 (layout, names, modes), §2.1-§2.3
+Reference: the project reference notes, ollama.md §1.2-§1.6 (layout, names, modes), §2.1-§2.3
 (manifest and config formats) and §5 (real, hash-checked examples).
 """
 
