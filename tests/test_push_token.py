@@ -1,0 +1,151 @@
+"""The Bearer token flow against the real registry configured for token auth, with a small
+token issuer of our own (Debian packages none) that signs ES256 JWTs the registry trusts."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import Keys, cli
+from tests.servers import _spawn, find_binary, free_port, http_status, stop_process
+
+SERVICE, ISSUER = "test-registry", "test-issuer"
+USER, PASSWORD = "robot", "token-secret-42"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class Issuer:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    requests: list[dict[str, list[str]]]
+
+    def token(self, scope: str, authorized: bool) -> str:
+        access = []
+        for item in scope.split():
+            kind, name, actions = item.split(":")
+            access.append({"type": kind, "name": name,
+                           "actions": actions.split(",") if authorized else ["pull"]})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256",
+                  "x5c": [base64.b64encode(self.cert.public_bytes(
+                      serialization.Encoding.DER)).decode()]}
+        claims = {"iss": ISSUER, "sub": USER if authorized else "", "aud": SERVICE,
+                  "exp": now + 300, "nbf": now - 10, "iat": now, "jti": str(now),
+                  "access": access}
+        signing_input = f"{_b64(json.dumps(header).encode())}." \
+                        f"{_b64(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signing_input.encode(),
+                                                  ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def _make_issuer() -> Issuer:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test token issuer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return Issuer(key, cert, [])
+
+
+@contextlib.contextmanager
+def token_server(issuer: Issuer) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            query = parse_qs(urlsplit(self.path).query)
+            issuer.requests.append(query)
+            expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            given = self.headers.get("Authorization")
+            if given is not None and given != expected:
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = json.dumps({"token": issuer.token(query.get("scope", [""])[0],
+                                                     authorized=given == expected)}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Issuer]]:
+    d = tmp_path_factory.mktemp("token-registry")
+    issuer = _make_issuer()
+    (d / "root.pem").write_bytes(issuer.cert.public_bytes(serialization.Encoding.PEM))
+    with token_server(issuer) as realm:
+        port = free_port()
+        (d / "registry.yml").write_text(
+            "version: 0.1\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {d / 'storage'}\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n  secret: tests-only\n"
+            f"auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n"
+            f"    issuer: {ISSUER}\n    rootcertbundle: {d / 'root.pem'}\n")
+        proc = _spawn([find_binary("docker-registry"), "serve", str(d / "registry.yml")],
+                      d / "registry.log")
+        try:
+            deadline = time.monotonic() + 20
+            while http_status("127.0.0.1", port) != 401:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("token registry did not start:\n"
+                                + (d / "registry.log").read_text())
+                time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}", issuer
+        finally:
+            stop_process(proc)
+
+
+def test_bearer_token_flow(token_registry: tuple[str, Issuer], bundle_file: Path, keys: Keys,
+                           env: dict[str, str], tmp_path: Path) -> None:
+    url, issuer = token_registry
+    home = {**env, "DOCKER_CONFIG": str(tmp_path / "docker")}
+    base = ["import", str(bundle_file), "--to-registry", url + "/tok", "--trust", str(keys.pub)]
+    # an anonymous token grants pull only: the push is refused, naming what to do
+    p = cli(*base, env=home)
+    assert p.returncode == 5 and b"401" in p.stderr and b"--username" in p.stderr, p.stderr
+    # with credentials the token server grants push
+    p = cli(*base, "--username", USER, "--password-stdin", "--json", env=home,
+            stdin=PASSWORD.encode() + b"\n")
+    assert p.returncode == 0, p.stderr
+    assert PASSWORD.encode() not in p.stdout + p.stderr
+    assert json.loads(p.stdout)["blobsUploaded"] > 0
+    scopes = {q["scope"][0] for q in issuer.requests if "scope" in q}
+    assert "repository:tok/tiny:pull,push" in scopes
+    assert {q.get("service", [""])[0] for q in issuer.requests} == {SERVICE}
