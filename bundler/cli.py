@@ -224,12 +224,15 @@ def _open_output(path: str) -> Iterator[Sink]:
 @click.option("--mirror", metavar="URL",
               help="With --from-registry: fetch from this registry instead of the names' hosts "
                    "(the names in the bundle stay as given).")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
+              metavar="DIR", help="With --from-registry: keep downloaded blobs here; a re-run "
+                                  "continues partial downloads and skips finished ones.")
 @registry_options
 @PASSPHRASE_FILE
 @common
 def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
                key_path: tuple[Path, ...], unsigned: bool, level: int | None,
-               from_registry: bool, mirror: str | None,
+               from_registry: bool, mirror: str | None, cache_dir: Path | None,
                passphrase_file: Path | None, json_mode: bool, quiet: bool,
                **options: Any) -> None:
     """Export models from an Ollama store (or a registry) into one signed bundle file.
@@ -252,10 +255,11 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     if from_registry:
         if all_models or models_dir is not None:
             raise UsageError("--from-registry takes model names, not --all or --models")
-        plan = push.plan_registry_export(names, _clients_for(names, mirror, out, options))
+        plan = push.plan_registry_export(names, _clients_for(names, mirror, out, options),
+                                         cache=cache_dir)
     else:
-        if mirror is not None:
-            raise UsageError("--mirror goes with --from-registry")
+        if mirror is not None or cache_dir is not None:
+            raise UsageError("--mirror and --cache go with --from-registry")
         store = Store(locate(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
         plan = bundle.plan_export(store, names, all_models=all_models, on_event=out.log)

@@ -4,9 +4,11 @@ probe a registry the way Ollama's pull does (`check-registry`)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
@@ -288,6 +290,7 @@ class RegistrySource:
 
     homes: dict[Digest, tuple[Client, str]]
     where: str
+    cache: Path | None = None
 
     def describe(self) -> str:
         return self.where
@@ -295,11 +298,43 @@ class RegistrySource:
     @contextlib.contextmanager
     def open_blob(self, digest: Digest) -> Iterator[BinaryIO]:
         client, repo = self.homes[digest]
+        if self.cache is not None:
+            with self._cached(client, repo, digest).open("rb", buffering=0) as f:
+                yield f
+            return
         resp = client.open_blob(repo, digest)
         try:
             yield resp.reader()
         finally:
             resp.close()
+
+    def _cached(self, client: Client, repo: str, digest: Digest) -> Path:
+        """The blob in the cache: verified blobs are kept; a partial download is continued
+        with a Range request; the export hashes what it reads all the same."""
+        assert self.cache is not None
+        final = self.cache / f"sha256-{digest.hex}"
+        if final.is_file():
+            return final
+        partial = self.cache / f"sha256-{digest.hex}.partial"
+        offset = partial.stat().st_size if partial.is_file() else 0
+        resp = client.open_blob(repo, digest, offset=offset)
+        try:
+            mode = "ab" if resp.status == 206 and offset else "wb"
+            with partial.open(mode) as out:
+                for chunk in resp.stream(CHUNK_SIZE):
+                    out.write(chunk)
+        finally:
+            resp.close()
+        h = hashlib.sha256()
+        with partial.open("rb", buffering=0) as f:
+            while chunk := f.read(CHUNK_SIZE):
+                h.update(chunk)
+        if h.hexdigest() != digest.hex:
+            partial.unlink()
+            raise IntegrityError(f"the registry served blob {digest} with other content",
+                                 hint="a proxy or mirror altered it; run again to refetch")
+        partial.replace(final)
+        return final
 
     def mismatch(self, model: ModelName, digest: Digest, got: Digest) -> IntegrityError:
         return IntegrityError(
@@ -308,7 +343,7 @@ class RegistrySource:
 
 
 def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Client],
-                         ) -> ExportPlan:
+                         cache: Path | None = None) -> ExportPlan:
     """Fetch each model's manifest (Docker schema2 Accept, as Ollama pulls) and plan the same
     bundle a store export of these models would be."""
     models: list[Model] = []
@@ -329,5 +364,10 @@ def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Cl
             homes.setdefault(blob.digest, (client, repo))
         if client.target.base not in hosts:
             hosts.append(client.target.base)
-    return ExportPlan(RegistrySource(homes, "registry " + ", ".join(hosts)),
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot use --cache {cache}: {e.strerror}") from None
+    return ExportPlan(RegistrySource(homes, "registry " + ", ".join(hosts), cache),
                       plan_contents(models))

@@ -325,10 +325,12 @@ class Client:
             raise describe_error(resp, f"putting manifest {repo}:{reference}")
         return resp.header("Docker-Content-Digest") or ""
 
-    def open_blob(self, repo: str, digest: Digest) -> Response:
-        """GET a blob, following redirects (credentials go only to the registry itself)."""
+    def open_blob(self, repo: str, digest: Digest, *, offset: int = 0) -> Response:
+        """GET a blob (from `offset` on, with a Range request, if given), following redirects
+        (credentials go only to the registry itself). 200, or 206 for a Range."""
         url = self.url(f"/v2/{repo}/blobs/{digest}")
-        resp = self.send("GET", url, scope=_pull(repo), stream=True)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp = self.send("GET", url, scope=_pull(repo), stream=True, headers=headers)
         for _ in range(10):
             location = resp.header("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
@@ -336,9 +338,10 @@ class Client:
             resp.close()
             url = urljoin(url, location)
             same = urlsplit(url).netloc == self.target.host
-            resp = (self.send("GET", url, scope=_pull(repo), stream=True) if same
-                    else self.transport.request("GET", url, stream=True))
-        if resp.status != 200:
+            resp = (self.send("GET", url, scope=_pull(repo), stream=True, headers=headers)
+                    if same else self.transport.request("GET", url, stream=True,
+                                                        headers=headers))
+        if resp.status not in (200, 206):
             resp.close()
             raise describe_error(resp, f"downloading blob {digest.short} from {repo}")
         return resp

@@ -19,7 +19,7 @@ class Fault:
     method: str
     path_contains: str
     nth: int
-    action: str  # "status:503", "status:429", "drop-before", "drop-after", "corrupt"
+    action: str  # "status:503", "status:429", "drop-before", "drop-after", "corrupt", "truncate"
     seen: int = 0
     fired: bool = False
 
@@ -28,6 +28,7 @@ class Fault:
 class FaultLog:
     requests: list[str] = field(default_factory=list)
     fired: list[str] = field(default_factory=list)
+    ranges: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -47,6 +48,8 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
             body = self.rfile.read(length) if length else b""
             with lock:
                 log.requests.append(f"{self.command} {self.path.split('?')[0]}")
+                if self.headers.get("Range"):
+                    log.ranges.append(self.headers["Range"])
                 fault = _match(faults, self.command, self.path)
                 if fault is not None:
                     log.fired.append(f"{fault.action} {self.command} {self.path.split('?')[0]}")
@@ -70,6 +73,15 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
             conn.close()
             if fault is not None and fault.action == "corrupt" and data:
                 data = bytes([data[0] ^ 1]) + data[1:]
+            if fault is not None and fault.action == "truncate":
+                self.send_response(resp.status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             if fault is not None and fault.action == "drop-after":
                 self.close_connection = True
                 self.connection.shutdown(2)

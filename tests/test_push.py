@@ -233,3 +233,36 @@ def test_store_to_registry_to_bundle_is_the_same_bundle(
     r = run(["export", "--from-registry", "nope:1", "--mirror", registry.url, "--unsigned",
              "-o", str(c)])
     assert r.exit_code == 4
+
+
+def test_from_registry_cache_resumes_a_partial_download(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    store = tmp_path / "s"
+    make_model(store, "registry.ollama.ai/library/cached/latest",
+               [(MODEL, weights(3_000_000, seed=8))])
+    a, b = tmp_path / "a.tar.zst", tmp_path / "b.tar.zst"
+    assert run(["export", "cached", "--models", str(store), "--key", str(keys.key), "-o",
+                str(a)]).exit_code == 0
+    _push(a, registry.url, keys)
+    cache = tmp_path / "cache"
+    args = ["export", "--from-registry", "cached", "--key", str(keys.key), "-o", str(b),
+            "--cache", str(cache)]
+    weights_get = "/blobs/sha256:"  # the config comes first, then the weights
+    with fault_proxy(registry.url, [Fault("GET", weights_get, 2, "truncate")]) as (url, log):
+        r = run([*args, "--mirror", url])
+        assert r.exit_code == 5 and log.fired
+        partials = list(cache.glob("*.partial"))
+        assert len(partials) == 1
+        had = partials[0].stat().st_size
+        assert 1_000_000 < had < 3_000_000  # half of the weights blob
+        r = run([*args, "--mirror", url])
+        assert r.exit_code == 0, r.stderr
+        assert log.ranges == [f"bytes={had}-"]  # continued, not restarted
+    assert a.read_bytes() == b.read_bytes()
+    assert not list(cache.glob("*.partial")) and len(list(cache.iterdir())) == 2
+    # a third run reads everything from the cache: the registry is not asked for blobs
+    with fault_proxy(registry.url, []) as (url, log):
+        assert run([*args, "--mirror", url]).exit_code == 0
+        assert not [x for x in log.requests if "/blobs/" in x]
