@@ -4,7 +4,6 @@ probe a registry the way Ollama's pull does (`check-registry`)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -309,8 +308,9 @@ class RegistrySource:
             resp.close()
 
     def _cached(self, client: Client, repo: str, digest: Digest) -> Path:
-        """The blob in the cache: verified blobs are kept; a partial download is continued
-        with a Range request; the export hashes what it reads all the same."""
+        """The blob in the cache: finished downloads are kept; a partial one is continued
+        with a Range request. Not hashed here: the export hashes what it reads, and a blob
+        that does not match is dropped from the cache (`mismatch`)."""
         assert self.cache is not None
         final = self.cache / f"sha256-{digest.hex}"
         if final.is_file():
@@ -325,18 +325,12 @@ class RegistrySource:
                     out.write(chunk)
         finally:
             resp.close()
-        h = hashlib.sha256()
-        with partial.open("rb", buffering=0) as f:
-            while chunk := f.read(CHUNK_SIZE):
-                h.update(chunk)
-        if h.hexdigest() != digest.hex:
-            partial.unlink()
-            raise IntegrityError(f"the registry served blob {digest} with other content",
-                                 hint="a proxy or mirror altered it; run again to refetch")
         partial.replace(final)
         return final
 
     def mismatch(self, model: ModelName, digest: Digest, got: Digest) -> IntegrityError:
+        if self.cache is not None:  # never keep bad content: the next run fetches it again
+            (self.cache / f"sha256-{digest.hex}").unlink(missing_ok=True)
         return IntegrityError(
             f"the registry served blob {digest} of {model.display_shortest()} with other "
             f"content (sha256 {got})", hint="a proxy or mirror altered it; nothing was written")

@@ -29,7 +29,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,3 +243,28 @@ def ollama_registry_fixture(registry: Registry,
     """nginx with the recipe's config in front of the `registry` fixture's server."""
     with run_nginx(tmp_path_factory.mktemp("nginx"), registry.netloc) as front:
         yield OllamaRegistry(**vars(front), registry=registry)
+
+
+@contextlib.contextmanager
+def run_registry_with(directory: Path, extra_config: str,
+                      ready: Callable[[int], bool]) -> Iterator[int]:
+    """docker-registry with extra YAML under its `http:` block's siblings (TLS, auth ...):
+    `extra_config` is formatted with {port} and {dir}; yields the port once `ready(port)`."""
+    port = free_port()
+    config = directory / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {directory / 'storage'}\n"
+        f"http:\n  addr: {HOST}:{port}\n  secret: tests-only\n"
+        + extra_config.format(port=port, dir=directory))
+    log = directory / "registry.log"
+    proc = _spawn([find_binary("docker-registry"), "serve", str(config)], log)
+    try:
+        deadline = time.monotonic() + 20
+        while not ready(port):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"docker-registry did not start:\n{_tail(log)}", pytrace=False)
+            time.sleep(0.1)
+        yield port
+    finally:
+        stop_process(proc)

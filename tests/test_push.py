@@ -266,3 +266,22 @@ def test_from_registry_cache_resumes_a_partial_download(
     with fault_proxy(registry.url, []) as (url, log):
         assert run([*args, "--mirror", url]).exit_code == 0
         assert not [x for x in log.requests if "/blobs/" in x]
+
+
+def test_from_registry_cache_drops_bad_content(registry: Registry, tmp_path: Path, keys: Keys,
+                                               env: dict[str, str]) -> None:
+    store = tmp_path / "s"
+    make_model(store, "registry.ollama.ai/library/badcache/latest",
+               [(MODEL, weights(200_000, seed=9))])
+    a = tmp_path / "a.tar.zst"
+    assert run(["export", "badcache", "--models", str(store), "--key", str(keys.key), "-o",
+                str(a)]).exit_code == 0
+    _push(a, registry.url, keys)
+    cache = tmp_path / "cache"
+    args = ["export", "--from-registry", "badcache", "--unsigned", "-o",
+            str(tmp_path / "b.tar.zst"), "--cache", str(cache)]
+    with fault_proxy(registry.url, [Fault("GET", "/blobs/sha256:", 2, "corrupt")]) as (url, _):
+        r = run([*args, "--mirror", url])
+    assert r.exit_code == 3 and "other content" in r.stderr
+    assert len(list(cache.iterdir())) == 1  # the good config stays, the bad weights do not
+    assert run([*args, "--mirror", registry.url]).exit_code == 0

@@ -6,7 +6,6 @@ import contextlib
 import json
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import bcrypt
 import pytest
 
 from tests.conftest import Keys, cli
-from tests.servers import _spawn, find_binary, free_port, stop_process
+from tests.servers import run_registry_with
 
 USER, PASSWORD = "pusher", "correct-horse-battery"
 
@@ -48,26 +47,18 @@ def run_secure_registry(d: Path) -> Iterator[SecureRegistry]:
              "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
     (d / "htpasswd").write_text(f"{USER}:{hashed}\n")
-    port = free_port()
-    (d / "registry.yml").write_text(
-        "version: 0.1\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {d / 'storage'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: tests-only\n"
-        f"  tls:\n    certificate: {d / 'srv.pem'}\n    key: {d / 'srv.key'}\n"
-        f"auth:\n  htpasswd:\n    realm: tests\n    path: {d / 'htpasswd'}\n")
-    proc = _spawn([find_binary("docker-registry"), "serve", str(d / "registry.yml")],
-                  d / "registry.log")
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("TLS registry did not start:\n" + (d / "registry.log").read_text())
-            time.sleep(0.1)
+    extra = ("  tls:\n    certificate: {dir}/srv.pem\n    key: {dir}/srv.key\n"
+             "auth:\n  htpasswd:\n    realm: tests\n    path: {dir}/htpasswd\n")
+    with run_registry_with(d, extra, _accepts_connections) as port:
         yield SecureRegistry(f"https://127.0.0.1:{port}", d / "ca.pem", d / "other-ca.pem")
-    finally:
-        stop_process(proc)
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")

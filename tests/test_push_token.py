@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import Keys, cli
-from tests.servers import _spawn, find_binary, free_port, http_status, stop_process
+from tests.servers import http_status, run_registry_with
 
 SERVICE, ISSUER = "test-registry", "test-issuer"
+realm_placeholder = "@REALM@"
 USER, PASSWORD = "robot", "token-secret-42"
 
 
@@ -110,26 +111,12 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     d = tmp_path_factory.mktemp("token-registry")
     issuer = _make_issuer()
     (d / "root.pem").write_bytes(issuer.cert.public_bytes(serialization.Encoding.PEM))
-    with token_server(issuer) as realm:
-        port = free_port()
-        (d / "registry.yml").write_text(
-            "version: 0.1\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {d / 'storage'}\n"
-            f"http:\n  addr: 127.0.0.1:{port}\n  secret: tests-only\n"
-            f"auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n"
-            f"    issuer: {ISSUER}\n    rootcertbundle: {d / 'root.pem'}\n")
-        proc = _spawn([find_binary("docker-registry"), "serve", str(d / "registry.yml")],
-                      d / "registry.log")
-        try:
-            deadline = time.monotonic() + 20
-            while http_status("127.0.0.1", port) != 401:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("token registry did not start:\n"
-                                + (d / "registry.log").read_text())
-                time.sleep(0.1)
-            yield f"http://127.0.0.1:{port}", issuer
-        finally:
-            stop_process(proc)
+    extra = (f"auth:\n  token:\n    realm: {realm_placeholder}\n    service: {SERVICE}\n"
+             f"    issuer: {ISSUER}\n    rootcertbundle: {{dir}}/root.pem\n")
+    with token_server(issuer) as realm, run_registry_with(
+            d, extra.replace(realm_placeholder, realm),
+            lambda port: http_status("127.0.0.1", port) == 401) as port:
+        yield f"http://127.0.0.1:{port}", issuer
 
 
 def test_bearer_token_flow(token_registry: tuple[str, Issuer], bundle_file: Path, keys: Keys,
