@@ -30,7 +30,7 @@ from bundler.registry import (
     repository_name,
 )
 
-UPLOAD_CHUNK = 16 * CHUNK_SIZE  # PATCH size for large blobs; smaller blobs go in one PUT
+UPLOAD_CHUNK = 32 * CHUNK_SIZE  # PATCH size for large blobs; smaller blobs go in one PUT
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,7 @@ class Client:
         return {}
 
     def send(self, method: str, url: str, *, scope: str, headers: Mapping[str, str] | None = None,
-             body: bytes | memoryview | None = None, stream: bool = False) -> Response:
+             body: bytes | bytearray | memoryview | None = None, stream: bool = False) -> Response:
         """A request with auth and retries; returns whatever status the registry gave last."""
         authed = False
         for attempt in range(1, MAX_TRIES + 1):
@@ -272,7 +272,7 @@ class Client:
                                     hint="run the import again")
             try:
                 resp = self.transport.request(
-                    "PATCH", location, body=bytes(data), headers={
+                    "PATCH", location, body=data, headers={
                         **self._authorization(scope),
                         "Content-Type": "application/octet-stream",
                         "Content-Range": f"{offset}-{end - 1}",

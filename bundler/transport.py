@@ -96,7 +96,7 @@ class Transport:
 
     def request(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-        body: bytes | memoryview | None = None, stream: bool = False,
+        body: bytes | bytearray | memoryview | None = None, stream: bool = False,
     ) -> Response:
         """One request, no retries and no redirects followed (the caller decides)."""
         try:
