@@ -154,8 +154,8 @@ def export_bundle(
     """Write the bundle to `out`, verifying every store blob's digest while it streams."""
     contents = plan.contents
     created = format_created(int(time.time()) if created_epoch is None else created_epoch)
-    root_raw = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__)
-    root_bytes = root_raw.to_bytes()
+    root = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__)
+    root_bytes = root.to_bytes()
     unique_keys = {k.public.keyid: k for k in keys}.values()  # one signature per key id
     sigs = sorted((k.public.keyid, signing.sign(k, root_bytes)) for k in unique_keys)
     writer = ArchiveWriter(out)

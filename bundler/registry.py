@@ -254,7 +254,7 @@ class Client:
                 raise RegistryError(f"the registry stored blob {digest.short} under another "
                                     f"digest ({resp.header('Docker-Content-Digest')})")
         except BaseException:
-            self.transport_cancel(location)
+            self.cancel_upload(location)
             raise
 
     def _patch(self, repo: str, location: str, offset: int, data: bytearray,
@@ -311,7 +311,7 @@ class Client:
             raise RegistryError(f"the registry reports an odd upload range {end!r}")
         return 0 if int(end) == 0 else int(end) + 1
 
-    def transport_cancel(self, location: str) -> None:
+    def cancel_upload(self, location: str) -> None:
         """Best effort: abandon an upload session."""
         with contextlib.suppress(NetworkError):
             self.transport.request("DELETE", location, headers=self._authorization(""))
@@ -359,6 +359,3 @@ def _push(repo: str, source: str | None = None) -> str:
     scope = f"repository:{repo}:pull,push"
     return scope if source is None else f"{scope} repository:{source}:pull"
 
-
-def host_of(url: str) -> str:
-    return urlsplit(url).hostname or ""

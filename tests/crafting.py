@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 import zstandard
 
 from bundler import signing
@@ -606,3 +607,11 @@ def run_measured(args: Sequence[str], env: Mapping[str, str]) -> Measured:
     assert tail, text
     return Measured(p.returncode, head, int(tail.strip()) * 1024)
 
+
+@pytest.fixture(name="scene")
+def scene_fixture(tmp_path: Path, bundle_file: Path, keys: Keys, env: dict[str, str],
+                  monkeypatch: pytest.MonkeyPatch) -> Scene:
+    """The target store, the bundle and the keys of one hostile or tamper case."""
+    s = Scene(tmp_path, tmp_path / "target", keys, env, bundle_file)
+    monkeypatch.chdir(tmp_path / "cwd")
+    return s

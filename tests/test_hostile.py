@@ -21,8 +21,8 @@ import pytest
 from bundler import signing
 from bundler.archive import ArchiveReader
 from bundler.layout import signature_member
-from tests.conftest import CONFIG_V1, Keys, run, tree
-from tests.crafting import (
+from tests.conftest import CONFIG_V1, run, tree
+from tests.crafting import (  # noqa: F401 - scene_fixture registers the fixture
     BLOCK,
     INDEX,
     ROOT,
@@ -39,6 +39,7 @@ from tests.crafting import (
     regular,
     rle_block,
     run_measured,
+    scene_fixture,
     sha256_hex,
     zero_bomb,
     zstd_frame,
@@ -46,14 +47,6 @@ from tests.crafting import (
 )
 
 GiB = 1 << 30
-
-
-@pytest.fixture
-def scene(tmp_path: Path, bundle_file: Path, keys: Keys, env: dict[str, str],
-          monkeypatch: pytest.MonkeyPatch) -> Scene:
-    s = Scene(tmp_path, tmp_path / "target", keys, env, bundle_file)
-    monkeypatch.chdir(tmp_path / "cwd")
-    return s
 
 
 def with_member(b: Bundle, pos: int, *parts: Member | bytes, replace: bool) -> bytes:

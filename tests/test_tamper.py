@@ -20,7 +20,7 @@ import pytest
 from bundler import signing
 from bundler.layout import signature_member
 from tests.conftest import Keys, make_keys, run, tree
-from tests.crafting import (
+from tests.crafting import (  # noqa: F401 - scene_fixture registers the fixture
     EOA,
     INDEX,
     ROOT,
@@ -33,6 +33,7 @@ from tests.crafting import (
     flip,
     frames,
     regular,
+    scene_fixture,
     sha256_hex,
     split,
     zstd_frame,
@@ -40,14 +41,6 @@ from tests.crafting import (
 
 KINDS = ["root", "signature", "oci-layout", "index.json", "manifest", "config", "template",
          "weights", "last"]
-
-
-@pytest.fixture
-def scene(tmp_path: Path, bundle_file: Path, keys: Keys, env: dict[str, str],
-          monkeypatch: pytest.MonkeyPatch) -> Scene:
-    s = Scene(tmp_path, tmp_path / "target", keys, env, bundle_file)
-    monkeypatch.chdir(tmp_path / "cwd")
-    return s
 
 
 @pytest.fixture
