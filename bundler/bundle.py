@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from bundler import __version__, signing
+from bundler import __version__, cosign, signing
 from bundler.archive import ArchiveWriter
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
@@ -17,7 +17,9 @@ from bundler.layout import (
     OCI_LAYOUT,
     OCI_LAYOUT_MEMBER,
     ROOT_MEMBER,
+    BlobRef,
     Contents,
+    CosignRef,
     Model,
     blob_member,
     compression_level,
@@ -154,14 +156,18 @@ def export_bundle(
     """Write the bundle to `out`, verifying every store blob's digest while it streams."""
     contents = plan.contents
     created = format_created(int(time.time()) if created_epoch is None else created_epoch)
-    root = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__)
+    signers = sorted({k.public.keyid: k for k in keys}.items())  # one signature per key id
+    documents = registry_signatures(contents.models, [k for _, k in signers])
+    root = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__,
+                         cosign=[CosignRef(k, BlobRef(Digest.of(d), len(d)))
+                                 for k, d in documents])
     root_bytes = root.to_bytes()
-    unique_keys = {k.public.keyid: k for k in keys}.values()  # one signature per key id
-    sigs = sorted((k.public.keyid, signing.sign(k, root_bytes)) for k in unique_keys)
+    sigs = [(keyid, signing.sign(k, root_bytes)) for keyid, k in signers]
     writer = ArchiveWriter(out)
     writer.write_small([
         (ROOT_MEMBER, root_bytes),
         *((signature_member(keyid), sig) for keyid, sig in sigs),
+        *((cosign.member(keyid), doc) for keyid, doc in documents),
         (OCI_LAYOUT_MEMBER, OCI_LAYOUT),
         (INDEX_MEMBER, contents.index_raw),
     ], level=metadata_level(level))
@@ -192,6 +198,14 @@ def export_bundle(
     )
 
 
+def registry_signatures(models: Sequence[Model], keys: Sequence[signing.PrivateKey],
+                        ) -> list[tuple[str, bytes]]:
+    """Each signer's registry signature document (formats/signature-v1.md §6), by key id."""
+    subjects = cosign.subjects(models)
+    return [(k.public.keyid, cosign.Document(k.public.keyid, tuple(
+        (s, signing.sign(k, s.payload())) for s in subjects)).to_bytes()) for k in keys]
+
+
 def _counted(chunks: ReadAhead, on_bytes: OnBytes) -> Iterator[memoryview]:
     for chunk in chunks:
         on_bytes(len(chunk))
@@ -203,7 +217,8 @@ def _counted(chunks: ReadAhead, on_bytes: OnBytes) -> Iterator[memoryview]:
 
 
 def signer_json(head: Head) -> dict[str, Any]:
-    return {"carried": list(head.signatures.carried), "trusted": list(head.signatures.trusted)}
+    return {"carried": list(head.signatures.carried), "trusted": list(head.signatures.trusted),
+            "cosign": [d.keyid for d in head.registry_signatures]}
 
 
 def head_json(head: Head) -> dict[str, Any]:

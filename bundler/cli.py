@@ -488,6 +488,9 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
               for i in result.items]
     lines.append(f"uploaded {result.uploaded} blobs ({_size(result.uploaded_bytes)}), "
                  f"{result.present} already there, {result.mounted} mounted")
+    if result.head.registry_signatures:
+        lines.append(f"cosign signatures: {result.cosign_signatures} added to sha256-<digest>.sig"
+                     f" tags (signers {', '.join(d.keyid[:16] for d in result.head.registry_signatures)})")
     lines += _check_text(result.check)
     lines += ["colleagues pull with:", *(f"  {c}" for c in result.commands)]
     out.result("\n".join(lines), result.to_json())

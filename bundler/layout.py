@@ -55,6 +55,7 @@ def metadata_level(override: int | None) -> int:
 
 
 _SIGNATURE_MEMBER = re.compile(r"ollama-bundle/signatures/([0-9a-f]{64})\.sig")
+_KEYID = re.compile(r"[0-9a-f]{64}")
 _CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
@@ -93,6 +94,26 @@ class BlobRef:
 
 
 @dataclass(frozen=True, slots=True)
+class CosignRef:
+    """A registry signature document, as the root lists it (§4, member 2a)."""
+
+    keyid: str
+    blob: BlobRef
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keyid": self.keyid, **self.blob.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: object, what: str) -> CosignRef:
+        if not isinstance(obj, dict):
+            raise IntegrityError(f"{what}: not an object")
+        keyid = get(obj, "keyid", str, what)
+        if not _KEYID.fullmatch(keyid):
+            raise IntegrityError(f"{what}: keyid is not 64 lowercase hex characters")
+        return cls(keyid, BlobRef.from_json(obj, what))
+
+
+@dataclass(frozen=True, slots=True)
 class Root:
     """The signed root document (formats/bundle-v1.md §4)."""
 
@@ -101,6 +122,7 @@ class Root:
     tool_version: str
     index: BlobRef
     blobs: tuple[BlobRef, ...]
+    cosign: tuple[CosignRef, ...] = ()
     raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
@@ -108,13 +130,16 @@ class Root:
         return sum(b.size for b in self.blobs)
 
     def to_bytes(self) -> bytes:
-        return canonical_json({
+        obj: dict[str, Any] = {
             "mediaType": MEDIA_TYPE_ROOT,
             "created": self.created,
             "tool": {"name": self.tool_name, "version": self.tool_version},
             "index": self.index.to_json(),
             "blobs": [b.to_json() for b in self.blobs],
-        }) + b"\n"
+        }
+        if self.cosign:
+            obj["cosign"] = [c.to_json() for c in self.cosign]
+        return canonical_json(obj) + b"\n"
 
     @classmethod
     def parse(cls, raw: bytes) -> Root:
@@ -140,12 +165,19 @@ class Root:
         )
         if len({b.digest for b in blobs}) != len(blobs):
             raise IntegrityError(f"{what}: a blob is listed twice")
+        cosign = tuple(
+            CosignRef.from_json(c, f"{what} cosign {i}")
+            for i, c in enumerate(get(obj, "cosign", list, what) if "cosign" in obj else [])
+        )
+        if [c.keyid for c in cosign] != sorted({c.keyid for c in cosign}):
+            raise IntegrityError(f"{what}: cosign documents out of order or listed twice")
         return cls(
             created=created,
             tool_name=get(tool, "name", str, f"{what} tool"),
             tool_version=get(tool, "version", str, f"{what} tool"),
             index=BlobRef.from_json(obj.get("index"), f"{what} index"),
             blobs=blobs,
+            cosign=cosign,
             raw=raw,
         )
 
@@ -166,10 +198,12 @@ class Contents:
     index_raw: bytes
     blobs: tuple[BlobRef, ...]
 
-    def root(self, *, created: str, tool_name: str, tool_version: str) -> Root:
+    def root(self, *, created: str, tool_name: str, tool_version: str,
+             cosign: Sequence[CosignRef] = ()) -> Root:
         return Root(
             created=created, tool_name=tool_name, tool_version=tool_version,
             index=BlobRef(Digest.of(self.index_raw), len(self.index_raw)), blobs=self.blobs,
+            cosign=tuple(cosign),
         )
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
-from bundler import signing
+from bundler import cosign, signing
 from bundler.bundle import ExportPlan, pick
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import IntegrityError, NotFoundError, UsageError
 from bundler.layout import Model, plan_contents
-from bundler.oci import Manifest
+from bundler.oci import MEDIA_TYPE_OCI_MANIFEST, Manifest
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head
 from bundler.reference import ModelName
@@ -80,6 +80,7 @@ class PushResult:
     uploaded_bytes: int = 0
     present: int = 0
     mounted: int = 0
+    cosign_signatures: int = 0  # signature layers added to sha256-<hex>.sig tags
     check: RegistryCheck | None = None
     commands: list[str] = field(default_factory=list)
 
@@ -94,6 +95,7 @@ class PushResult:
                        for i in self.items],
             "blobsUploaded": self.uploaded, "bytesUploaded": self.uploaded_bytes,
             "blobsPresent": self.present, "blobsMounted": self.mounted,
+            "cosignSignatures": self.cosign_signatures,
             "ollamaPull": self.commands,
             "check": None if self.check is None else self.check.to_json(),
         }
@@ -152,17 +154,56 @@ def push_bundle(
         reader.finish()
         for item in items:  # tags last: a model appears only once all its blobs are in
             m = item.model.manifest
-            answered = client.put_manifest(item.repository, item.tag, m.raw, m.media_type)
-            if answered and answered != str(m.digest):
-                raise IntegrityError(
-                    f"the registry stored {item.pull_name(client.target)} as {answered}, not "
-                    f"{m.digest}", hint="the registry rewrote the manifest; Ollama would see "
-                                        "another model ID")
+            layers = head.cosign_layers(item.model)
+            if layers:  # by digest, then its signatures, then the tag (signature-v1.md §6.4)
+                _check_stored(item, client, m, str(m.digest))
+                result.cosign_signatures += push_signatures(client, item.repository,
+                                                            m.digest, layers)
+            _check_stored(item, client, m, item.tag)
             on_event(f"pushed {item.model.name.display_shortest()} as "
                      f"{item.pull_name(client.target)}")
         insecure = " --insecure" if client.target.scheme == "http" else ""
         result.commands = [f"ollama pull{insecure} {i.pull_name(client.target)}" for i in items]
     return result
+
+
+def _check_stored(item: PushItem, client: Client, m: Manifest, reference: str) -> None:
+    answered = client.put_manifest(item.repository, reference, m.raw, m.media_type)
+    if answered and answered != str(m.digest):
+        raise IntegrityError(
+            f"the registry stored {item.pull_name(client.target)} as {answered}, not "
+            f"{m.digest}", hint="the registry rewrote the manifest; Ollama would see "
+                                "another model ID")
+
+
+def push_signatures(client: Client, repo: str, digest: Digest,
+                    signatures: Sequence[tuple[bytes, str]]) -> int:
+    """Add cosign simple-signing layers to the tag sha256-<hex>.sig (formats/signature-v1.md
+    §6.4), keeping the ones already there. Returns how many layers were added."""
+    tag = cosign.signature_tag(digest)
+    resp = client.get_manifest(repo, tag, MEDIA_TYPE_OCI_MANIFEST)
+    if resp.status == 200:
+        existing = cosign.existing_layers(resp.body, f"{repo}:{tag}")
+    elif resp.status == 404:
+        existing = []
+    else:
+        raise describe_error(resp, f"reading the signatures {repo}:{tag}")
+    payloads = {Digest.of(p): p for p, _ in signatures}
+    merged = cosign.merge(existing, [cosign.Layer(Digest.of(p), len(p), sig)
+                                     for p, sig in signatures])
+    if merged is None:
+        return 0
+    config = cosign.signature_config(merged)
+    for blob in [*payloads.values(), config]:
+        d = Digest.of(blob)
+        if not client.has_blob(repo, d, len(blob)):
+            client.upload(repo, d, len(blob), [blob], chunk_size=UPLOAD_CHUNK)
+    raw = cosign.signature_manifest(config, merged)
+    answered = client.put_manifest(repo, tag, raw, MEDIA_TYPE_OCI_MANIFEST)
+    if answered and answered != str(Digest.of(raw)):
+        raise IntegrityError(f"the registry stored the signatures {repo}:{tag} as {answered}, "
+                             f"not {Digest.of(raw)}", hint="the registry rewrote the manifest")
+    return len(merged) - len(existing)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from bundler import signing
+from bundler import cosign, signing
 from bundler.archive import ArchiveReader, Member
 from bundler.digest import Digest
 from bundler.errors import IntegrityError
@@ -50,6 +50,14 @@ class Head:
     root: Root
     signatures: Signatures
     models: tuple[Model, ...]
+    # registry signature documents of trusted signers, every signature verified
+    registry_signatures: tuple[cosign.Document, ...] = ()
+
+    def cosign_layers(self, model: Model) -> list[tuple[bytes, str]]:
+        """(payload, base64 signature) of each trusted signer for this model's manifest."""
+        subject = cosign.Subject.of(model)
+        return [(subject.payload(), sig.decode()) for doc in self.registry_signatures
+                for s, sig in doc.signatures if s == subject]
 
     @property
     def manifest_count(self) -> int:
@@ -81,6 +89,29 @@ def decide_trust(
             )
         ok.append(keyid)
     return Signatures(tuple(sorted(carried)), tuple(sorted(ok)))
+
+
+def check_registry_signatures(
+    documents: dict[str, bytes], models: Sequence[Model], trusted: Sequence[signing.PublicKey],
+) -> tuple[cosign.Document, ...]:
+    """formats/signature-v1.md §6.3: every document well formed and for exactly these models;
+    those of trusted keys verified (a bad one is tampering) and returned."""
+    expected = cosign.subjects(models)
+    by_id = {key.keyid: key for key in trusted}
+    verified = []
+    for keyid, raw in documents.items():
+        doc = cosign.Document.parse(raw, keyid, expected)
+        key = by_id.get(keyid)
+        for subject, sig in doc.signatures:
+            der = signing.decode(sig, f"{cosign.member(keyid)}: signature of {subject.reference}")
+            if key is not None and not signing.verify(key, subject.payload(), der):
+                raise IntegrityError(
+                    f"{cosign.member(keyid)}: the cosign signature of {subject.reference} "
+                    f"{subject.manifest.short} does not verify with trusted key {keyid[:16]}…",
+                    hint="the signer's tool was broken; nothing was written")
+        if key is not None:
+            verified.append(doc)
+    return tuple(verified)
 
 
 def refuse_untrusted(signatures: Signatures) -> IntegrityError:
@@ -158,6 +189,27 @@ class BundleReader:
                 raise refuse_untrusted(signatures)
             on_event("warning: no trusted signature; accepting on digests alone "
                      "(--allow-unsigned)")
+        documents: dict[str, bytes] = {}
+        for listed in root.cosign:  # formats/bundle-v1.md §9 step 2a
+            name = cosign.member(listed.keyid)
+            if m is None or m.name != name:
+                found = "the end" if m is None else repr(m.name[:200])
+                raise IntegrityError(f"bundle: {found} where {name} belongs",
+                                     hint="members are missing, reordered or added: this is "
+                                          "not an intact bundle")
+            _require_canonical(m)
+            if listed.keyid not in carried:
+                raise IntegrityError(f"{name}: the bundle has no signature of that key")
+            if m.size != listed.blob.size or m.size > cosign.MAX_DOCUMENT_BYTES:
+                raise IntegrityError(f"{name}: size differs from the signed root's")
+            documents[listed.keyid] = self._archive.read_body()
+            if Digest.of(documents[listed.keyid]) != listed.blob.digest:
+                raise IntegrityError(f"{name}: digest differs from the signed root's",
+                                     hint="the bundle was altered")
+            m = self._archive.next_member()
+        if m is not None and cosign.member_keyid(m.name) is not None:
+            raise IntegrityError(f"bundle member {m.name!r} is not listed in the signed root",
+                                 hint="this is not an intact bundle")
         if m is None or m.name != OCI_LAYOUT_MEMBER or m.size != len(OCI_LAYOUT):
             raise IntegrityError(f"bundle: {OCI_LAYOUT_MEMBER} is missing or malformed")
         _require_canonical(m)
@@ -181,7 +233,9 @@ class BundleReader:
                 raise IntegrityError(f"manifest blob {ref.digest}: content does not match "
                                      "its digest", hint="the bundle was altered or damaged")
             raws[ref.digest] = raw
-        self._head = Head(root, signatures, tuple(check_manifests(root, named, raws)))
+        models = tuple(check_manifests(root, named, raws))
+        self._head = Head(root, signatures, models,
+                          check_registry_signatures(documents, models, trusted))
         return self._head
 
     @staticmethod

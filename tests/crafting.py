@@ -8,6 +8,7 @@ directly, so a bug in bundler/archive.py cannot hide itself by being used on bot
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -23,9 +24,11 @@ from typing import Any, Literal
 import pytest
 import zstandard
 
-from bundler import signing
-from bundler.layout import signature_member
-from bundler.oci import canonical_json
+from bundler import cosign, signing
+from bundler.bundle import registry_signatures
+from bundler.layout import Model, signature_member
+from bundler.oci import ANNOTATION_REF_NAME, Manifest, canonical_json
+from bundler.reference import ModelName
 from tests.conftest import (
     MODEL,
     TEMPLATE,
@@ -314,6 +317,8 @@ class Bundle:
             return self.pos(ROOT)
         if kind == "signature":
             return self.signature_positions[0]
+        if kind == "cosign":
+            return next(i for i, m in enumerate(self.members) if cosign.member_keyid(m.name))
         if kind in (OCI_LAYOUT, INDEX):
             return self.pos(kind)
         if kind == "manifest":
@@ -348,7 +353,24 @@ class Bundle:
 
     def set_root_obj(self, root: Mapping[str, Any], *,
                      sign_with: signing.PrivateKey | None) -> None:
+        """Replace root.json; when re-signing, the signer's cosign document is made anew for
+        the models as they now are (a consistent rewrite by the key holder)."""
+        if sign_with is not None and "cosign" in root:
+            with contextlib.suppress(Exception):
+                # an index or manifest too hostile to sign for keeps the old document
+                root = {**root, "cosign": self._resign_cosign(sign_with)}
         self.set_root(canonical_json(root) + b"\n", sign_with=sign_with)
+
+    def _resign_cosign(self, key: signing.PrivateKey) -> list[dict[str, Any]]:
+        models = [Model(ModelName.parse(d["annotations"][ANNOTATION_REF_NAME]), Manifest.parse(
+            self.member(f"blobs/sha256/{d['digest'][7:]}").data, "manifest"))
+            for d in self.index["manifests"]]
+        ((keyid, doc),) = registry_signatures(models, [key])
+        for i in reversed([i for i, m in enumerate(self.members)
+                           if cosign.member_keyid(m.name)]):
+            del self.members[i]
+        self.members.insert(self.pos(ROOT) + 1, regular(cosign.member(keyid), doc))
+        return [{"digest": f"sha256:{sha256_hex(doc)}", "keyid": keyid, "size": len(doc)}]
 
     def set_index(self, index_bytes: bytes, *, sign_with: signing.PrivateKey | None) -> None:
         """Replace index.json and the root's reference to it."""

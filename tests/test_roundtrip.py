@@ -59,7 +59,8 @@ def test_ids_match_source_manifests(store: Path, bundle_file: Path, keys: Keys,
     for name, path in expected.items():
         raw = (store / "manifests" / path).read_bytes()
         assert ids[name] == "sha256:" + hashlib.sha256(raw).hexdigest()
-    assert doc["signatures"] == {"carried": [keys.keyid], "trusted": [keys.keyid]}
+    assert doc["signatures"] == {"carried": [keys.keyid], "trusted": [keys.keyid],
+                                 "cosign": [keys.keyid]}
     # one weights blob shared by two tags is stored once
     assert doc["blobs"] == len({*(p.name for p in (store / "blobs").iterdir())}) + 3
 
@@ -277,7 +278,8 @@ def test_several_signers_and_trust_dir(tmp_path: Path, store: Path, env: dict[st
     r = run(["verify", str(out), "--json"])
     assert r.exit_code == 0, r.stderr
     sigs = json.loads(r.stdout)["signatures"]
-    assert sigs == {"carried": sorted([a.keyid, b.keyid]), "trusted": [b.keyid]}
+    assert sigs == {"carried": sorted([a.keyid, b.keyid]), "trusted": [b.keyid],
+                    "cosign": [b.keyid]}
 
 
 def test_unsigned_bundle_needs_allow_unsigned(tmp_path: Path, store: Path,

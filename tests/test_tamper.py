@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bundler import signing
+from bundler import cosign, signing
 from bundler.layout import signature_member
 from tests.conftest import Keys, make_keys, run, tree
 from tests.crafting import (  # noqa: F401 - scene_fixture registers the fixture
@@ -39,7 +39,7 @@ from tests.crafting import (  # noqa: F401 - scene_fixture registers the fixture
     zstd_frame,
 )
 
-KINDS = ["root", "signature", "oci-layout", "index.json", "manifest", "config", "template",
+KINDS = ["root", "signature", "cosign", "oci-layout", "index.json", "manifest", "config", "template",
          "weights", "last"]
 
 
@@ -79,8 +79,9 @@ def test_rebuilt_and_recompressed_bundle_imports(scene: Scene) -> None:
     tar = decompress(scene.bundle_file.read_bytes())
     b = scene.bundle()
     assert b.tar() == tar
-    assert [m.name for m in b.members][:4] == [
-        ROOT, signature_member(scene.keys.keyid), "oci-layout", INDEX]
+    assert [m.name for m in b.members][:5] == [
+        ROOT, signature_member(scene.keys.keyid), cosign.member(scene.keys.keyid), "oci-layout",
+        INDEX]
     scene.accepted(scene.write(compress(tar, level=7)))
 
 
