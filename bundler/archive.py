@@ -8,9 +8,12 @@ with decompressed data, so decompression overlaps hashing and writing.
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import stat
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, cast
@@ -145,15 +148,24 @@ class FrameWalker:
         self._last = False
         self._checksum = False
         self.frames = 0
+        # where frames start: decompressed offset -> compressed offset, for frames whose
+        # header declares the content size (all of ours); -1 once a frame's size is unknown
+        self.starts: dict[int, int] = {}
+        self._fed = 0  # compressed bytes consumed so far
+        self._frame_at = 0  # compressed offset of the current frame
+        self._out = 0  # decompressed offset of the current frame's content
+        self._fcs = 0
 
     def feed(self, data: bytes) -> None:
         view, pos, n = memoryview(data), 0, len(data)
+        base = self._fed
         while pos < n:
             if self._skip:
                 take = min(self._skip, n - pos)
                 self._skip -= take
                 pos += take
                 if not self._skip:
+                    self._fed = base + pos
                     self._after_body()
                 continue
             take = min(self._need - len(self._buf), n - pos)
@@ -162,7 +174,9 @@ class FrameWalker:
             if len(self._buf) == self._need:
                 field = bytes(self._buf)
                 self._buf.clear()
+                self._fed = base + pos
                 self._on_field(field)
+        self._fed = base + n
 
     def _expect(self, state: str, need: int) -> None:
         self._state, self._need = state, need
@@ -174,6 +188,7 @@ class FrameWalker:
         if state == "magic":
             magic = int.from_bytes(field, "little")
             if magic == _ZSTD_MAGIC:
+                self._frame_at = self._fed - 4
                 self._expect("descriptor", 1)
             elif magic & 0xFFFFFFF0 == _SKIPPABLE_MAGIC:
                 self._expect("skippable-size", 4)
@@ -186,9 +201,10 @@ class FrameWalker:
                 raise IntegrityError("bundle: zstd frame header has a reserved bit set")
             single = (fhd >> 5) & 1
             self._checksum = bool((fhd >> 2) & 1)
-            fcs = _FCS_BYTES[fhd >> 6] or single  # flag 0: 1 byte if single-segment
+            self._fcs = fcs = _FCS_BYTES[fhd >> 6] or single  # flag 0: 1 byte if single-segment
             self._expect("header-rest", (0 if single else 1) + _DID_BYTES[fhd & 3] + fcs)
-        elif state in ("header-rest", "block-next"):
+        elif state == "header-rest":
+            self._note_start(field[len(field) - self._fcs :])
             self._expect("block-header", 3)
         elif state == "block-header":
             h = int.from_bytes(field, "little")
@@ -207,6 +223,15 @@ class FrameWalker:
             self._skip = int.from_bytes(field, "little")
             if not self._skip:
                 self._after_body()
+
+    def _note_start(self, fcs: bytes) -> None:
+        if self._out < 0:
+            return
+        if not fcs:
+            self._out = -1  # content size unknown: no later offsets are known either
+            return
+        self.starts[self._out] = self._frame_at
+        self._out += int.from_bytes(fcs, "little") + (256 if len(fcs) == 2 else 0)
 
     def _after_body(self) -> None:
         if self._state == "skippable":
@@ -243,6 +268,27 @@ class _WalkedSource:
         return data
 
 
+def _regular_fd(src: BinaryIO) -> int | None:
+    """The file descriptor of `src` if it is a regular file (which can be read again)."""
+    try:
+        fd = src.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
+class _PositionalReader:
+    """A file read with pread from an offset on, leaving the descriptor's position alone."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd, self._offset = fd, offset
+
+    def read(self, n: int = -1) -> bytes:
+        data = os.pread(self._fd, CHUNK_SIZE if n < 0 else n, self._offset)
+        self._offset += len(data)
+        return data
+
+
 class _Decompressor:
     """Decompresses `src` in a second thread (streams.Prefetch) while its frames are walked."""
 
@@ -257,6 +303,7 @@ class _Decompressor:
         self._prefetch = Prefetch(self._fill, name="decompress")
         self.next = self._prefetch.next
         self.close = self._prefetch.close
+        self.frame_starts = self._walker.starts
 
     def _fill(self, buffer: memoryview) -> int:
         n = 0
@@ -280,6 +327,7 @@ class Member:
     name: str
     size: int
     header: bytes  # the raw header block(s), PAX header included
+    offset: int = 0  # where the header starts in the decompressed stream
 
     @property
     def is_canonical(self) -> bool:
@@ -292,8 +340,10 @@ class ArchiveReader:
 
     def __init__(self, src: BinaryIO) -> None:
         self._src = _Decompressor(src)
+        self._file = _regular_fd(src)
         self._chunk: memoryview = memoryview(b"")
         self._pos = 0
+        self._offset = 0  # decompressed bytes consumed
         self._pending = 0  # body bytes of the current member not yet consumed
         self._pad = 0
 
@@ -324,6 +374,7 @@ class ArchiveReader:
             take = min(n, len(self._chunk) - self._pos)
             view = self._chunk[self._pos : self._pos + take]
             self._pos += take
+            self._offset += take
             n -= take
             yield view
 
@@ -342,6 +393,7 @@ class ArchiveReader:
             self._pad = 0
         pax_size: int | None = None
         raw = b""
+        offset = self._offset
         while True:
             block = self._read(BLOCK)
             if block == bytes(BLOCK):
@@ -366,7 +418,7 @@ class ArchiveReader:
                 )
             size = info.size if pax_size is None else pax_size
             self._pending, self._pad = size, padding(size)
-            return Member(info.name, size, raw)
+            return Member(info.name, size, raw, offset)
 
     def _read_padding(self, size: int) -> bytes:
         pad = self._read(padding(size))
@@ -411,8 +463,46 @@ class ArchiveReader:
         if self._pos < len(self._chunk):
             rest = self._chunk[self._pos :]
             self._pos = len(self._chunk)
+            self._offset += len(rest)
             return rest
         return self._src.next()
+
+    def reopener(self, member: Member) -> Callable[[int], Iterator[memoryview]] | None:
+        """For a member read from a regular file in which a zstd frame starts at its header
+        (every member of a bundle as export writes it): a function that reads the member's
+        body again from a given offset on, independently of this reader (each view is valid
+        until the next). None otherwise."""
+        at = self._src.frame_starts.get(member.offset)
+        if self._file is None or at is None:
+            return None
+        fd = self._file
+
+        def body(skip: int) -> Iterator[memoryview]:
+            dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+            reader = dctx.stream_reader(cast("BinaryIO", _PositionalReader(fd, at)),
+                                        read_size=CHUNK_SIZE, read_across_frames=True)
+            buffer = memoryview(bytearray(CHUNK_SIZE))
+            todo, pos = len(member.header) + member.size, 0
+            header = bytearray()
+            while todo:
+                try:
+                    n = reader.readinto(buffer[: min(len(buffer), todo)])
+                except zstandard.ZstdError as e:
+                    raise IntegrityError(f"bundle: re-reading {member.name}: {e}") from None
+                if not n:
+                    raise IntegrityError(f"bundle ends early when re-reading {member.name}")
+                view, todo = buffer[:n], todo - n
+                if len(header) < len(member.header):  # the header, then the body
+                    take = min(n, len(member.header) - len(header))
+                    header += view[:take]
+                    if len(header) == len(member.header) and header != member.header:
+                        raise IntegrityError(f"bundle changed while re-reading {member.name}")
+                    view = view[take:]
+                if pos + len(view) > skip:
+                    yield view[max(0, skip - pos) :]
+                pos += len(view)
+
+        return body
 
     def body(self) -> Iterator[memoryview]:
         """The current member's body as views (each valid until the next is taken)."""

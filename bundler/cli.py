@@ -397,11 +397,16 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
 @click.option("--to-registry", "registry_url", metavar="URL",
               help="Push the models into this registry instead of a store: "
                    "[http://|https://]host[:port][/namespace].")
+@click.option("--jobs", type=click.IntRange(1, 32), default=push.DEFAULT_JOBS,
+              show_default=True,
+              help="With --to-registry: uploads in flight. Blobs up to 64 MiB are read "
+                   "again from the bundle file and go up beside the single pass; larger ones "
+                   "go up one at a time from it; from stdin, one upload at a time.")
 @registry_options
 @common
 def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...],
                allow_unsigned: bool, only: tuple[str, ...], dry_run: bool,
-               registry_url: str | None, json_mode: bool, quiet: bool,
+               registry_url: str | None, jobs: int, json_mode: bool, quiet: bool,
                **options: Any) -> None:
     """Verify a bundle and write its models into an Ollama model store, or push them into a
     registry (--to-registry)."""
@@ -410,7 +415,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     if registry_url is not None:
         if models_dir is not None or dry_run:
             raise UsageError("--to-registry goes with neither --models nor --dry-run")
-        _push(bundle_path, registry_url, keys, allow_unsigned, only, out, options)
+        _push(bundle_path, registry_url, keys, allow_unsigned, only, jobs, out, options)
         return
     store = Store(locate(models_dir, os.environ, HOME))
     out.log(f"store: {store.location.describe()}")
@@ -473,10 +478,11 @@ def _clients_for(names: tuple[str, ...], mirror: str | None, out: Output,
 
 
 def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsigned: bool,
-          only: tuple[str, ...], out: Output, options: dict[str, Any]) -> None:
+          only: tuple[str, ...], jobs: int, out: Output, options: dict[str, Any]) -> None:
     client = _client(url, out, **options)
     with _open_bundle(bundle_path) as f, out.progress("push") as bar:
         result = push.push_bundle(f, client, keys, allow_unsigned=allow_unsigned, only=only,
+                                  jobs=jobs,
                                   on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                   on_event=out.log)
     if result.items:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +20,7 @@ from bundler.errors import IntegrityError, NotFoundError, UsageError
 from bundler.layout import Model, plan_contents
 from bundler.oci import MEDIA_TYPE_OCI_MANIFEST, Manifest
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
-from bundler.reader import BundleReader, Head
+from bundler.reader import BundleReader, Head, Reread
 from bundler.reference import ModelName
 from bundler.registry import (
     MEDIA_TYPE_DOCKER_MANIFEST,
@@ -31,6 +33,48 @@ from bundler.registry import (
 )
 
 UPLOAD_CHUNK = 32 * CHUNK_SIZE  # PATCH size for large blobs; smaller blobs go in one PUT
+DEFAULT_JOBS = 4  # uploads in flight
+PARALLEL_MAX = 64 * CHUNK_SIZE  # blobs up to this size may be read twice, for parallel upload
+
+
+class _Uploads:
+    """Uploads of blobs read again from the bundle file, at most jobs - 1 in flight beside
+    the main pass; the first failure is raised by `wait()` (or by the next `submit()`)."""
+
+    def __init__(self, client: Client, jobs: int) -> None:
+        self._client = client
+        self.parallel = jobs > 1
+        self._pool = ThreadPoolExecutor(max(1, jobs - 1), thread_name_prefix="upload")
+        self._slots = threading.BoundedSemaphore(max(1, jobs - 1))
+        self._futures: list[Future[None]] = []
+
+    def __enter__(self) -> _Uploads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, repo: str, digest: Digest, size: int, reread: Reread) -> None:
+        self._slots.acquire()
+        self._raise_failures()
+        future = self._pool.submit(self._upload, repo, digest, size, reread)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._futures.append(future)
+
+    def _upload(self, repo: str, digest: Digest, size: int, reread: Reread) -> None:
+        if size <= CHUNK_SIZE:  # one PUT
+            self._client.upload(repo, digest, size, reread(0), chunk_size=CHUNK_SIZE)
+        else:
+            self._client.upload_streamed(repo, digest, size, reread(0), reread)
+
+    def _raise_failures(self) -> None:
+        for future in self._futures:
+            if future.done():
+                future.result()
+
+    def wait(self) -> None:
+        for future in self._futures:
+            future.result()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +149,15 @@ def push_bundle(
     src: BinaryIO, client: Client, trusted: Sequence[signing.PublicKey], *,
     allow_unsigned: bool, only: Sequence[str] = (), on_total: OnBytes = no_progress,
     on_bytes: OnBytes = no_progress, on_event: OnEvent = no_events,
-    chunk_size: int = UPLOAD_CHUNK,
+    chunk_size: int = UPLOAD_CHUNK, jobs: int = DEFAULT_JOBS,
 ) -> PushResult:
     """Verify the head, stream every blob into the registry once (HEAD to skip, mount for a
-    second repository), then PUT the manifests, byte for byte, last."""
-    with BundleReader(src, on_bytes) as reader:
+    second repository), then PUT the manifests, byte for byte, last.
+
+    Large blobs go up one at a time from the single pass over the bundle. When the bundle is
+    a file, blobs up to PARALLEL_MAX bytes are read again from it by up to `jobs` - 1 workers
+    and go up beside it; from a pipe everything goes up in turn."""
+    with BundleReader(src, on_bytes) as reader, _Uploads(client, jobs) as uploads:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         items = plan_push(head, client.target, only)
         result = PushResult(head, client.target, items)
@@ -124,6 +172,7 @@ def push_bundle(
                 if own is not None and own != item.repository:
                     natural.setdefault(blob.digest, own)
         on_total(sum(b.size for b in head.layer_blobs))
+        homes: dict[Digest, tuple[str, list[str], int]] = {}
         for ref, body in reader.blobs():
             repos = needs.get(ref.digest, [])
             if not repos:
@@ -139,17 +188,26 @@ def push_bundle(
                 result.mounted += 1
             if home is None:
                 home = repos[0]
-                client.upload(home, ref.digest, ref.size, body, chunk_size=chunk_size)
+                reread = reader.reread()
+                if reread is not None and ref.size <= PARALLEL_MAX and uploads.parallel:
+                    uploads.submit(home, ref.digest, ref.size, reread)  # read again there
+                elif reread is not None and ref.size > chunk_size:
+                    # one streamed request; a failure reads the file again
+                    client.upload_streamed(home, ref.digest, ref.size, body, reread)
+                else:  # from a pipe: chunks kept in memory until the registry has them
+                    client.upload(home, ref.digest, ref.size, body, chunk_size=chunk_size)
                 result.uploaded += 1
                 result.uploaded_bytes += ref.size
-            else:
-                for _ in body:  # verified all the same
-                    pass
+            for _ in body:  # verified all the same (the rest of it, after a retry)
+                pass
+            homes[ref.digest] = (home, repos, ref.size)
+        uploads.wait()
+        for digest, (home, repos, size) in homes.items():
             for repo in repos:
-                if repo != home and not client.has_blob(repo, ref.digest, ref.size):
-                    if not client.mount(repo, ref.digest, home):
+                if repo != home and not client.has_blob(repo, digest, size):
+                    if not client.mount(repo, digest, home):
                         raise RegistryError(f"the registry would not mount blob "
-                                            f"{ref.digest.short} from {home} into {repo}")
+                                            f"{digest.short} from {home} into {repo}")
                     result.mounted += 1
         reader.finish()
         for item in items:  # tags last: a model appears only once all its blobs are in

@@ -4,7 +4,7 @@ checked against the root while it streams."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -91,6 +91,26 @@ def decide_trust(
     return Signatures(tuple(sorted(carried)), tuple(sorted(ok)))
 
 
+Reread = Callable[[int], Iterator[memoryview]]
+
+
+def _verified(ref: BlobRef, views: Iterator[memoryview], on_bytes: OnBytes, *,
+              skip: int = 0) -> Iterator[memoryview]:
+    """The views from `skip` on, hashing all; IntegrityError at the end on a mismatch."""
+    h, pos = hashlib.sha256(), 0
+    for view in views:
+        h.update(view)
+        on_bytes(len(view))
+        if pos + len(view) > skip:
+            yield view[max(0, skip - pos) :]
+        pos += len(view)
+    if h.hexdigest() != ref.digest.hex:
+        raise IntegrityError(
+            f"blob {ref.digest}: content does not match its digest",
+            hint="the bundle was altered or damaged in transit; get a fresh copy",
+        )
+
+
 def check_registry_signatures(
     documents: dict[str, bytes], models: Sequence[Model], trusted: Sequence[signing.PublicKey],
 ) -> tuple[cosign.Document, ...]:
@@ -144,6 +164,7 @@ class BundleReader:
         self._archive = ArchiveReader(src)
         self._on_bytes = on_bytes
         self._head: Head | None = None
+        self._current: tuple[BlobRef, Member] | None = None
 
     def __enter__(self) -> BundleReader:
         return self
@@ -254,19 +275,23 @@ class BundleReader:
         for ref in self._head.layer_blobs:
             m = self._member(blob_member(ref.digest))
             self._check_size(m, ref)
-            yield ref, self._verified_body(ref)
+            self._current = (ref, m)
+            yield ref, _verified(ref, self._archive.body(), self._on_bytes)
 
-    def _verified_body(self, ref: BlobRef) -> Iterator[memoryview]:
-        h = hashlib.sha256()
-        for view in self._archive.body():
-            h.update(view)
-            self._on_bytes(len(view))
-            yield view
-        if h.hexdigest() != ref.digest.hex:
-            raise IntegrityError(
-                f"blob {ref.digest}: content does not match its digest",
-                hint="the bundle was altered or damaged in transit; get a fresh copy",
-            )
+    def reread(self) -> Reread | None:
+        """For the blob `blobs()` yielded last, if the bundle is a file that can be read again
+        there: a function giving its body from an offset on (every byte still verified, the
+        ones before the offset too), for retrying an upload. None for a pipe."""
+        assert self._current is not None
+        ref, member = self._current
+        again = self._archive.reopener(member)
+        if again is None:
+            return None
+
+        def body(skip: int) -> Iterator[memoryview]:
+            return _verified(ref, again(0), no_progress, skip=skip)
+
+        return body
 
     def finish(self) -> None:
         """Require the end-of-archive marker after the last blob."""

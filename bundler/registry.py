@@ -248,14 +248,83 @@ class Client:
             resp = self.send("PUT", location + query, scope=scope, body=bytes(buffer),
                              headers={"Content-Type": "application/octet-stream",
                                       "Content-Length": str(len(buffer))})
-            if resp.status != 201:
-                raise describe_error(resp, f"uploading blob {digest.short} to {repo}")
-            if resp.header("Docker-Content-Digest") not in (None, str(digest)):
-                raise RegistryError(f"the registry stored blob {digest.short} under another "
-                                    f"digest ({resp.header('Docker-Content-Digest')})")
+            self._check_committed(resp, repo, digest, size)
         except BaseException:
             self.cancel_upload(location)
             raise
+
+    def upload_streamed(self, repo: str, digest: Digest, size: int,
+                        body: Iterable[memoryview], reread: Callable[[int], Iterable[memoryview]],
+                        ) -> None:
+        """Upload a blob that can be read again: the whole of it in one streamed PATCH, then
+        the final PUT with the digest. After a failure, continue from the registry's reported
+        Range with the content read again (`reread(offset)`), or start a new upload if the
+        registry lost the session. `body` and every `reread` must end (raising if the content
+        is wrong) before the final PUT."""
+        scope = _push(repo)
+        location = self.start_upload(repo)
+        try:
+            offset, source, attempt = 0, body, 0
+            while offset < size:
+                attempt += 1
+                outcome = self._patch_stream(repo, location, offset, size, source)
+                if isinstance(outcome, str):
+                    location = outcome
+                    break
+                if attempt == MAX_TRIES:
+                    raise RegistryError(f"uploading blob {digest.short} to {repo} failed "
+                                        f"{MAX_TRIES} times", hint="run the import again")
+                if outcome is not None:
+                    retry_after = (outcome.header("Retry-After")
+                                   if isinstance(outcome, Response) else None)
+                    self._wait(attempt, retry_after, f"uploading blob {digest.short} to "
+                                                     f"{repo}: {_why(outcome)}; resuming")
+                try:
+                    offset = self._upload_offset(location, scope)
+                except RegistryError:  # the registry lost track of this upload: start anew
+                    self.cancel_upload(location)
+                    location, offset = self.start_upload(repo), 0
+                source = reread(offset)
+            query = ("&" if "?" in location else "?") + urlencode({"digest": str(digest)})
+            resp = self.send("PUT", location + query, scope=scope, body=b"",
+                             headers={"Content-Length": "0"})
+            self._check_committed(resp, repo, digest, size)
+        except BaseException:
+            self.cancel_upload(location)
+            raise
+
+    def _check_committed(self, resp: Response, repo: str, digest: Digest, size: int) -> None:
+        """The answer to the final PUT. A 404 after a retry means an earlier try committed
+        the blob and its answer was lost: then the blob is there."""
+        if resp.status == 404 and self.has_blob(repo, digest, size):
+            return
+        if resp.status != 201:
+            raise describe_error(resp, f"uploading blob {digest.short} to {repo}")
+        if resp.header("Docker-Content-Digest") not in (None, str(digest)):
+            raise RegistryError(f"the registry stored blob {digest.short} under another "
+                                f"digest ({resp.header('Docker-Content-Digest')})")
+
+    def _patch_stream(self, repo: str, location: str, offset: int, size: int,
+                      source: Iterable[memoryview]) -> str | Response | NetworkError | None:
+        """One PATCH of bytes offset..size-1 streamed from `source`: the next Location on
+        success, else what went wrong (None: the registry wanted credentials, now given)."""
+        scope = _push(repo)
+        try:
+            resp = self.transport.request("PATCH", location, body=source, headers={
+                **self._authorization(scope), "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{size - 1}", "Content-Length": str(size - offset)})
+        except TlsError:
+            raise
+        except NetworkError as e:
+            return e
+        if resp.status == 202:
+            return self._location(resp)
+        if resp.status == 401:
+            self._authenticate(resp, scope)
+            return None
+        if resp.status in _RETRY_STATUS:
+            return resp
+        raise describe_error(resp, f"uploading to {repo}")
 
     def _patch(self, repo: str, location: str, offset: int, data: bytearray,
                min_chunk: int) -> tuple[str, int]:
@@ -349,6 +418,10 @@ class Client:
     def get_manifest(self, repo: str, reference: str, accept: str) -> Response:
         return self.send("GET", self.url(f"/v2/{repo}/manifests/{quote(reference)}"),
                          scope=_pull(repo), headers={"Accept": accept})
+
+
+def _why(failure: Response | NetworkError) -> str:
+    return failure.message if isinstance(failure, NetworkError) else f"HTTP {failure.status}"
 
 
 def _pull(repo: str) -> str:

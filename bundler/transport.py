@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -96,9 +96,11 @@ class Transport:
 
     def request(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-        body: bytes | bytearray | memoryview | None = None, stream: bool = False,
+        body: bytes | bytearray | memoryview | Iterable[memoryview] | None = None,
+        stream: bool = False,
     ) -> Response:
-        """One request, no retries and no redirects followed (the caller decides)."""
+        """One request, no retries and no redirects followed (the caller decides). An
+        iterable body is streamed; give its Content-Length in `headers`."""
         try:
             raw = self._pool(url).urlopen(
                 method, url, body=body, headers=dict(headers or {}), redirect=False,

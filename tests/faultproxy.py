@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ class Fault:
     method: str
     path_contains: str
     nth: int
-    action: str  # "status:503", "status:429", "drop-before", "drop-after", "corrupt", "truncate"
+    action: str  # "status:503", "status:429", "drop-before", "drop-after", "corrupt", "truncate",
+    # "delay:SECONDS" (then forwarded as usual)
     seen: int = 0
     fired: bool = False
 
@@ -29,6 +31,8 @@ class FaultLog:
     requests: list[str] = field(default_factory=list)
     fired: list[str] = field(default_factory=list)
     ranges: list[str] = field(default_factory=list)
+    in_flight: dict[str, int] = field(default_factory=dict)  # by method
+    max_in_flight: dict[str, int] = field(default_factory=dict)
 
 
 @contextmanager
@@ -44,6 +48,16 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
             pass
 
         def _handle(self) -> None:
+            with lock:
+                n = log.in_flight[self.command] = log.in_flight.get(self.command, 0) + 1
+                log.max_in_flight[self.command] = max(n, log.max_in_flight.get(self.command, 0))
+            try:
+                self._forward()
+            finally:
+                with lock:
+                    log.in_flight[self.command] -= 1
+
+        def _forward(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             with lock:
@@ -61,6 +75,8 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if fault is not None and fault.action.startswith("delay:"):
+                time.sleep(float(fault.action.split(":")[1]))
             if fault is not None and fault.action == "drop-before":
                 self.close_connection = True
                 self.connection.shutdown(2)

@@ -4,6 +4,7 @@ clients (skopeo, plain HTTP); faults injected by a loopback proxy in front of it
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import urllib.request
@@ -48,6 +49,10 @@ def _assert_served(base: str, repo: str, tag: str, manifest: bytes) -> None:
     for d in [doc["config"], *doc["layers"]]:
         status, blob, _ = _get(f"{base}/v2/{repo}/blobs/{d['digest']}")
         assert status == 200 and "sha256:" + hashlib.sha256(blob).hexdigest() == d["digest"]
+
+
+def _count(requests: list[str], prefix: str) -> int:
+    return sum(r.startswith(prefix) for r in requests)
 
 
 def _push(bundle: Path, url: str, keys: Keys, *extra: str) -> Any:
@@ -99,8 +104,8 @@ def test_push_mounts_and_maps_names(registry: Registry, tmp_path: Path, keys: Ke
 
 def test_chunked_upload_with_resume_through_faults(registry: Registry, tmp_path: Path,
                                                    keys: Keys, env: dict[str, str]) -> None:
-    """Dropped connections, 5xx and 429 on every kind of request: the push completes and the
-    registry holds exactly the bundle's content."""
+    """From a pipe (nothing can be read twice): dropped connections, 5xx and 429 on every kind
+    of request; the push completes and the registry holds exactly the bundle's content."""
     store = tmp_path / "s"
     manifest = make_model(store, "registry.ollama.ai/library/m/latest",
                           [(MODEL, weights(5_500_000, seed=3)), (TEMPLATE, b"{{ .Prompt }}")])
@@ -117,12 +122,42 @@ def test_chunked_upload_with_resume_through_faults(registry: Registry, tmp_path:
         client = reg.Client(Transport(), reg.Target.parse(url), None,
                                  sleep=lambda _: None)
         trusted = [signing.read_public(keys.pub)]
-        with bundle.open("rb") as f:
-            result = push.push_bundle(f, client, trusted, allow_unsigned=False,
-                                      chunk_size=64 * 1024)
+        pipe = io.BytesIO(bundle.read_bytes())  # no file descriptor: like stdin
+        result = push.push_bundle(pipe, client, trusted, allow_unsigned=False,
+                                  chunk_size=64 * 1024)
     assert len(log.fired) == len(faults), log.fired
     assert result.uploaded == 3
+    assert _count(log.requests, "PATCH /v2/library/m/blobs/uploads/") > 4  # in chunks
     _assert_served(registry.url, "library/m", "latest", manifest)
+
+
+def test_streamed_upload_reads_the_file_again_after_faults(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    """From a file, a large blob goes up in one streamed PATCH. A connection dropped before the
+    registry saw it, one dropped after (Distribution then forgets the session), a 502 and a
+    lost answer to the final PUT: each is survived by reading the blob from the file again,
+    and the registry holds exactly the bundle's content."""
+    store = tmp_path / "s"
+    manifest = make_model(store, "registry.ollama.ai/library/s/latest",
+                          [(MODEL, weights(5_500_000, seed=6)), (TEMPLATE, b"{{ .System }}")])
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    # (a fault counts the requests the faults before it let through)
+    faults = [Fault("PATCH", "/blobs/uploads/", 1, "drop-before"),
+              Fault("PATCH", "/blobs/uploads/", 1, "drop-after"),
+              Fault("PATCH", "/blobs/uploads/", 1, "status:502"),
+              Fault("PUT", "/blobs/uploads/", 2, "drop-after"),  # the weights' final PUT
+              Fault("PUT", "/blobs/uploads/", 2, "drop-after")]  # the template's
+    with fault_proxy(registry.url, faults) as (url, log):
+        client = reg.Client(Transport(), reg.Target.parse(url), None, sleep=lambda _: None)
+        with bundle.open("rb") as f:
+            result = push.push_bundle(f, client, [signing.read_public(keys.pub)],
+                                      allow_unsigned=False, chunk_size=64 * 1024)
+    assert len(log.fired) == len(faults), log.fired
+    assert _count(log.requests, "PATCH /v2/library/s/blobs/uploads/") == 4  # whole blob each
+    assert result.uploaded == 3
+    _assert_served(registry.url, "library/s", "latest", manifest)
 
 
 def test_nothing_is_pushed_from_a_tampered_bundle(registry: Registry,
@@ -154,7 +189,8 @@ def test_nothing_is_pushed_from_a_tampered_bundle(registry: Registry,
 def test_a_lost_answer_to_a_chunk_fails_cleanly_and_a_rerun_completes(
         registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
     """Distribution 2.8 cannot continue an upload whose latest Location we never saw (its
-    _state token is then stale): the import says so, and running it again completes."""
+    _state token is then stale). From a pipe the chunk cannot be read again: the import says
+    so, and running it again completes. (From a file it starts the blob again, above.)"""
     store = tmp_path / "s"
     manifest = make_model(store, "registry.ollama.ai/library/lost/latest",
                           [(MODEL, weights(3_500_000, seed=4))])
@@ -165,8 +201,9 @@ def test_a_lost_answer_to_a_chunk_fails_cleanly_and_a_rerun_completes(
     with fault_proxy(registry.url, [Fault("PATCH", "/blobs/uploads/", 2, "drop-after")]) as (
             url, log):
         client = reg.Client(Transport(), reg.Target.parse(url), None, sleep=lambda _: None)
-        with bundle.open("rb") as f, pytest.raises(reg.RegistryError, match="cannot be continued"):
-            push.push_bundle(f, client, trusted, allow_unsigned=False, chunk_size=64 * 1024)
+        with pytest.raises(reg.RegistryError, match="cannot be continued"):
+            push.push_bundle(io.BytesIO(bundle.read_bytes()), client, trusted,
+                             allow_unsigned=False, chunk_size=64 * 1024)
         assert log.fired
     status, _, _ = _get(f"{registry.url}/v2/library/lost/manifests/latest", SCHEMA2)
     assert status == 404  # no tag for an incomplete model
@@ -285,3 +322,45 @@ def test_from_registry_cache_drops_bad_content(registry: Registry, tmp_path: Pat
     assert r.exit_code == 3 and "other content" in r.stderr
     assert len(list(cache.iterdir())) == 1  # the good config stays, the bad weights do not
     assert run([*args, "--mirror", registry.url]).exit_code == 0
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_uploads_in_flight_are_bounded_by_jobs(registry: Registry, tmp_path: Path,
+                                               keys: Keys, env: dict[str, str],
+                                               jobs: int) -> None:
+    """Blobs read again from the file go up beside the single pass, at most jobs - 1 at a
+    time (one at a time with --jobs 1); the registry ends up with exactly the content."""
+    store = tmp_path / "s"
+    layers = [(MODEL, weights(300_000, seed=20 + i)) for i in range(6)]
+    manifest = make_model(store, "registry.ollama.ai/library/par/latest", layers)
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    faults = [Fault("PUT", "/blobs/uploads/", 1, "delay:0.4") for _ in range(7)]
+    with fault_proxy(registry.url, faults) as (url, log):
+        client = reg.Client(Transport(), reg.Target.parse(f"{url}/j{jobs}"), None,
+                            sleep=lambda _: None)
+        with bundle.open("rb") as f:
+            result = push.push_bundle(f, client, [signing.read_public(keys.pub)],
+                                      allow_unsigned=False, jobs=jobs)
+    assert result.uploaded == 7  # six layers and the config
+    assert log.max_in_flight["PUT"] == max(1, jobs - 1)
+    _assert_served(registry.url, f"j{jobs}/par", "latest", manifest)
+
+
+def test_a_failed_parallel_upload_stops_the_push_before_any_tag(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    store = tmp_path / "s"
+    layers = [(MODEL, weights(200_000, seed=40 + i)) for i in range(4)]
+    make_model(store, "registry.ollama.ai/library/fail/latest", layers)
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    with fault_proxy(registry.url, [Fault("PUT", "/blobs/uploads/", 3, "status:403")]) as (
+            url, log):
+        client = reg.Client(Transport(), reg.Target.parse(url), None, sleep=lambda _: None)
+        with bundle.open("rb") as f, pytest.raises(reg.RegistryError, match="403"):
+            push.push_bundle(f, client, [signing.read_public(keys.pub)],
+                             allow_unsigned=False, jobs=4)
+        assert log.fired
+    assert _get(f"{registry.url}/v2/library/fail/manifests/latest", SCHEMA2)[0] == 404

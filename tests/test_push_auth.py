@@ -36,24 +36,22 @@ def _make_ca(d: Path, name: str) -> None:
              "-days", "2", cwd=d)
 
 
-@contextlib.contextmanager
-def run_secure_registry(d: Path) -> Iterator[SecureRegistry]:
+def make_certs(d: Path, *names: str) -> None:
+    """ca.pem and other-ca.pem; srv.pem for 127.0.0.1, and a certificate NAME.pem (key
+    NAME.key) signed by ca for each further name, for client authentication."""
     _make_ca(d, "ca")
     _make_ca(d, "other-ca")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
-    (d / "htpasswd").write_text(f"{USER}:{hashed}\n")
-    extra = ("  tls:\n    certificate: {dir}/srv.pem\n    key: {dir}/srv.key\n"
-             "auth:\n  htpasswd:\n    realm: tests\n    path: {dir}/htpasswd\n")
-    with run_registry_with(d, extra, _accepts_connections) as port:
-        yield SecureRegistry(f"https://127.0.0.1:{port}", d / "ca.pem", d / "other-ca.pem")
+    for name, ext in [("srv", "subjectAltName=IP:127.0.0.1\n"),
+                      *((n, "extendedKeyUsage=clientAuth\n") for n in names)]:
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        (d / "ext.cnf").write_text(ext + "basicConstraints=CA:FALSE\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "ext.cnf",
+                 cwd=d)
 
 
-def _accepts_connections(port: int) -> bool:
+def accepts_connections(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), 1).close()
     except OSError:
@@ -61,8 +59,19 @@ def _accepts_connections(port: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def secure_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRegistry]:
+@contextlib.contextmanager
+def run_secure_registry(d: Path) -> Iterator[SecureRegistry]:
+    make_certs(d)
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=5)).decode()
+    (d / "htpasswd").write_text(f"{USER}:{hashed}\n")
+    extra = ("  tls:\n    certificate: {dir}/srv.pem\n    key: {dir}/srv.key\n"
+             "auth:\n  htpasswd:\n    realm: tests\n    path: {dir}/htpasswd\n")
+    with run_registry_with(d, extra, accepts_connections) as port:
+        yield SecureRegistry(f"https://127.0.0.1:{port}", d / "ca.pem", d / "other-ca.pem")
+
+
+@pytest.fixture(scope="module", name="secure_registry")
+def secure_registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureRegistry]:
     with run_secure_registry(tmp_path_factory.mktemp("tls-registry")) as server:
         yield server
 
