@@ -109,6 +109,10 @@ def registry_options(f: F) -> F:
                           "(default: docker's config.json, else anonymous)."),
         click.option("--password-stdin", is_flag=True,
                      help="Read the registry password from the first line of stdin."),
+        click.option("--timeout", type=click.FloatRange(1, 3600), default=transport.READ_TIMEOUT,
+                     show_default=True, metavar="SECONDS",
+                     help="Seconds of silence from the registry before a request is given up "
+                          "(and retried)."),
     ]):
         f = option(f)
     return f
@@ -436,7 +440,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
 
 def _client(url: str, out: Output, *, plain_http: bool, ca_cert: Path | None,
             insecure_skip_tls_verify: bool, client_cert: Path | None, client_key: Path | None,
-            username: str | None, password_stdin: bool) -> registry.Client:
+            username: str | None, password_stdin: bool, timeout: float) -> registry.Client:
     target = registry.Target.parse(url, plain_http=plain_http)
     if insecure_skip_tls_verify:
         out.log("warning: --insecure-skip-tls-verify: the registry's identity is not checked")
@@ -455,7 +459,8 @@ def _client(url: str, out: Output, *, plain_http: bool, ca_cert: Path | None,
     out.log(f"registry: {target.base}" + (f" (namespace {target.namespace})"
                                           if target.namespace else "")
             + (f", as {creds.username}" if creds else ", anonymous"))
-    return registry.Client(transport.Transport(tls), target, creds, on_event=out.log)
+    return registry.Client(transport.Transport(tls, read_timeout=timeout), target, creds,
+                           on_event=out.log)
 
 
 def _clients_for(names: tuple[str, ...], mirror: str | None, out: Output,

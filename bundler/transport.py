@@ -64,10 +64,13 @@ class Response:
 class Transport:
     """One connection pool per proxy, shared by every request of a run."""
 
-    def __init__(self, tls: TlsOptions = TlsOptions()) -> None:
+    def __init__(self, tls: TlsOptions = TlsOptions(), *,
+                 read_timeout: float = READ_TIMEOUT) -> None:
+        """`read_timeout`: seconds of silence from the server before a request fails (and is
+        retried by the caller)."""
         kw: dict[str, object] = {"num_pools": 8, "maxsize": 8, "retries": False,
                                  "timeout": urllib3.Timeout(connect=CONNECT_TIMEOUT,
-                                                            read=READ_TIMEOUT)}
+                                                            read=read_timeout)}
         if tls.skip_verify:
             kw["cert_reqs"] = ssl.CERT_NONE
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)

@@ -21,7 +21,8 @@ class Fault:
     path_contains: str
     nth: int
     action: str  # "status:503", "status:429", "drop-before", "drop-after", "corrupt", "truncate",
-    # "delay:SECONDS" (then forwarded as usual)
+    # "delay:SECONDS" (then forwarded as usual), "stall:SECONDS" (silence, then the connection
+    # is dropped), "drop-mid" (half the request body is read, then the connection dropped)
     seen: int = 0
     fired: bool = False
 
@@ -59,7 +60,6 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
 
         def _forward(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
             with lock:
                 log.requests.append(f"{self.command} {self.path.split('?')[0]}")
                 if self.headers.get("Range"):
@@ -67,6 +67,17 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
                 fault = _match(faults, self.command, self.path)
                 if fault is not None:
                     log.fired.append(f"{fault.action} {self.command} {self.path.split('?')[0]}")
+            if fault is not None and fault.action == "drop-mid":
+                self.rfile.read(length // 2)
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            body = self.rfile.read(length) if length else b""
+            if fault is not None and fault.action.startswith("stall:"):
+                time.sleep(float(fault.action.split(":")[1]))
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             if fault is not None and fault.action.startswith("status:"):
                 code = int(fault.action.split(":")[1])
                 self.send_response(code)

@@ -364,3 +364,31 @@ def test_a_failed_parallel_upload_stops_the_push_before_any_tag(
                              allow_unsigned=False, jobs=4)
         assert log.fired
     assert _get(f"{registry.url}/v2/library/fail/manifests/latest", SCHEMA2)[0] == 404
+
+
+@pytest.mark.parametrize("source", ["file", "pipe"])
+def test_stalls_and_drops_mid_blob_are_survived(registry: Registry, tmp_path: Path,
+                                                keys: Keys, env: dict[str, str],
+                                                source: str) -> None:
+    """A registry that goes silent for longer than the timeout, and connections dropped
+    halfway through a blob's bytes: retried, and the registry holds exactly the content."""
+    store = tmp_path / "s"
+    manifest = make_model(store, "registry.ollama.ai/library/stall/latest",
+                          [(MODEL, weights(4_000_000, seed=50)), (TEMPLATE, b"{{ .Stall }}")])
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    faults = [Fault("PATCH", "/blobs/uploads/", 1, "drop-mid"),
+              Fault("PATCH", "/blobs/uploads/", 1, "stall:2.5"),
+              Fault("HEAD", "/blobs/", 1, "stall:2.5"),
+              Fault("PUT", "/manifests/", 1, "stall:2.5")]
+    with fault_proxy(registry.url, faults) as (url, log):
+        client = reg.Client(Transport(read_timeout=1.0), reg.Target.parse(f"{url}/{source}"),
+                            None, sleep=lambda _: None)
+        with bundle.open("rb") as f:
+            src = f if source == "file" else io.BytesIO(f.read())
+            result = push.push_bundle(src, client, [signing.read_public(keys.pub)],
+                                      allow_unsigned=False, chunk_size=1024 * 1024)
+    assert len(log.fired) == len(faults), log.fired
+    assert result.uploaded == 3
+    _assert_served(registry.url, f"{source}/stall", "latest", manifest)
