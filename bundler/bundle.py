@@ -6,20 +6,27 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from bundler import __version__, cosign, signing
 from bundler.archive import ArchiveWriter
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
+from bundler.inventory import MEDIA_TYPE_INVENTORY, Inventory, ModelEntry, Release
 from bundler.layout import (
     INDEX_MEMBER,
+    MEDIA_TYPE_ROOT,
+    NO_BASES,
     OCI_LAYOUT,
     OCI_LAYOUT_MEMBER,
     ROOT_MEMBER,
+    Base,
     BlobRef,
     Contents,
     CosignRef,
+    External,
+    Have,
     Model,
     blob_member,
     compression_level,
@@ -109,7 +116,7 @@ class ExportPlan:
 
 
 def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
-                on_event: OnEvent = no_events) -> ExportPlan:
+                have: Have = NO_BASES, on_event: OnEvent = no_events) -> ExportPlan:
     store.require()
     available = store.names(on_event)
     if all_models:
@@ -128,7 +135,7 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
                 raise IntegrityError(
                     f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
                     f"{problem}", hint="re-pull the model, or remove it with 'ollama rm'")
-    return ExportPlan(StoreSource(store), plan_contents(models))
+    return ExportPlan(StoreSource(store), plan_contents(models, have))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +147,15 @@ class ExportResult:
     signers: tuple[str, ...]
     created: str
     store: str
+    contents: Contents | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "output": self.output, "store": self.store, "created": self.created,
             "models": [model_json(m) for m in self.models], "blobs": self.blobs,
             "bytes": self.bytes_in, "signers": list(self.signers),
+            **(delta_json(self.contents.bases, self.contents.external)
+               if self.contents is not None else {}),
         }
 
 
@@ -194,7 +204,7 @@ def export_bundle(
     return ExportResult(
         output="", models=contents.models, blobs=len(contents.blobs),
         bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
-        created=created, store=plan.source.describe(),
+        created=created, store=plan.source.describe(), contents=contents,
     )
 
 
@@ -221,6 +231,11 @@ def signer_json(head: Head) -> dict[str, Any]:
             "cosign": [d.keyid for d in head.registry_signatures]}
 
 
+def delta_json(bases: Sequence[Base], external: Sequence[External]) -> dict[str, Any]:
+    return {"bases": [b.to_json() for b in bases],
+            "leftOut": {"blobs": len(external), "bytes": sum(e.blob.size for e in external)}}
+
+
 def head_json(head: Head) -> dict[str, Any]:
     return {
         "created": head.root.created,
@@ -229,6 +244,7 @@ def head_json(head: Head) -> dict[str, Any]:
         "blobs": len(head.root.blobs),
         "bytes": head.root.total_size,
         "signatures": signer_json(head),
+        **delta_json(head.root.bases, head.root.external),
     }
 
 
@@ -339,6 +355,7 @@ def import_bundle(
         changes = _plan_changes(head, store, only)
         needed = {b.digest: b.size for c in changes for b in c.model.manifest.blobs}
         present = {d for d, size in needed.items() if store.has_blob(d, size)}
+        require_bases(head, [c.model for c in changes], present, store.location.describe())
         to_write = {d: s for d, s in needed.items() if d not in present}
         result = ImportResult(head, store.location.describe(), tuple(changes), len(to_write),
                               sum(to_write.values()), len(present), dry_run)
@@ -376,6 +393,120 @@ def import_bundle(
                     "import; its manifest was not written", hint="run the import again")
             store.write_manifest(change.target, change.model.manifest.raw)
     return result
+
+
+def require_bases(head: Head, models: Sequence[Model], present: set[Digest], where: str) -> None:
+    """formats/bundle-v1.md §4.3: every blob a delta bundle leaves out that these models need
+    must already be in the target; else name them, who needs them and which release had them."""
+    needed = {b.digest for m in models for b in m.manifest.blobs}
+    missing = [e for e in head.root.external if e.blob.digest in needed
+               and e.blob.digest not in present]
+    if not missing:
+        return
+    parts = []
+    for e in missing[:3]:
+        users = sorted({m.name.display_shortest() for m in models
+                        if any(b.digest == e.blob.digest for b in m.manifest.blobs)})
+        parts.append(f"{e.blob.digest.short} ({_human(e.blob.size)}, for {', '.join(users)}; "
+                     f"carried by {head.root.bases[e.base].describe()})")
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    releases = sorted({head.root.bases[e.base].name for e in missing})
+    raise NotFoundError(
+        f"this delta bundle leaves out {len(missing)} blob(s) that {where} does not have: "
+        + "; ".join(parts) + more,
+        hint=f"import {', '.join(releases)} there first, or leave these models out with --only")
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bases, inventories and diff (formats/bundle-v1.md §4.3, formats/inventory-v1.md)
+
+MAX_INVENTORY_BYTES = 256 * 1024 * 1024
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def read_release(path: Path, trusted: Sequence[signing.PublicKey]) -> tuple[Base, Head | Inventory]:
+    """A bundle (its head only) or an inventory, and the Base record that names it."""
+    try:
+        with path.open("rb") as f:
+            if f.read(4) == _ZSTD_MAGIC:
+                f.seek(0)
+                head = list_bundle(f, trusted)
+                return Base(MEDIA_TYPE_ROOT, Digest.of(head.root.raw), head.root.created,
+                            path.name), head
+            f.seek(0)
+            raw = f.read(MAX_INVENTORY_BYTES + 1)
+    except FileNotFoundError:
+        raise NotFoundError(f"{path} not found") from None
+    except IsADirectoryError:
+        raise NotFoundError(f"{path} is a directory, not a bundle or inventory") from None
+    except OSError as e:
+        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_INVENTORY_BYTES:
+        raise IntegrityError(f"{path}: too large for an inventory")
+    inventory = Inventory.parse(raw, str(path))
+    return Base(MEDIA_TYPE_INVENTORY, Digest.of(raw), inventory.created, path.name), inventory
+
+
+def read_bases(paths: Sequence[Path], trusted: Sequence[signing.PublicKey]) -> Have:
+    """What the given earlier releases have: a bundle has what it carries and what it left
+    out itself (attributed to its own bases); an inventory has what it lists."""
+    bases: list[Base] = []
+    blobs: dict[Digest, tuple[int, int]] = {}
+
+    def index(base: Base) -> int:
+        for i, b in enumerate(bases):
+            if b.digest == base.digest:
+                return i
+        bases.append(base)
+        return len(bases) - 1
+
+    for path in paths:
+        base, release = read_release(path, trusted)
+        i = index(base)
+        if isinstance(release, Inventory):
+            for b in release.blobs:
+                blobs.setdefault(b.digest, (b.size, i))
+            continue
+        for ref in release.layer_blobs:
+            blobs.setdefault(ref.digest, (ref.size, i))
+        for e in release.root.external:
+            blobs.setdefault(e.blob.digest, (e.blob.size, index(release.root.bases[e.base])))
+    return Have(tuple(bases), blobs)
+
+
+def release_of(path: Path, trusted: Sequence[signing.PublicKey]) -> Release:
+    _, release = read_release(path, trusted)
+    if isinstance(release, Inventory):
+        return Release(path.name, {m.name: m.digest for m in release.models},
+                       {b.digest: b.size for b in release.blobs})
+    blobs = {b.digest: b.size for b in release.layer_blobs}
+    blobs.update((e.blob.digest, e.blob.size) for e in release.root.external)
+    return Release(path.name, {str(m.name): m.manifest.digest for m in release.models}, blobs)
+
+
+def inventory_store(store: Store, created: str, on_event: OnEvent = no_events) -> Inventory:
+    """Every model in the store and the blobs of theirs that are present (formats/
+    inventory-v1.md §2)."""
+    store.require()
+    models: list[ModelEntry] = []
+    blobs: dict[Digest, int] = {}
+    for name in store.names(on_event):
+        model = store.read_model(name)
+        models.append(ModelEntry(str(name), model.manifest.digest, len(model.manifest.raw)))
+        for b in model.manifest.blobs:
+            if store.blob_size(b.digest) == b.size:
+                blobs[b.digest] = b.size
+    return Inventory(created, f"store {store.root}", tuple(models),
+                     tuple(BlobRef(d, s) for d, s in blobs.items()))
 
 
 def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int]) -> list[StagedBlob]:

@@ -7,16 +7,28 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import click
 from tqdm import tqdm
 
-from bundler import __version__, bundle, config, credentials, push, registry, signing, transport
+from bundler import (
+    __version__,
+    bundle,
+    config,
+    credentials,
+    inventory,
+    push,
+    registry,
+    signing,
+    transport,
+)
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, NotFoundError, UsageError
+from bundler.layout import Base, External, format_created
 from bundler.reader import Head
 from bundler.reference import ModelName
 from bundler.store import Store, locate
@@ -231,14 +243,18 @@ def _open_output(path: str) -> Iterator[Sink]:
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               metavar="DIR", help="With --from-registry: keep downloaded blobs here; a re-run "
                                   "continues partial downloads and skips finished ones.")
+@click.option("--base", "bases", multiple=True, metavar="FILE",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="Make a delta bundle: leave out every config and layer this earlier bundle "
+                   "or inventory (from 'bundle inventory') has (repeatable).")
 @registry_options
 @PASSPHRASE_FILE
 @common
 def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
                key_path: tuple[Path, ...], unsigned: bool, level: int | None,
                from_registry: bool, mirror: str | None, cache_dir: Path | None,
-               passphrase_file: Path | None, json_mode: bool, quiet: bool,
-               **options: Any) -> None:
+               bases: tuple[Path, ...], passphrase_file: Path | None, json_mode: bool,
+               quiet: bool, **options: Any) -> None:
     """Export models from an Ollama store (or a registry) into one signed bundle file.
 
     MODEL is an Ollama name (tiny, tiny:chat, hf.co/org/repo:Q4_K_M); or pass --all.
@@ -256,17 +272,19 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     else:
         check_output(Path(output))
     keys = [] if unsigned else _signing_keys(key_path, passphrase_file)
+    have = bundle.read_bases(bases, [])
     if from_registry:
         if all_models or models_dir is not None:
             raise UsageError("--from-registry takes model names, not --all or --models")
         plan = push.plan_registry_export(names, _clients_for(names, mirror, out, options),
-                                         cache=cache_dir)
+                                         cache=cache_dir, have=have)
     else:
         if mirror is not None or cache_dir is not None:
             raise UsageError("--mirror and --cache go with --from-registry")
         store = Store(locate(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
-        plan = bundle.plan_export(store, names, all_models=all_models, on_event=out.log)
+        plan = bundle.plan_export(store, names, all_models=all_models, have=have,
+                                  on_event=out.log)
     created = config.source_date_epoch(os.environ)
     with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
         result = bundle.export_bundle(plan, f, keys=keys, level=level, created_epoch=created,
@@ -277,8 +295,22 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
               if result.signers else "UNSIGNED")
     summary = (f"wrote {output}: {len(result.models)} models, {result.blobs} blobs, "
                f"{_size(result.bytes_in)}, {signed}")
-    out.result("\n".join([summary, *lines]),
+    out.result("\n".join([summary, *lines, *_delta_text(plan.contents.bases,
+                                                         plan.contents.external)]),
                {**result.to_json(), "output": output})
+
+
+def _delta_text(bases: Sequence[Base], external: Sequence[External]) -> list[str]:
+    if not bases:
+        return []
+    left_out = _size(sum(e.blob.size for e in external))
+    head = (f"delta: {len(external)} blobs ({left_out}) left out, which the target must "
+            "already have:")
+    lines = [head]
+    for i, b in enumerate(bases):
+        n = [e for e in external if e.base == i]
+        lines.append(f"  {len(n):4} from {b.describe()}")
+    return lines
 
 
 def _signing_keys(paths: tuple[Path, ...], passphrase_file: Path | None) -> list[signing.PrivateKey]:
@@ -365,7 +397,8 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
              f"{head.root.tool_version}")
     total = (f"total: {len(head.models)} models, {len(head.root.blobs)} blobs, "
              f"{_size(head.root.total_size)}")
-    out.result("\n".join([title, _signers_text(head), *_models_table(head), total]),
+    out.result("\n".join([title, _signers_text(head), *_models_table(head), total,
+                          *_delta_text(head.root.bases, head.root.external)]),
                bundle.head_json(head))
 
 
@@ -514,6 +547,68 @@ def _check_text(check: push.RegistryCheck | None) -> list[str]:
                else "`ollama pull` will NOT work from here")
     return [f"check {check.model}: {verdict}", *(f"  - {x}" for x in check.findings),
             *(f"  fix: {x}" for x in check.advice)]
+
+
+@main.command("inventory")
+@MODELS
+@click.option("--registry", "registry_url", metavar="URL",
+              help="Inventory this registry (every tag it lists) instead of a store.")
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="Inventory file to write (renamed into place when complete), or - for "
+                   "stdout.")
+@registry_options
+@common
+def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str,
+                  json_mode: bool, quiet: bool, **options: Any) -> None:
+    """Write what a store (or registry) holds, to carry back out for delta bundles
+    (export --base FILE).
+
+    The inventory is small, human-readable JSON (formats/inventory-v1.md).
+    """
+    out = _output(json_mode, quiet)
+    epoch = config.source_date_epoch(os.environ)
+    created = format_created(int(time.time()) if epoch is None else epoch)
+    if registry_url is not None:
+        if models_dir is not None:
+            raise UsageError("--registry and --models exclude each other")
+        client = _client(registry_url, out, **options)
+        inv = push.inventory_registry(client, created, on_event=out.log)
+    else:
+        store = Store(locate(models_dir, os.environ, HOME))
+        out.log(f"store: {store.location.describe()}")
+        inv = bundle.inventory_store(store, created, on_event=out.log)
+    if output == "-":
+        out.to_stderr = True
+        sys.stdout.buffer.write(inv.to_bytes())
+        sys.stdout.flush()
+    else:
+        check_output(Path(output))
+        with open_output(Path(output)) as f:
+            f.write(inv.to_bytes())
+    size = sum(b.size for b in inv.blobs)
+    out.result(f"wrote {output}: {len(inv.models)} models, {len(inv.blobs)} blobs "
+               f"({_size(size)}) in {inv.source}",
+               {"output": output, "source": inv.source, "created": inv.created,
+                "models": len(inv.models), "blobs": len(inv.blobs), "bytes": size})
+
+
+@main.command("diff")
+@click.argument("old", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
+@common
+def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
+    """Compare two releases (bundles or inventories): models added, removed and changed,
+    and the bytes a delta of NEW against OLD would carry."""
+    out = _output(json_mode, quiet)
+    a, b = bundle.release_of(old, []), bundle.release_of(new, [])
+    d = inventory.diff(a, b)
+    lines = [f"{a.label} -> {b.label}"]
+    lines += [f"  + {n}  {b.models[n].short}" for n in d.added]
+    lines += [f"  - {n}  {a.models[n].short}" for n in d.removed]
+    lines += [f"  ~ {n}  {a.models[n].short} -> {b.models[n].short}" for n in d.changed]
+    lines.append(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
+                 f"{d.unchanged} unchanged; new: {d.new_blobs} blobs, {_size(d.new_bytes)}")
+    out.result("\n".join(lines), {"old": a.label, "new": b.label, **d.to_json()})
 
 
 @main.command("check-registry")

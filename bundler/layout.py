@@ -74,6 +74,18 @@ def signature_keyid(member: str) -> str | None:
     return m.group(1) if m else None
 
 
+def check_created(created: str, what: str) -> str:
+    """A UTC time YYYY-MM-DDTHH:MM:SSZ, else IntegrityError."""
+    try:
+        if not _CREATED.fullmatch(created):
+            raise ValueError
+        datetime.fromisoformat(created[:-1])  # a real date (no lazy _strptime import)
+    except ValueError:
+        raise IntegrityError(f"{what}: 'created' is not a UTC time YYYY-MM-DDTHH:MM:SSZ",
+                             ) from None
+    return created
+
+
 def format_created(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -114,6 +126,42 @@ class CosignRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Base:
+    """A release a delta bundle was made against (§4.3)."""
+
+    media_type: str  # a bundle root's or an inventory's
+    digest: Digest  # of the base's root document, or of the inventory file
+    created: str
+    name: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mediaType": self.media_type, "digest": str(self.digest),
+                "created": self.created, "name": self.name}
+
+    @classmethod
+    def from_json(cls, obj: object, what: str) -> Base:
+        if not isinstance(obj, dict):
+            raise IntegrityError(f"{what}: not an object")
+        return cls(get(obj, "mediaType", str, what), Digest.parse(obj.get("digest"), what=what),
+                   check_created(get(obj, "created", str, what), what),
+                   get(obj, "name", str, what))
+
+    def describe(self) -> str:
+        return f"{self.name} (created {self.created})"
+
+
+@dataclass(frozen=True, slots=True)
+class External:
+    """A config or layer a delta bundle leaves out, and the base that had it (§4.3)."""
+
+    blob: BlobRef
+    base: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.blob.to_json(), "base": self.base}
+
+
+@dataclass(frozen=True, slots=True)
 class Root:
     """The signed root document (formats/bundle-v1.md §4)."""
 
@@ -123,6 +171,8 @@ class Root:
     index: BlobRef
     blobs: tuple[BlobRef, ...]
     cosign: tuple[CosignRef, ...] = ()
+    bases: tuple[Base, ...] = ()
+    external: tuple[External, ...] = ()
     raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
@@ -139,6 +189,10 @@ class Root:
         }
         if self.cosign:
             obj["cosign"] = [c.to_json() for c in self.cosign]
+        if self.bases:
+            obj["bases"] = [b.to_json() for b in self.bases]
+        if self.external:
+            obj["external"] = [e.to_json() for e in self.external]
         return canonical_json(obj) + b"\n"
 
     @classmethod
@@ -150,14 +204,7 @@ class Root:
                 f"{what}: unknown mediaType {str(obj.get('mediaType'))[:80]!r}",
                 hint="the bundle was written by a newer or different tool",
             )
-        created = get(obj, "created", str, what)
-        try:
-            if not _CREATED.fullmatch(created):
-                raise ValueError
-            datetime.fromisoformat(created[:-1])  # a real date (no lazy _strptime import)
-        except ValueError:
-            raise IntegrityError(
-                f"{what}: 'created' is not a UTC time YYYY-MM-DDTHH:MM:SSZ") from None
+        created = check_created(get(obj, "created", str, what), what)
         tool = get(obj, "tool", dict, what)
         blobs = tuple(
             BlobRef.from_json(b, f"{what} blob {i}")
@@ -171,6 +218,21 @@ class Root:
         )
         if [c.keyid for c in cosign] != sorted({c.keyid for c in cosign}):
             raise IntegrityError(f"{what}: cosign documents out of order or listed twice")
+        bases = tuple(Base.from_json(b, f"{what} base {i}")
+                      for i, b in enumerate(_optional_list(obj, "bases", what)))
+        external = []
+        for i, e in enumerate(_optional_list(obj, "external", what)):
+            where = f"{what} external {i}"
+            blob = BlobRef.from_json(e, where)
+            base = get(e, "base", int, where)
+            if not 0 <= base < len(bases):
+                raise IntegrityError(f"{where}: base {base} is not in 'bases'")
+            external.append(External(blob, base))
+        carried = {b.digest for b in blobs}
+        left_out = [e.blob.digest for e in external]
+        if len(set(left_out)) != len(left_out) or carried & set(left_out):
+            raise IntegrityError(f"{what}: a blob is both carried and left out, or left out "
+                                 "twice")
         return cls(
             created=created,
             tool_name=get(tool, "name", str, f"{what} tool"),
@@ -178,8 +240,14 @@ class Root:
             index=BlobRef.from_json(obj.get("index"), f"{what} index"),
             blobs=blobs,
             cosign=cosign,
+            bases=bases,
+            external=tuple(external),
             raw=raw,
         )
+
+
+def _optional_list(obj: Mapping[str, Any], key: str, what: str) -> list[Any]:
+    return get(obj, key, list, what) if key in obj else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,18 +265,32 @@ class Contents:
     models: tuple[Model, ...]
     index_raw: bytes
     blobs: tuple[BlobRef, ...]
+    bases: tuple[Base, ...] = ()
+    external: tuple[External, ...] = ()
 
     def root(self, *, created: str, tool_name: str, tool_version: str,
              cosign: Sequence[CosignRef] = ()) -> Root:
         return Root(
             created=created, tool_name=tool_name, tool_version=tool_version,
             index=BlobRef(Digest.of(self.index_raw), len(self.index_raw)), blobs=self.blobs,
-            cosign=tuple(cosign),
+            cosign=tuple(cosign), bases=self.bases, external=self.external,
         )
 
 
-def plan_contents(models: Iterable[Model]) -> Contents:
-    """Order models and blobs as formats/bundle-v1.md §4.2 and §5 say; build index.json."""
+@dataclass(frozen=True, slots=True)
+class Have:
+    """What the bases of a delta bundle hold: blob -> (size, index of the base)."""
+
+    bases: tuple[Base, ...] = ()
+    blobs: Mapping[Digest, tuple[int, int]] = field(default_factory=dict)
+
+
+NO_BASES = Have()
+
+
+def plan_contents(models: Iterable[Model], have: Have = NO_BASES) -> Contents:
+    """Order models and blobs as formats/bundle-v1.md §4.2 and §5 say; build index.json.
+    Configs and layers the bases have (same size) are left out (§4.3)."""
     ordered = tuple(sorted(models, key=lambda m: str(m.name)))
     folded = [m.name.folded() for m in ordered]
     if len(set(folded)) != len(folded):
@@ -228,7 +310,16 @@ def plan_contents(models: Iterable[Model]) -> Contents:
     for m in ordered:
         for layer in m.manifest.layers:
             refs.setdefault(layer.digest, layer.size)
-    return Contents(ordered, index.to_bytes(), tuple(BlobRef(d, s) for d, s in refs.items()))
+    manifests = {m.manifest.digest for m in ordered}
+    external = tuple(External(BlobRef(d, size), have.blobs[d][1]) for d, size in refs.items()
+                     if d not in manifests and have.blobs.get(d, (-1, 0))[0] == size)
+    left_out = {e.blob.digest for e in external}
+    used = sorted({e.base for e in external})  # keep only the bases something came from
+    renumber = {old: new for new, old in enumerate(used)}
+    return Contents(ordered, index.to_bytes(),
+                    tuple(BlobRef(d, s) for d, s in refs.items() if d not in left_out),
+                    tuple(have.bases[i] for i in used),
+                    tuple(External(e.blob, renumber[e.base]) for e in external))
 
 
 def index_models(root: Root, index: Index) -> list[tuple[ModelName, Descriptor]]:
@@ -265,8 +356,10 @@ def check_manifests(
     root: Root, named: Sequence[tuple[ModelName, Descriptor]], raws: Mapping[Digest, bytes],
 ) -> list[Model]:
     """Parse the verified manifest blobs and check them against the root (§6)."""
-    # configs and layers must be among the blobs after the manifests, never a manifest
+    # configs and layers must be among the blobs after the manifests (never a manifest) or
+    # left out (§4.3)
     sizes = {b.digest: b.size for b in root.blobs[len(raws):]}
+    sizes.update((e.blob.digest, e.blob.size) for e in root.external)
     parsed: dict[Digest, Manifest] = {}
     models: list[Model] = []
     referenced: set[Digest] = set()
@@ -284,7 +377,8 @@ def check_manifests(
                 )
             referenced.add(blob.digest)
         models.append(Model(name, manifest))
-    extra = [b.digest for b in root.blobs[len(parsed):] if b.digest not in referenced]
+    extra = [b.digest for b in (*root.blobs[len(parsed):], *(e.blob for e in root.external))
+             if b.digest not in referenced]
     if extra:
         raise IntegrityError(f"{ROOT_MEMBER}: blob {extra[0]} is not referenced by any manifest")
     return models

@@ -14,10 +14,11 @@ from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 from bundler import cosign, signing
-from bundler.bundle import ExportPlan, pick
+from bundler.bundle import ExportPlan, pick, require_bases
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import IntegrityError, NotFoundError, UsageError
-from bundler.layout import Model, plan_contents
+from bundler.inventory import Inventory, ModelEntry
+from bundler.layout import NO_BASES, BlobRef, Have, Model, plan_contents
 from bundler.oci import MEDIA_TYPE_OCI_MANIFEST, Manifest
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head, Reread
@@ -171,8 +172,24 @@ def push_bundle(
                 own = repository_name(item.model.name.namespace, item.model.name.model)
                 if own is not None and own != item.repository:
                     natural.setdefault(blob.digest, own)
-        on_total(sum(b.size for b in head.layer_blobs))
         homes: dict[Digest, tuple[str, list[str], int]] = {}
+        present: set[Digest] = set()
+        for e in head.root.external:  # left out of a delta bundle: must be there already
+            repos = needs.get(e.blob.digest, [])
+            home = next((r for r in repos if client.has_blob(r, e.blob.digest, e.blob.size)),
+                        None)
+            source = natural.get(e.blob.digest)
+            if home is None and repos and source and client.mount(repos[0], e.blob.digest,
+                                                                  source):
+                home = repos[0]
+                result.mounted += 1
+            if home is not None:
+                homes[e.blob.digest] = (home, repos, e.blob.size)
+                present.add(e.blob.digest)
+                result.present += 1
+        require_bases(head, [i.model for i in items], present,
+                      f"the registry {client.target.base}")
+        on_total(sum(b.size for b in head.layer_blobs))
         for ref, body in reader.blobs():
             repos = needs.get(ref.digest, [])
             if not repos:
@@ -378,6 +395,52 @@ def _resolve_like_ollama(client: Client, url: str) -> str:
     return "error: more than 10 redirects"
 
 
+def inventory_registry(client: Client, created: str, on_event: OnEvent = no_events,
+                       ) -> Inventory:
+    """Every tag the registry lists whose manifest is Docker schema2 (what Ollama pulls), and
+    the blobs those manifests name that the registry has (formats/inventory-v1.md §2)."""
+    models: list[ModelEntry] = []
+    blobs: dict[Digest, int] = {}
+    for repo in _paged(client, "/v2/_catalog", "repositories", "registry:catalog:*"):
+        for tag in _paged(client, f"/v2/{repo}/tags/list", "tags", f"repository:{repo}:pull"):
+            resp = client.get_manifest(repo, tag, MEDIA_TYPE_DOCKER_MANIFEST)
+            if resp.status != 200:
+                on_event(f"skipped {repo}:{tag}: HTTP {resp.status}")
+                continue
+            try:
+                manifest = Manifest.parse(resp.body, f"{repo}:{tag}")
+            except IntegrityError:
+                on_event(f"skipped {repo}:{tag}: not a Docker schema2 manifest")
+                continue
+            models.append(ModelEntry(f"{client.target.host}/{repo}:{tag}", manifest.digest,
+                                     len(resp.body)))
+            for b in manifest.blobs:
+                if b.digest not in blobs and client.has_blob(repo, b.digest, b.size):
+                    blobs[b.digest] = b.size
+    return Inventory(created, f"registry {client.target.base}", tuple(models),
+                     tuple(BlobRef(d, s) for d, s in blobs.items()))
+
+
+def _paged(client: Client, path: str, key: str, scope: str) -> Iterator[str]:
+    """A Distribution list (catalog, tags), page by page (?n=&last=)."""
+    last = ""
+    while True:
+        query = f"?n=1000&last={last}" if last else "?n=1000"
+        resp = client.send("GET", client.url(path + query), scope=scope)
+        if resp.status == 404 and key == "tags":
+            return
+        if resp.status != 200:
+            raise describe_error(resp, f"listing {path}")
+        try:
+            names = json.loads(resp.body).get(key) or []
+        except (ValueError, AttributeError):
+            raise RegistryError(f"the registry's answer to {path} is not JSON") from None
+        yield from (n for n in names if isinstance(n, str))
+        if len(names) < 1000 or not resp.header("Link"):
+            return
+        last = names[-1]
+
+
 # ---------------------------------------------------------------------------------------------
 # export --from-registry: the same bundle the store exporter writes, without Ollama installed
 
@@ -436,7 +499,7 @@ class RegistrySource:
 
 
 def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Client],
-                         cache: Path | None = None) -> ExportPlan:
+                         cache: Path | None = None, have: Have = NO_BASES) -> ExportPlan:
     """Fetch each model's manifest (Docker schema2 Accept, as Ollama pulls) and plan the same
     bundle a store export of these models would be."""
     models: list[Model] = []
@@ -463,4 +526,4 @@ def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Cl
         except OSError as e:
             raise UsageError(f"cannot use --cache {cache}: {e.strerror}") from None
     return ExportPlan(RegistrySource(homes, "registry " + ", ".join(hosts), cache),
-                      plan_contents(models))
+                      plan_contents(models, have))
