@@ -339,8 +339,9 @@ class ArchiveReader:
     """Reads a bundle's tar stream member by member. Use as a context manager."""
 
     def __init__(self, src: BinaryIO) -> None:
+        self._file = _regular_fd(src)  # (before the decompressing thread starts reading)
+        self._start = os.lseek(self._file, 0, os.SEEK_CUR) if self._file is not None else 0
         self._src = _Decompressor(src)
-        self._file = _regular_fd(src)
         self._chunk: memoryview = memoryview(b"")
         self._pos = 0
         self._offset = 0  # decompressed bytes consumed
@@ -475,11 +476,11 @@ class ArchiveReader:
         at = self._src.frame_starts.get(member.offset)
         if self._file is None or at is None:
             return None
-        fd = self._file
+        fd, start = self._file, self._start
 
         def body(skip: int) -> Iterator[memoryview]:
             dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-            reader = dctx.stream_reader(cast("BinaryIO", _PositionalReader(fd, at)),
+            reader = dctx.stream_reader(cast("BinaryIO", _PositionalReader(fd, start + at)),
                                         read_size=CHUNK_SIZE, read_across_frames=True)
             buffer = memoryview(bytearray(CHUNK_SIZE))
             todo, pos = len(member.header) + member.size, 0

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Protocol
 from bundler import __version__, cosign, signing
 from bundler.archive import ArchiveWriter
 from bundler.digest import Digest
-from bundler.errors import BundlerError, IntegrityError, NotFoundError
+from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.inventory import MEDIA_TYPE_INVENTORY, Inventory, ModelEntry, Release
 from bundler.layout import (
     INDEX_MEMBER,
@@ -39,7 +39,8 @@ from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
-from bundler.streams import ReadAhead, Sink
+from bundler.streams import ReadAhead, Sink, SplitOutput
+from bundler.volumes import part_name, split_name
 
 TOOL_NAME = "ollama-bundle"
 _FREE_SPACE_MARGIN = 1024 * 1024  # plus 1 % of what is written: file system overhead
@@ -160,39 +161,61 @@ class ExportResult:
 
 
 def export_bundle(
-    plan: ExportPlan, out: Sink, *, keys: Sequence[signing.PrivateKey], level: int | None,
-    created_epoch: int | None, on_bytes: OnBytes = no_progress,
+    plan: ExportPlan, out: Sink | SplitOutput, *, keys: Sequence[signing.PrivateKey],
+    level: int | None, created_epoch: int | None, on_bytes: OnBytes = no_progress,
 ) -> ExportResult:
-    """Write the bundle to `out`, verifying every store blob's digest while it streams."""
+    """Write the bundle to `out`, verifying every store blob's digest while it streams. Into
+    a SplitOutput the configs and layers go first (parts 2..N), and the head, which names
+    those parts, last (part 1; formats/bundle-v1.md §10); the caller commits it."""
     contents = plan.contents
     created = format_created(int(time.time()) if created_epoch is None else created_epoch)
     signers = sorted({k.public.keyid: k for k in keys}.items())  # one signature per key id
     documents = registry_signatures(contents.models, [k for _, k in signers])
-    root = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__,
-                         cosign=[CosignRef(k, BlobRef(Digest.of(d), len(d)))
-                                 for k, d in documents])
-    root_bytes = root.to_bytes()
-    sigs = [(keyid, signing.sign(k, root_bytes)) for keyid, k in signers]
-    writer = ArchiveWriter(out)
-    writer.write_small([
-        (ROOT_MEMBER, root_bytes),
-        *((signature_member(keyid), sig) for keyid, sig in sigs),
-        *((cosign.member(keyid), doc) for keyid, doc in documents),
-        (OCI_LAYOUT_MEMBER, OCI_LAYOUT),
-        (INDEX_MEMBER, contents.index_raw),
-    ], level=metadata_level(level))
-    manifests = {m.manifest.digest: m.manifest.raw for m in contents.models}
+
+    def head(writer: ArchiveWriter, parts: Sequence[BlobRef]) -> list[tuple[str, bytes]]:
+        root = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__,
+                             cosign=[CosignRef(k, BlobRef(Digest.of(d), len(d)))
+                                     for k, d in documents], parts=parts)
+        root_bytes = root.to_bytes()
+        sigs = [(keyid, signing.sign(k, root_bytes)) for keyid, k in signers]
+        writer.write_small([
+            (ROOT_MEMBER, root_bytes),
+            *((signature_member(keyid), sig) for keyid, sig in sigs),
+            *((cosign.member(keyid), doc) for keyid, doc in documents),
+            (OCI_LAYOUT_MEMBER, OCI_LAYOUT),
+            (INDEX_MEMBER, contents.index_raw),
+        ], level=metadata_level(level))
+        for m in {m.manifest.digest: m.manifest for m in contents.models}.values():
+            writer.write_stream(blob_member(m.digest), len(m.raw), [m.raw],
+                                level=metadata_level(level))
+            on_bytes(len(m.raw))
+        return sigs
+
+    if isinstance(out, SplitOutput):
+        _write_blobs(plan, ArchiveWriter(out), level, on_bytes)
+        parts = [BlobRef(p.digest, p.size) for p in out.finish()]
+        with out.head() as first:
+            sigs = head(ArchiveWriter(first), parts)
+    else:
+        writer = ArchiveWriter(out)
+        sigs = head(writer, ())
+        _write_blobs(plan, writer, level, on_bytes)
+    return ExportResult(
+        output="", models=contents.models, blobs=len(contents.blobs),
+        bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
+        created=created, store=plan.source.describe(), contents=contents,
+    )
+
+
+def _write_blobs(plan: ExportPlan, writer: ArchiveWriter, level: int | None,
+                 on_bytes: OnBytes) -> None:
+    """Every config and layer, each in its own frame, then the end of the archive."""
+    contents = plan.contents
     owners: dict[Digest, tuple[ModelName, str]] = {}
     for m in contents.models:
         for b in m.manifest.blobs:
             owners.setdefault(b.digest, (m.name, b.media_type))
-    for ref in contents.blobs:
-        raw = manifests.get(ref.digest)
-        if raw is not None:
-            writer.write_stream(blob_member(ref.digest), ref.size, [raw],
-                                level=metadata_level(level))
-            on_bytes(ref.size)
-            continue
+    for ref in contents.blobs[len({m.manifest.digest for m in contents.models}):]:
         owner, media_type = owners[ref.digest]
         with plan.source.open_blob(ref.digest) as f:
             source = ReadAhead(f)
@@ -201,11 +224,6 @@ def export_bundle(
         if source.digest != ref.digest:
             raise plan.source.mismatch(owner, ref.digest, source.digest)
     writer.close()
-    return ExportResult(
-        output="", models=contents.models, blobs=len(contents.blobs),
-        bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
-        created=created, store=plan.source.describe(), contents=contents,
-    )
 
 
 def registry_signatures(models: Sequence[Model], keys: Sequence[signing.PrivateKey],
@@ -278,6 +296,55 @@ def verify_bundle(
                 pass
         reader.finish()
     return VerifyResult(head, len(head.root.blobs), head.root.total_size)
+
+
+@dataclass(frozen=True, slots=True)
+class PartsResult:
+    head: Head
+    parts: tuple[tuple[str, int], ...]  # name, size of every part, part 1 first
+
+    def to_json(self) -> dict[str, Any]:
+        return {**head_json(self.head), "ok": True,
+                "parts": [{"name": n, "size": s} for n, s in self.parts]}
+
+
+def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_unsigned: bool,
+                 on_total: OnBytes = no_progress, on_bytes: OnBytes = no_progress,
+                 on_event: OnEvent = no_events) -> PartsResult:
+    """formats/bundle-v1.md §10: the signature and head in part 1, then the size and sha256
+    of every other part against the list the signed root holds; every bad part is named."""
+    stem, number = split_name(first.name) or ("", 0)
+    if number != 1:
+        raise UsageError("--parts-only checks a split bundle: give its first part, NAME.001")
+    with first.open("rb") as f, BundleReader(f) as reader:
+        head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
+    paths = [first.with_name(part_name(stem, i + 2)) for i in range(len(head.root.parts))]
+    problems: list[str] = []
+    present = []
+    for path, ref in zip(paths, head.root.parts, strict=True):
+        size = path.stat().st_size if path.is_file() else None
+        if size is None:
+            problems.append(f"{path.name} is missing")
+        elif size != ref.size:
+            problems.append(f"{path.name} has {size} bytes, not {ref.size}")
+        else:
+            present.append((path, ref))
+    on_total(sum(ref.size for _, ref in present))
+    for path, ref in present:
+        with path.open("rb", buffering=0) as part:
+            source = ReadAhead(part)
+            for view in source:
+                on_bytes(len(view))
+        if source.digest != ref.digest:
+            problems.append(f"{path.name} is corrupt (sha256 differs)")
+    if problems:
+        raise IntegrityError(f"{len(problems)} of {len(paths) + 1} parts are bad: "
+                             + "; ".join(problems),
+                             hint="copy those parts again from the release medium (or "
+                                  "'bundle repair' them if parity files were made)")
+    return PartsResult(head, ((first.name, first.stat().st_size),
+                              *((p.name, r.size) for p, r in zip(paths, head.root.parts,
+                                                                 strict=True))))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 from tqdm import tqdm
@@ -25,14 +25,15 @@ from bundler import (
     registry,
     signing,
     transport,
+    volumes,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, NotFoundError, UsageError
 from bundler.layout import Base, External, format_created
-from bundler.reader import Head
+from bundler.reader import Head, open_split
 from bundler.reference import ModelName
 from bundler.store import Store, locate
-from bundler.streams import Sink, check_output, open_output
+from bundler.streams import Sink, SplitOutput, check_output, open_output
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -243,6 +244,12 @@ def _open_output(path: str) -> Iterator[Sink]:
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               metavar="DIR", help="With --from-registry: keep downloaded blobs here; a re-run "
                                   "continues partial downloads and skips finished ones.")
+@click.option("--split", "split_size", metavar="SIZE",
+              help="Write OUT.001, OUT.002, ... of at most SIZE bytes each, for removable "
+                   "media: fat32 (4 GiB - 1), dvd (4.7 GB), dvd-dl, bd25, bd50, or a size "
+                   "such as 4GiB, 4GB, 700MB; plus OUT.parts.json.")
+@click.option("--verify-after-write", is_flag=True,
+              help="Read back what was written and verify it, as 'bundle verify' does.")
 @click.option("--base", "bases", multiple=True, metavar="FILE",
               type=click.Path(path_type=Path, dir_okay=False),
               help="Make a delta bundle: leave out every config and layer this earlier bundle "
@@ -253,8 +260,9 @@ def _open_output(path: str) -> Iterator[Sink]:
 def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
                key_path: tuple[Path, ...], unsigned: bool, level: int | None,
                from_registry: bool, mirror: str | None, cache_dir: Path | None,
-               bases: tuple[Path, ...], passphrase_file: Path | None, json_mode: bool,
-               quiet: bool, **options: Any) -> None:
+               split_size: str | None, verify_after_write: bool, bases: tuple[Path, ...],
+               passphrase_file: Path | None, json_mode: bool, quiet: bool,
+               **options: Any) -> None:
     """Export models from an Ollama store (or a registry) into one signed bundle file.
 
     MODEL is an Ollama name (tiny, tiny:chat, hf.co/org/repo:Q4_K_M); or pass --all.
@@ -264,6 +272,9 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         raise UsageError("name the models to export, or pass --all (not both)")
     if unsigned and key_path:
         raise UsageError("--unsigned and --key contradict each other")
+    part_size = None if split_size is None else volumes.parse_size(split_size)
+    if output == "-" and (part_size is not None or verify_after_write):
+        raise UsageError("--split and --verify-after-write need -o FILE, not stdout")
     if output == "-":
         if sys.stdout.isatty():
             raise UsageError("refusing to write a bundle to a terminal",
@@ -286,18 +297,42 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         plan = bundle.plan_export(store, names, all_models=all_models, have=have,
                                   on_event=out.log)
     created = config.source_date_epoch(os.environ)
-    with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
-        result = bundle.export_bundle(plan, f, keys=keys, level=level, created_epoch=created,
-                                      on_bytes=bar.update)
+    written = output
+    if part_size is not None:
+        split = SplitOutput(Path(output), part_size)
+        try:
+            with out.progress("export", plan.total_bytes) as bar:
+                result = bundle.export_bundle(plan, split, keys=keys, level=level,
+                                              created_epoch=created, on_bytes=bar.update)
+            split.commit()
+        except BaseException:
+            split.discard()
+            raise
+        written = str(Path(output).with_name(split.parts[0].name))
+    else:
+        with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
+            result = bundle.export_bundle(plan, f, keys=keys, level=level,
+                                          created_epoch=created, on_bytes=bar.update)
+    if verify_after_write:
+        with _open_bundle(written) as f, out.progress("verify") as bar:
+            bundle.verify_bundle(f, [k.public for k in keys], allow_unsigned=not keys,
+                                 on_total=lambda n: bar.reset(total=n), on_bytes=bar.update)
+        out.log(f"verified {written} after writing")
     lines = [f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
              f"{_size(m.manifest.total_size)}" for m in result.models]
     signed = ("signed by " + ", ".join(k[:16] for k in result.signers)
               if result.signers else "UNSIGNED")
     summary = (f"wrote {output}: {len(result.models)} models, {result.blobs} blobs, "
                f"{_size(result.bytes_in)}, {signed}")
+    if part_size is not None:
+        summary += "\n" + "\n".join(f"  {p.name}  {_size(p.size)}  {p.digest}"
+                                     for p in split.parts)
+    parts = ({"parts": [{"name": p.name, "size": p.size, "digest": str(p.digest)}
+                        for p in split.parts]} if part_size is not None else {})
     out.result("\n".join([summary, *lines, *_delta_text(plan.contents.bases,
                                                          plan.contents.external)]),
-               {**result.to_json(), "output": output})
+               {**result.to_json(), "output": output, **parts,
+                "verifiedAfterWrite": verify_after_write})
 
 
 def _delta_text(bases: Sequence[Base], external: Sequence[External]) -> list[str]:
@@ -331,8 +366,39 @@ def _signing_keys(paths: tuple[Path, ...], passphrase_file: Path | None) -> list
 # ls, verify, import
 
 
+def _resolve_bundle(args: tuple[str, ...]) -> str:
+    """One bundle from what was given: a file; the first part of a split bundle, its parts (a
+    shell glob) or the directory holding them; a quoted glob; - for stdin."""
+    if args == ("-",):
+        return "-"
+    found: list[str] = []
+    for arg in args:
+        path = Path(arg)
+        if any(c in arg for c in "*?[") and not path.exists():
+            matches = sorted(str(m) for m in path.parent.glob(path.name))
+            if not matches:
+                raise NotFoundError(f"no file matches {arg}")
+            found += matches
+        elif path.is_dir():
+            inside = (sorted(str(m) for m in path.glob("*.001"))
+                      or sorted(str(m) for m in path.glob("*.tar.zst")))
+            if len(inside) != 1:
+                raise UsageError(f"{arg} is a directory holding {len(inside)} bundles",
+                                 hint="name the bundle file, or its first part NAME.001")
+            found += inside
+        else:
+            found.append(arg)
+    firsts = [f for f in found if (volumes.split_name(Path(f).name) or ("", 0))[1] == 1]
+    if len(firsts) == 1:
+        return firsts[0]
+    if len(found) == 1:
+        return found[0]
+    raise UsageError(f"{len(found)} files given; name one bundle",
+                     hint="a bundle file, or the first part of a split bundle (NAME.001)")
+
+
 @contextlib.contextmanager
-def _open_bundle(path: str) -> Iterator[BinaryIO]:
+def _open_bundle(path: str, *, whole: bool = True) -> Iterator[BinaryIO]:
     # Unbuffered (FileIO): the decompressing thread may be left blocked in a read of a stalled
     # pipe after Ctrl-C, and a BufferedReader's lock would then abort interpreter shutdown.
     if path == "-":
@@ -343,6 +409,13 @@ def _open_bundle(path: str) -> Iterator[BinaryIO]:
             return
         with open(fd, "rb", buffering=0, closefd=False) as stdin:
             yield stdin
+        return
+    if whole and (volumes.split_name(Path(path).name) or ("", 0))[1] == 1:
+        reader = open_split(Path(path))
+        try:
+            yield cast("BinaryIO", reader)
+        finally:
+            reader.close()
         return
     try:
         f = Path(path).open("rb", buffering=0)
@@ -384,14 +457,15 @@ def _models_table(head: Head) -> list[str]:
 
 
 @main.command("ls")
-@click.argument("bundle_path", metavar="BUNDLE")
+@click.argument("bundle_path", metavar="BUNDLE", nargs=-1, required=True,
+                callback=lambda _c, _p, v: _resolve_bundle(v))
 @TRUST
 @common
 def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bool) -> None:
     """List a bundle's models, signers and totals (reads only the head of the file)."""
     out = _output(json_mode, quiet)
     keys = _trusted(trust, out)
-    with _open_bundle(bundle_path) as f:
+    with _open_bundle(bundle_path, whole=False) as f:  # the head is in part 1
         head = bundle.list_bundle(f, keys)
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
              f"{head.root.tool_version}")
@@ -403,16 +477,33 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
 
 
 @main.command("verify")
-@click.argument("bundle_path", metavar="BUNDLE")
+@click.argument("bundle_path", metavar="BUNDLE", nargs=-1, required=True,
+                callback=lambda _c, _p, v: _resolve_bundle(v))
 @TRUST
 @click.option("--allow-unsigned", is_flag=True,
               help="Accept a bundle without a trusted signature (digests are still checked).")
+@click.option("--parts-only", is_flag=True,
+              help="For a split bundle: check the signed head and each part's size and sha256 "
+                   "only (quick, e.g. right after copying to a USB stick).")
 @common
 def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
-               json_mode: bool, quiet: bool) -> None:
-    """Check the signature and every digest and size; write nothing."""
+               parts_only: bool, json_mode: bool, quiet: bool) -> None:
+    """Check the signature and every digest and size; write nothing.
+
+    BUNDLE is a bundle file, or a split bundle: its first part NAME.001, its parts (NAME.*)
+    or their directory.
+    """
     out = _output(json_mode, quiet)
     keys = _trusted(trust, out)
+    if parts_only:
+        with out.progress("parts") as bar:
+            checked = bundle.verify_parts(Path(bundle_path), keys, allow_unsigned=allow_unsigned,
+                                          on_total=lambda n: bar.reset(total=n),
+                                          on_bytes=bar.update, on_event=out.log)
+        out.result(f"OK {bundle_path}: {_signers_text(checked.head)}; {len(checked.parts)} "
+                   "parts, sizes and sha256 as the signed head lists them (blobs not checked)",
+                   checked.to_json())
+        return
     with _open_bundle(bundle_path) as f, out.progress("verify") as bar:
         result = bundle.verify_bundle(f, keys, allow_unsigned=allow_unsigned,
                                       on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
@@ -422,7 +513,8 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
 
 
 @main.command("import")
-@click.argument("bundle_path", metavar="BUNDLE")
+@click.argument("bundle_path", metavar="BUNDLE", nargs=-1, required=True,
+                callback=lambda _c, _p, v: _resolve_bundle(v))
 @MODELS
 @TRUST
 @click.option("--allow-unsigned", is_flag=True,
@@ -438,7 +530,7 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
               show_default=True,
               help="With --to-registry: uploads in flight. Blobs up to 64 MiB are read "
                    "again from the bundle file and go up beside the single pass; larger ones "
-                   "go up one at a time from it; from stdin, one upload at a time.")
+                   "go up one at a time from it; from a pipe, one upload at a time.")
 @registry_options
 @common
 def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...],

@@ -129,50 +129,60 @@ class Layer:
                 "annotations": {ANNOTATION_SIGNATURE: self.signature}}
 
 
-def existing_layers(raw: bytes, what: str) -> list[Layer]:
-    """The simple-signing layers of a signature manifest already in the registry."""
-    obj = load_json(raw, what)
-    if obj.get("mediaType", MEDIA_TYPE_OCI_MANIFEST) != MEDIA_TYPE_OCI_MANIFEST:
-        raise IntegrityError(f"{what} is not an OCI image manifest",
-                             hint="something other than cosign wrote that tag")
-    layers: list[Layer] = []
-    for i, d in enumerate(get(obj, "layers", list, what)):
-        where = f"{what} layer {i}"
-        if not isinstance(d, dict) or d.get("mediaType") != MEDIA_TYPE_SIMPLESIGNING:
-            raise IntegrityError(f"{where} is not a cosign simple-signing layer",
-                                 hint="something other than cosign wrote that tag")
-        annotations = d.get("annotations") or {}
-        signature = annotations.get(ANNOTATION_SIGNATURE) if isinstance(annotations, dict) else None
-        size = d.get("size")
-        if not isinstance(signature, str) or not isinstance(size, int) or size < 0:
-            raise IntegrityError(f"{where}: no signature annotation or size")
-        layers.append(Layer(Digest.parse(d.get("digest"), what=where), size, signature))
-    return layers
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """A layer already in a signature manifest, kept byte for byte (its certificate, Rekor
+    bundle or timestamp annotations included)."""
+
+    digest: Digest
+    signature: str | None
+    raw: dict[str, Any]
 
 
-def merge(existing: Sequence[Layer], ours: Sequence[Layer]) -> list[Layer] | None:
-    """The layers after adding ours (existing first, duplicates skipped), or None if every
-    one of ours is there already."""
+def existing_layers(raw: bytes, what: str) -> list[Existing] | None:
+    """The layers of a signature manifest already in the registry; None if it is not an OCI
+    manifest whose layers are all descriptors (something other than cosign wrote the tag)."""
+    try:
+        obj = load_json(raw, what)
+        if obj.get("mediaType", MEDIA_TYPE_OCI_MANIFEST) != MEDIA_TYPE_OCI_MANIFEST:
+            return None
+        layers = []
+        for i, d in enumerate(get(obj, "layers", list, what)):
+            if not isinstance(d, dict):
+                return None
+            annotations = d.get("annotations")
+            signature = (annotations.get(ANNOTATION_SIGNATURE)
+                         if isinstance(annotations, dict) else None)
+            layers.append(Existing(Digest.parse(d.get("digest"), what=f"{what} layer {i}"),
+                                   signature if isinstance(signature, str) else None, d))
+        return layers
+    except IntegrityError:
+        return None
+
+
+def merge(existing: Sequence[Existing], ours: Sequence[Layer]) -> list[dict[str, Any]] | None:
+    """The layers after adding ours (the existing ones first and unchanged, duplicates
+    skipped), or None if every one of ours is there already."""
     have = {(la.digest, la.signature) for la in existing}
     new = [la for la in dict.fromkeys(ours) if (la.digest, la.signature) not in have]
-    return [*existing, *new] if new else None
+    return [*(la.raw for la in existing), *(la.to_json() for la in new)] if new else None
 
 
-def signature_config(layers: Sequence[Layer]) -> bytes:
+def signature_config(layers: Sequence[dict[str, Any]]) -> bytes:
     """cosign's empty-image config for these layers (§6.4 step 4), in Go's field order."""
     return json.dumps({
         "architecture": "", "created": "0001-01-01T00:00:00Z",
         "history": [{"created": "0001-01-01T00:00:00Z"}], "os": "",
-        "rootfs": {"type": "layers", "diff_ids": [str(la.digest) for la in layers]},
+        "rootfs": {"type": "layers", "diff_ids": [la["digest"] for la in layers]},
         "config": {},
     }, separators=(",", ":")).encode()
 
 
-def signature_manifest(config: bytes, layers: Sequence[Layer]) -> bytes:
+def signature_manifest(config: bytes, layers: Sequence[dict[str, Any]]) -> bytes:
     """The OCI manifest pushed at tag sha256-<hex>.sig (§6.4 step 5)."""
     return json.dumps({
         "schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST,
         "config": {"mediaType": MEDIA_TYPE_OCI_CONFIG, "size": len(config),
                    "digest": str(Digest.of(config))},
-        "layers": [la.to_json() for la in layers],
+        "layers": list(layers),
     }, separators=(",", ":")).encode()

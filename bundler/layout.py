@@ -171,6 +171,7 @@ class Root:
     index: BlobRef
     blobs: tuple[BlobRef, ...]
     cosign: tuple[CosignRef, ...] = ()
+    parts: tuple[BlobRef, ...] = ()  # parts 2..N of a split bundle (§10)
     bases: tuple[Base, ...] = ()
     external: tuple[External, ...] = ()
     raw: bytes = field(default=b"", repr=False, compare=False)
@@ -189,6 +190,8 @@ class Root:
         }
         if self.cosign:
             obj["cosign"] = [c.to_json() for c in self.cosign]
+        if self.parts:
+            obj["parts"] = [b.to_json() for b in self.parts]
         if self.bases:
             obj["bases"] = [b.to_json() for b in self.bases]
         if self.external:
@@ -218,6 +221,8 @@ class Root:
         )
         if [c.keyid for c in cosign] != sorted({c.keyid for c in cosign}):
             raise IntegrityError(f"{what}: cosign documents out of order or listed twice")
+        parts = tuple(BlobRef.from_json(b, f"{what} part {i + 2}")
+                      for i, b in enumerate(_optional_list(obj, "parts", what)))
         bases = tuple(Base.from_json(b, f"{what} base {i}")
                       for i, b in enumerate(_optional_list(obj, "bases", what)))
         external = []
@@ -240,6 +245,7 @@ class Root:
             index=BlobRef.from_json(obj.get("index"), f"{what} index"),
             blobs=blobs,
             cosign=cosign,
+            parts=parts,
             bases=bases,
             external=tuple(external),
             raw=raw,
@@ -269,11 +275,11 @@ class Contents:
     external: tuple[External, ...] = ()
 
     def root(self, *, created: str, tool_name: str, tool_version: str,
-             cosign: Sequence[CosignRef] = ()) -> Root:
+             cosign: Sequence[CosignRef] = (), parts: Sequence[BlobRef] = ()) -> Root:
         return Root(
             created=created, tool_name=tool_name, tool_version=tool_version,
             index=BlobRef(Digest.of(self.index_raw), len(self.index_raw)), blobs=self.blobs,
-            cosign=tuple(cosign), bases=self.bases, external=self.external,
+            cosign=tuple(cosign), parts=tuple(parts), bases=self.bases, external=self.external,
         )
 
 

@@ -257,11 +257,15 @@ def push_signatures(client: Client, repo: str, digest: Digest,
     §6.4), keeping the ones already there. Returns how many layers were added."""
     tag = cosign.signature_tag(digest)
     resp = client.get_manifest(repo, tag, MEDIA_TYPE_OCI_MANIFEST)
+    existing: list[cosign.Existing] = []
     if resp.status == 200:
-        existing = cosign.existing_layers(resp.body, f"{repo}:{tag}")
-    elif resp.status == 404:
-        existing = []
-    else:
+        found = cosign.existing_layers(resp.body, f"{repo}:{tag}")
+        if found is None:
+            raise RegistryError(f"{repo}:{tag} holds a manifest that is not a cosign signature "
+                                "manifest; it was left as it is",
+                                hint="remove that tag from the registry, then push again")
+        existing = found
+    elif resp.status != 404:
         raise describe_error(resp, f"reading the signatures {repo}:{tag}")
     payloads = {Digest.of(p): p for p, _ in signatures}
     merged = cosign.merge(existing, [cosign.Layer(Digest.of(p), len(p), sig)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from bundler import cosign, signing
 from bundler.archive import ArchiveReader, Member
 from bundler.digest import Digest
-from bundler.errors import IntegrityError
+from bundler.errors import IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
     INDEX_MEMBER,
     MAX_INDEX_BYTES,
@@ -31,6 +32,8 @@ from bundler.layout import (
 )
 from bundler.oci import MAX_MANIFEST_BYTES, Index
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
+from bundler.streams import PartsReader
+from bundler.volumes import part_name, split_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,29 @@ def _verified(ref: BlobRef, views: Iterator[memoryview], on_bytes: OnBytes, *,
         )
 
 
+def read_root(src: BinaryIO) -> Root:
+    """Only the root document (unverified): how a split bundle's parts are found."""
+    with ArchiveReader(src) as archive:
+        m = archive.next_member()
+        if m is None or m.name != ROOT_MEMBER or m.size > MAX_ROOT_BYTES:
+            raise IntegrityError(f"{ROOT_MEMBER} is not the first member: not a bundle")
+        return Root.parse(archive.read_body())
+
+
+def open_split(first: Path) -> PartsReader:
+    """Part 1 of a split bundle, and the parts its root lists beside it, as one stream."""
+    stem, number = split_name(first.name) or ("", 0)
+    if number != 1:
+        raise UsageError(f"{first.name} is not the first part of a split bundle (NAME.001)")
+    try:
+        with first.open("rb") as f:
+            root = read_root(f)
+    except FileNotFoundError:
+        raise NotFoundError(f"bundle not found: {first}") from None
+    paths = [first.with_name(part_name(stem, i + 1)) for i in range(len(root.parts) + 1)]
+    return PartsReader(paths, [(p.size, p.digest) for p in root.parts])
+
+
 def check_registry_signatures(
     documents: dict[str, bytes], models: Sequence[Model], trusted: Sequence[signing.PublicKey],
 ) -> tuple[cosign.Document, ...]:
@@ -165,6 +191,7 @@ class BundleReader:
         self._on_bytes = on_bytes
         self._head: Head | None = None
         self._current: tuple[BlobRef, Member] | None = None
+        self._parts = src.listed if isinstance(src, PartsReader) else None
 
     def __enter__(self) -> BundleReader:
         return self
@@ -194,6 +221,8 @@ class BundleReader:
         self._member(ROOT_MEMBER, MAX_ROOT_BYTES)
         root_raw = self._archive.read_body()
         root = Root.parse(root_raw)
+        if self._parts is not None and [(p.size, p.digest) for p in root.parts] != self._parts:
+            raise IntegrityError("the split bundle's part 1 changed while it was read")
         carried: dict[str, bytes] = {}
         m = self._archive.next_member()
         while m is not None and (keyid := signature_keyid(m.name)) is not None:

@@ -244,6 +244,9 @@ class Client:
                     offset += len(buffer)
                     buffer.clear()
             # the last part goes with the final PUT (all of a small blob: one request)
+            if offset == 0:  # all of it is in memory: after a failure, start it again
+                location = self._put_whole(repo, digest, size, location, bytes(buffer))
+                return
             query = ("&" if "?" in location else "?") + urlencode({"digest": str(digest)})
             resp = self.send("PUT", location + query, scope=scope, body=bytes(buffer),
                              headers={"Content-Type": "application/octet-stream",
@@ -252,6 +255,43 @@ class Client:
         except BaseException:
             self.cancel_upload(location)
             raise
+
+    def _put_whole(self, repo: str, digest: Digest, size: int, location: str,
+                   data: bytes) -> str:
+        """The whole blob in one PUT. A registry may keep part of a body whose request failed
+        (Distribution then refuses the session), so each retry starts a new upload."""
+        scope = _push(repo)
+        for attempt in range(1, MAX_TRIES + 1):
+            query = ("&" if "?" in location else "?") + urlencode({"digest": str(digest)})
+            failure: Response | NetworkError | None = None
+            try:
+                resp = self.transport.request("PUT", location + query, body=data, headers={
+                    **self._authorization(scope), "Content-Type": "application/octet-stream",
+                    "Content-Length": str(len(data))})
+            except TlsError:
+                raise
+            except NetworkError as e:
+                failure = e
+            else:
+                if resp.status == 401:
+                    self._authenticate(resp, scope)
+                elif resp.status in _RETRY_STATUS:
+                    failure = resp
+                else:
+                    self._check_committed(resp, repo, digest, size)
+                    return location
+            if attempt == MAX_TRIES:
+                break
+            if failure is not None:
+                retry_after = failure.header("Retry-After") if isinstance(failure, Response) else None
+                self._wait(attempt, retry_after, f"uploading blob {digest.short} to {repo}: "
+                                                 f"{_why(failure)}; starting it again")
+                if self.has_blob(repo, digest, size):
+                    return location  # it was committed; the answer was lost
+            self.cancel_upload(location)
+            location = self.start_upload(repo)
+        raise RegistryError(f"uploading blob {digest.short} to {repo} failed {MAX_TRIES} times",
+                            hint="run the import again")
 
     def upload_streamed(self, repo: str, digest: Digest, size: int,
                         body: Iterable[memoryview], reread: Callable[[int], Iterable[memoryview]],

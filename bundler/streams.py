@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import io
 import mmap
 import os
 import queue
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
 from bundler.digest import CHUNK_SIZE, Digest
-from bundler.errors import BundlerError, NotFoundError, UsageError
+from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
+from bundler.volumes import Part, part_name, sidecar, sidecar_name
 
 
 class Sink(Protocol):
@@ -212,3 +214,159 @@ def open_output(path: Path) -> Iterator[Sink]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Split bundles (formats/bundle-v1.md §10)
+
+
+class SplitOutput:
+    """Parts 2, 3, ... of a split bundle: the stream written to it is cut every `size` bytes
+    into files OUT.002, OUT.003, ... (hashed as they are written), all under temporary names
+    until `commit()`. Part 1 is written last, with `head()`."""
+
+    def __init__(self, output: Path, size: int) -> None:
+        self._output, self._size = output, size
+        self._temps: list[Path] = []
+        self.parts: list[Part] = []  # every part finished so far, part 1 first once written
+        self._f: BinaryIO | None = None
+        self._sink: WriteBehind | None = None
+        self._hash = hashlib.sha256()
+        self._written = 0
+
+    def _temp(self, number: int) -> tuple[Path, BinaryIO]:
+        final = Path(part_name(str(self._output), number))
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.partial")
+        try:
+            f = tmp.open("xb", buffering=0)
+        except OSError as e:
+            raise BundlerError(f"cannot write {final}: {e.strerror}",
+                               hint="check that the directory is writable") from None
+        self._temps.append(tmp)
+        return tmp, cast("BinaryIO", f)
+
+    def _end_part(self) -> None:
+        assert self._f is not None
+        os.fsync(self._f.fileno())
+        self._f.close()
+        number = len(self.parts) + 2
+        self.parts.append(Part(Path(part_name(str(self._output), number)).name, self._written,
+                               Digest(self._hash.hexdigest())))
+        self._f = self._sink = None
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        while view:
+            if self._f is None:
+                _, self._f = self._temp(len(self.parts) + 2)
+                self._sink, self._hash, self._written = WriteBehind(self._f), hashlib.sha256(), 0
+            assert self._sink is not None
+            take = view[: self._size - self._written]
+            self._sink.write(take)
+            self._hash.update(take)
+            self._written += len(take)
+            view = view[len(take) :]
+            if self._written == self._size:
+                self._end_part()
+        return len(data)
+
+    def finish(self) -> list[Part]:
+        """End the last part; the parts 2..N."""
+        if self._f is not None:
+            self._end_part()
+        return list(self.parts)
+
+    @contextlib.contextmanager
+    def head(self) -> Iterator[Sink]:
+        """Part 1, written (hashed) after every other part is finished."""
+        tmp, f = self._temp(1)
+        h = hashlib.sha256()
+        behind = WriteBehind(f)
+
+        class _Hashed:
+            def write(self, data: bytes | memoryview) -> int:
+                h.update(data)
+                return behind.write(data)
+
+        with f:
+            yield _Hashed()
+            os.fsync(f.fileno())
+        self.parts.insert(0, Part(Path(part_name(str(self._output), 1)).name,
+                                  tmp.stat().st_size, Digest(h.hexdigest())))
+
+    def commit(self) -> None:
+        """Rename every part into place, part 1 last, then write the sidecar."""
+        # the temporary files are in creation order: parts 2..N, then part 1
+        for tmp, part in zip(self._temps, [*self.parts[1:], self.parts[0]], strict=True):
+            os.replace(tmp, self._output.with_name(part.name))
+        stale = len(self.parts) + 1  # parts of an earlier, longer export under this name
+        while (old := Path(part_name(str(self._output), stale))).is_file():
+            old.unlink()
+            stale += 1
+        with open_output(Path(sidecar_name(str(self._output)))) as sink:
+            sink.write(sidecar(self.parts))
+
+    def discard(self) -> None:
+        if self._f is not None:
+            self._f.close()
+        for tmp in self._temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+class PartsReader:
+    """The parts of a split bundle read as one stream. Every part must exist with its listed
+    size before anything is read; each part after the first is hashed while it is read and
+    checked when its end is reached, before the next is opened."""
+
+    def __init__(self, paths: list[Path], listed: list[tuple[int, Digest]]) -> None:
+        """`paths`: part 1 and parts 2..N; `listed`: (size, digest) of parts 2..N."""
+        self.paths, self.listed = paths, listed
+        for path, (size, _) in zip(paths[1:], listed, strict=True):
+            try:
+                actual = path.stat().st_size
+            except FileNotFoundError:
+                raise NotFoundError(
+                    f"part {path.name} of the split bundle is missing ({len(paths)} parts)",
+                    hint=f"copy {path.name} from the release medium next to {paths[0].name}",
+                ) from None
+            if actual != size:
+                raise IntegrityError(
+                    f"part {path.name} has {actual} bytes, the signed head lists {size}: it "
+                    "was not copied completely", hint=f"copy {path.name} again")
+        self._i = 0
+        self._f: BinaryIO = paths[0].open("rb")
+        self._hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            data = self._f.read(n if n > 0 else CHUNK_SIZE)
+            if data:
+                if self._i:
+                    self._hash.update(data)
+                return data
+            if not self._next():
+                return b""
+
+    def _next(self) -> bool:
+        if self._i == len(self.paths):
+            return False
+        if self._i:
+            digest = self.listed[self._i - 1][1]
+            if self._hash.hexdigest() != digest.hex:
+                name = self.paths[self._i].name
+                raise IntegrityError(
+                    f"part {name} is corrupt: its sha256 is not the one the signed head lists",
+                    hint=f"copy {name} again from the release medium (or 'bundle repair' it "
+                         "if parity files were made)")
+        self._f.close()
+        self._i += 1
+        if self._i == len(self.paths):
+            self._f = cast("BinaryIO", io.BytesIO(b""))
+            return False
+        self._f = self.paths[self._i].open("rb")
+        self._hash = hashlib.sha256()
+        return True
+
+    def close(self) -> None:
+        self._f.close()

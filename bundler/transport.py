@@ -84,6 +84,7 @@ class Transport:
             kw["cert_file"] = str(tls.client_cert)
             kw["key_file"] = str(tls.client_key) if tls.client_key else None
         self._kw = kw
+        self._read_timeout = read_timeout
         self._direct = urllib3.PoolManager(**kw)  # type: ignore[arg-type]
         self._proxies: dict[str, urllib3.ProxyManager] = {}
 
@@ -104,10 +105,15 @@ class Transport:
     ) -> Response:
         """One request, no retries and no redirects followed (the caller decides). An
         iterable body is streamed; give its Content-Length in `headers`."""
+        # urllib3 applies the connect timeout while it sends a body: give a request with a
+        # body as long as the read timeout (a registry may stop reading while it writes)
+        timeout = (urllib3.Timeout(connect=self._read_timeout, read=self._read_timeout)
+                   if body is not None else None)
         try:
             raw = self._pool(url).urlopen(
                 method, url, body=body, headers=dict(headers or {}), redirect=False,
                 preload_content=not stream, decode_content=False,
+                **({"timeout": timeout} if timeout is not None else {}),
             )
         except urllib3.exceptions.SSLError as e:
             raise TlsError(

@@ -22,7 +22,7 @@ class Fault:
     nth: int
     action: str  # "status:503", "status:429", "drop-before", "drop-after", "corrupt", "truncate",
     # "delay:SECONDS" (then forwarded as usual), "stall:SECONDS" (silence, then the connection
-    # is dropped), "drop-mid" (half the request body is read, then the connection dropped)
+    # is dropped), "drop-mid" (half the request body goes to the registry, then both connections drop)
     seen: int = 0
     fired: bool = False
 
@@ -68,7 +68,18 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
                 if fault is not None:
                     log.fired.append(f"{fault.action} {self.command} {self.path.split('?')[0]}")
             if fault is not None and fault.action == "drop-mid":
-                self.rfile.read(length // 2)
+                # the registry gets the first half of the body, then both connections drop
+                half = self.rfile.read(length // 2)
+                upstream = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port,
+                                                      timeout=60)
+                upstream.putrequest(self.command, self.path, skip_host=True,
+                                    skip_accept_encoding=True)
+                for k, v in self.headers.items():
+                    upstream.putheader(k, v)
+                upstream.endheaders()
+                upstream.send(half)
+                time.sleep(0.3)  # let the registry store what it got
+                upstream.close()
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from bundler import cosign
+from bundler import registry as reg
+from bundler.digest import Digest
+from bundler.transport import Transport
 from tests.conftest import Keys, make_keys, run
 from tests.crafting import Scene, regular, scene_fixture, sha256_hex  # noqa: F401 - fixture
 from tests.servers import Registry, registry_fixture  # noqa: F401 - fixture
@@ -214,3 +217,45 @@ def test_document_not_listed_in_the_root_is_refused(scene: Scene) -> None:
     b.set_root(json.dumps(root, separators=(",", ":"), sort_keys=True).encode() + b"\n",
                sign_with=scene.private_key)
     assert "not listed in the signed root" in scene.refused(scene.write_tar(b.tar()))
+
+
+def test_signatures_already_in_the_registry_are_kept_byte_for_byte(
+        registry: Registry, store: Path, tmp_path: Path, keys: Keys,
+        env: dict[str, str]) -> None:
+    """A keyless signature (certificate and Rekor bundle annotations) pushed earlier by
+    cosign stays exactly as it was; ours is added after it. A tag that is not a signature
+    manifest is not overwritten."""
+    bundle = tmp_path / "b.tar.zst"
+    _export(store, bundle, keys)
+    repo = "kept/tiny"
+    manifest = (store / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    client = reg.Client(Transport(), reg.Target.parse(registry.url), None)
+    payload = b'{"critical":{"type":"earlier"},"optional":null}'
+    foreign = {"mediaType": cosign.MEDIA_TYPE_SIMPLESIGNING, "size": len(payload),
+               "digest": str(Digest.of(payload)),
+               "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ==",
+                               "dev.sigstore.cosign/certificate": "-----BEGIN CERT...",
+                               "dev.sigstore.cosign/bundle": '{"SignedEntryTimestamp":"x"}'}}
+    config = cosign.signature_config([foreign])
+    for blob in (payload, config):
+        client.upload(repo, Digest.of(blob), len(blob), [blob], chunk_size=1 << 20)
+    client.put_manifest(repo, f"sha256-{digest[7:]}.sig",
+                        cosign.signature_manifest(config, [foreign]), OCI_MANIFEST)
+    assert _push(bundle, registry.url + "/kept", keys, only="tiny:latest")[
+        "cosignSignatures"] == 1
+    _, raw, _ = _get(f"{registry.url}/v2/{repo}/manifests/sha256-{digest[7:]}.sig",
+                     OCI_MANIFEST)
+    layers = json.loads(raw)["layers"]
+    assert layers[0] == foreign and len(layers) == 2
+    # a tag that some other tool wrote there is left alone, and the push says so
+    for blob in (payload, config):
+        client.upload("odd/tiny", Digest.of(blob), len(blob), [blob], chunk_size=1 << 20)
+    odd = cosign.signature_manifest(config, [foreign]).replace(
+        OCI_MANIFEST.encode(), SCHEMA2.encode())  # a Docker manifest: not cosign's
+    client.put_manifest("odd/tiny", f"sha256-{digest[7:]}.sig", odd, SCHEMA2)
+    r = run(["import", str(bundle), "--to-registry", registry.url + "/odd", "--trust",
+             str(keys.pub), "--only", "tiny:latest"])
+    assert r.exit_code == 5 and "not a cosign signature manifest" in r.stderr, r.output
+    assert _get(f"{registry.url}/v2/odd/tiny/manifests/sha256-{digest[7:]}.sig",
+                SCHEMA2)[1] == odd

@@ -378,8 +378,12 @@ def test_stalls_and_drops_mid_blob_are_survived(registry: Registry, tmp_path: Pa
     bundle = tmp_path / "b.tar.zst"
     assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
                 str(bundle)]).exit_code == 0
-    faults = [Fault("PATCH", "/blobs/uploads/", 1, "drop-mid"),
+    # the registry keeps the half it got and then refuses that upload session: a large blob
+    # from a file, and a small one (all of it in memory), start again; a chunk from a pipe
+    # cannot (test_a_lost_answer_to_a_chunk_... below)
+    faults = [*([Fault("PATCH", "/blobs/uploads/", 1, "drop-mid")] if source == "file" else []),
               Fault("PATCH", "/blobs/uploads/", 1, "stall:2.5"),
+              Fault("PUT", "/blobs/uploads/", 1, "drop-mid"),
               Fault("HEAD", "/blobs/", 1, "stall:2.5"),
               Fault("PUT", "/manifests/", 1, "stall:2.5")]
     with fault_proxy(registry.url, faults) as (url, log):
