@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -21,6 +22,7 @@ from bundler import (
     config,
     credentials,
     inventory,
+    parity,
     push,
     registry,
     signing,
@@ -28,7 +30,7 @@ from bundler import (
     volumes,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
-from bundler.errors import BundlerError, ExitCode, NotFoundError, UsageError
+from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
 from bundler.layout import Base, External, format_created
 from bundler.reader import Head, open_split
 from bundler.reference import ModelName
@@ -248,6 +250,9 @@ def _open_output(path: str) -> Iterator[Sink]:
               help="Write OUT.001, OUT.002, ... of at most SIZE bytes each, for removable "
                    "media: fat32 (4 GiB - 1), dvd (4.7 GB), dvd-dl, bd25, bd50, or a size "
                    "such as 4GiB, 4GB, 700MB; plus OUT.parts.json.")
+@click.option("--parity", "parity_percent", type=click.IntRange(1, 100), metavar="PERCENT",
+              help="Also write par2 repair data of PERCENT % of each file (OUT.NNN.par2, "
+                   "OUT.NNN.vol*.par2), for 'bundle repair'; needs the par2 tool.")
 @click.option("--verify-after-write", is_flag=True,
               help="Read back what was written and verify it, as 'bundle verify' does.")
 @click.option("--base", "bases", multiple=True, metavar="FILE",
@@ -260,7 +265,8 @@ def _open_output(path: str) -> Iterator[Sink]:
 def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir: Path | None,
                key_path: tuple[Path, ...], unsigned: bool, level: int | None,
                from_registry: bool, mirror: str | None, cache_dir: Path | None,
-               split_size: str | None, verify_after_write: bool, bases: tuple[Path, ...],
+               split_size: str | None, parity_percent: int | None, verify_after_write: bool,
+               bases: tuple[Path, ...],
                passphrase_file: Path | None, json_mode: bool, quiet: bool,
                **options: Any) -> None:
     """Export models from an Ollama store (or a registry) into one signed bundle file.
@@ -273,8 +279,10 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     if unsigned and key_path:
         raise UsageError("--unsigned and --key contradict each other")
     part_size = None if split_size is None else volumes.parse_size(split_size)
-    if output == "-" and (part_size is not None or verify_after_write):
-        raise UsageError("--split and --verify-after-write need -o FILE, not stdout")
+    if output == "-" and (part_size is not None or verify_after_write or parity_percent):
+        raise UsageError("--split, --parity and --verify-after-write need -o FILE, not stdout")
+    if parity_percent:
+        parity.require()  # before the export, not after an hour of it
     if output == "-":
         if sys.stdout.isatty():
             raise UsageError("refusing to write a bundle to a terminal",
@@ -313,6 +321,11 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
             result = bundle.export_bundle(plan, f, keys=keys, level=level,
                                           created_epoch=created, on_bytes=bar.update)
+    files = ([Path(output).with_name(p.name) for p in split.parts] if part_size is not None
+             else [Path(output)])
+    if parity_percent:
+        parity.create(files, parity_percent)
+        out.log(f"wrote par2 repair data ({parity_percent} %) for {len(files)} file(s)")
     if verify_after_write:
         with _open_bundle(written) as f, out.progress("verify") as bar:
             bundle.verify_bundle(f, [k.public for k in keys], allow_unsigned=not keys,
@@ -639,6 +652,34 @@ def _check_text(check: push.RegistryCheck | None) -> list[str]:
                else "`ollama pull` will NOT work from here")
     return [f"check {check.model}: {verdict}", *(f"  - {x}" for x in check.findings),
             *(f"  fix: {x}" for x in check.advice)]
+
+
+@main.command("repair")
+@click.argument("bundle_path", metavar="BUNDLE", nargs=-1, required=True,
+                callback=lambda _c, _p, v: _resolve_bundle(v))
+@common
+def repair_cmd(bundle_path: str, json_mode: bool, quiet: bool) -> None:
+    """Repair a damaged bundle file or parts in place from the par2 data that
+    'export --parity' wrote beside them.
+
+    BUNDLE is a bundle file or a split bundle (NAME.001, its parts, or their directory).
+    Exit code 0 if every file is intact or was repaired, 3 otherwise.
+    """
+    out = _output(json_mode, quiet)
+    if bundle_path == "-":
+        raise UsageError("repair works on files, not stdin")
+    first = Path(bundle_path)
+    stem, number = volumes.split_name(first.name) or ("", 0)
+    files = ([f for f in sorted(first.parent.glob(f"{glob_escape(stem)}.[0-9][0-9][0-9]*"))
+              if volumes.split_name(f.name)] if number == 1 else [first])
+    results = parity.repair(files)
+    out.result("\n".join(f"  {r.name:40} {r.state}" for r in results),
+               {"files": [{"name": r.name, "state": r.state} for r in results]})
+    damaged = [r.name for r in results if r.state == "beyond repair"]
+    if damaged:
+        raise IntegrityError(f"{', '.join(damaged)}: too damaged to repair",
+                             hint="copy those files again from the release medium")
+    out.log(f"next: bundle verify {bundle_path}")
 
 
 @main.command("inventory")

@@ -181,3 +181,41 @@ def test_split_needs_a_file_and_a_real_size(big_store: Path, tmp_path: Path, key
                  *extra])
         assert r.exit_code == 2 and text in r.stderr, r.output
     assert not list(tmp_path.glob("x*")) and not list(tmp_path.glob(".x*"))
+
+
+def test_parity_repairs_a_damaged_part(big_store: Path, tmp_path: Path, keys: Keys,
+                                       env: dict[str, str]) -> None:
+    out = tmp_path / "m" / "r.tar.zst"
+    out.parent.mkdir()
+    _export(big_store, out, keys, "--split", "256KiB", "--parity", "10")
+    parts = _parts(out)
+    assert all((out.parent / f"{p.name}.par2").is_file() for p in parts)
+    damaged = parts[2]
+    good = damaged.read_bytes()
+    data = bytearray(good)
+    data[1000:1400] = bytes(400)  # a scratch on the medium
+    damaged.write_bytes(data)
+    r = run(["verify", str(out.parent), "--parts-only", "--trust", str(keys.pub)])
+    assert r.exit_code == 3 and damaged.name in r.stderr
+    r = run(["repair", str(parts[0]), "--json"])
+    assert r.exit_code == 0, r.output
+    states = {f["name"]: f["state"] for f in json.loads(r.stdout)["files"]}
+    assert states[damaged.name] == "repaired" and set(states.values()) <= {"intact", "repaired"}
+    assert damaged.read_bytes() == good and not (out.parent / f"{damaged.name}.1").exists()
+    r = run(["verify", str(parts[0]), "--trust", str(keys.pub)])
+    assert r.exit_code == 0, r.output
+    # a part that is gone beyond what 10 % can mend is named, with what to do
+    damaged.write_bytes(bytes(len(good)))
+    r = run(["repair", str(out.parent)])
+    assert r.exit_code == 3 and damaged.name in r.stderr and "copy" in r.stderr
+    assert_clean_error(r.stderr)
+
+
+def test_parity_without_par2_says_how_to_install_it(big_store: Path, tmp_path: Path,
+                                                    keys: Keys, env: dict[str, str]) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = run(["export", "--all", "--models", str(big_store), "--key", str(keys.key), "-o",
+             str(tmp_path / "x.tar.zst"), "--parity", "5"], {"PATH": str(empty)})
+    assert r.exit_code == 4 and "apt-get install par2" in r.stderr, r.output
+    assert not list(tmp_path.glob("*x.tar.zst*"))  # refused before the export
