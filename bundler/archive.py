@@ -16,7 +16,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -69,12 +69,33 @@ def _raw_blocks(pieces: Iterable[bytes | memoryview], total: int) -> Iterator[by
         yield (1).to_bytes(3, "little")  # one empty last block
 
 
+FRAME_MAX = 1 << 30  # decompressed bytes per frame: the seek table's fields are 32-bit
+SEEK_TABLE_MAGIC = 0x184D2A5E  # a skippable frame (zstd's seekable format)
+SEEKABLE_MAGIC = 0x8F92EAB1
+
+
+def seek_table(entries: Iterable[tuple[int, int]]) -> bytes:
+    """zstd's seekable format: a skippable frame listing each frame's compressed and
+    decompressed size (no checksums), then the footer (formats/bundle-v1.md §7.1)."""
+    rows = list(entries)
+    body = b"".join(c.to_bytes(4, "little") + d.to_bytes(4, "little") for c, d in rows)
+    body += len(rows).to_bytes(4, "little") + b"\0" + SEEKABLE_MAGIC.to_bytes(4, "little")
+    return SEEK_TABLE_MAGIC.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
+
+
 class ArchiveWriter:
-    """Writes members to `out` as zstd frames; `close()` writes the end-of-archive frame."""
+    """Writes members to `out` as zstd frames; `close()` writes the end-of-archive frame and
+    the seek table."""
 
     def __init__(self, out: Sink) -> None:
         self._out = out
         self._cctxs: dict[int, zstandard.ZstdCompressor] = {}
+        self._frames: list[tuple[int, int]] = []  # (compressed, decompressed) per frame
+        self._written = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._out.write(data)
+        self._written += len(data)
 
     def _cctx(self, level: int) -> zstandard.ZstdCompressor:
         if level not in self._cctxs:
@@ -82,32 +103,81 @@ class ArchiveWriter:
                 level=level, write_checksum=True, write_content_size=True, threads=0)
         return self._cctxs[level]
 
+    def _frame(self, pieces: Iterable[bytes | memoryview], size: int, level: int | None) -> None:
+        """One frame of `size` decompressed bytes: raw blocks (None), or compressed."""
+        start = self._written
+        if level is None:
+            for part in _raw_blocks(pieces, size):
+                self._write(part)
+        else:
+            with self._cctx(level).stream_writer(
+                cast("BinaryIO", self), size=size, closefd=False, write_size=CHUNK_SIZE,
+            ) as z:
+                for piece in pieces:
+                    z.write(piece)
+        self._frames.append((self._written - start, size))
+
+    def write(self, data: bytes | memoryview) -> int:
+        """(The compressor's output goes through here, so that it is counted.)"""
+        self._write(data)
+        return len(data)
+
     def write_small(self, members: Iterable[tuple[str, bytes]], *, level: int) -> None:
         """Several small members in one frame (the head of the bundle)."""
         data = bytearray()
         for name, body in members:
             data += member_header(name, len(body)) + body + bytes(padding(len(body)))
-        self._out.write(self._cctx(level).compress(bytes(data)))
+        self._frame([bytes(data)], len(data), level)
 
     def write_stream(self, name: str, size: int, chunks: Iterable[memoryview | bytes], *,
                      level: int | None) -> None:
-        """One member in its own frame, compressed at `level` or stored as raw blocks (None);
-        `chunks` must add up to exactly `size` bytes."""
+        """One member in frames of at most FRAME_MAX bytes (the first starts at its header),
+        compressed at `level` or stored as raw blocks (None); `chunks` must add up to exactly
+        `size` bytes."""
         header = member_header(name, size)
-        pieces = _checked(name, size, chunks, header)
+        pieces = iter(_checked(name, size, chunks, header))
         total = len(header) + size + padding(size)
-        if level is None:
-            for part in _raw_blocks(pieces, total):
-                self._out.write(part)
-            return
-        with self._cctx(level).stream_writer(
-            cast("BinaryIO", self._out), size=total, closefd=False, write_size=CHUNK_SIZE,
-        ) as z:
-            for piece in pieces:
-                z.write(piece)
+        carry: list[memoryview] = []
+
+        def take(n: int) -> Iterator[memoryview]:
+            while n:
+                if carry:
+                    view = carry.pop()
+                else:
+                    piece = next(pieces, None)
+                    if piece is None:
+                        raise IntegrityError(f"{name}: the source ended early")
+                    view = memoryview(piece)
+                if len(view) > n:
+                    carry.append(view[n:])
+                    view = view[:n]
+                n -= len(view)
+                yield view
+
+        done = 0
+        while True:
+            n = min(FRAME_MAX, total - done)
+            self._frame(take(n), n, level)
+            done += n
+            if done == total:
+                break
+        for extra in pieces:  # lets _checked see the end (and complain about extra bytes)
+            if extra:
+                raise IntegrityError(f"{name}: the source gave more than {size} bytes")
+
+    @property
+    def frames(self) -> list[tuple[int, int]]:
+        """(compressed, decompressed) size of every frame written so far."""
+        return list(self._frames)
+
+    def end_archive(self) -> None:
+        """The end-of-archive frame."""
+        self._frame([bytes(2 * BLOCK)], 2 * BLOCK, 1)
 
     def close(self) -> None:
-        self._out.write(self._cctx(1).compress(bytes(2 * BLOCK)))
+        """The end-of-archive frame and the seek table."""
+        self.end_archive()
+        self._out.write(seek_table(self._frames))
 
 
 def _checked(name: str, size: int, chunks: Iterable[memoryview | bytes],
@@ -132,7 +202,42 @@ def _checked(name: str, size: int, chunks: Iterable[memoryview | bytes],
 _ZSTD_MAGIC = 0xFD2FB528
 _SKIPPABLE_MAGIC = 0x184D2A50  # ... 0x184D2A5F
 _FCS_BYTES = (0, 2, 4, 8)
+_MAX_SEEK_TABLE = 64 * 1024 * 1024
 _DID_BYTES = (0, 1, 2, 4)
+
+
+def parse_seek_table(tail: bytes, total: int) -> list[tuple[int, int]] | None:
+    """The frame sizes a seek table at the end of a `total`-byte stream lists (`tail`: the
+    stream's last bytes, at least the whole table), if they add up; else None."""
+    if len(tail) < 17 or int.from_bytes(tail[-4:], "little") != SEEKABLE_MAGIC or tail[-5]:
+        return None
+    count = int.from_bytes(tail[-9:-5], "little")
+    size = 8 + 8 * count + 9
+    if size > len(tail) or int.from_bytes(tail[-size : -size + 4], "little") != SEEK_TABLE_MAGIC:
+        return None
+    body = tail[-size + 8 : -9]
+    rows = [(int.from_bytes(body[i : i + 4], "little"), int.from_bytes(body[i + 4 : i + 8], "little"))
+            for i in range(0, len(body), 8)]
+    return rows if sum(c for c, _ in rows) + size == total else None
+
+
+def member_offsets(rows: list[tuple[int, int]], members: Iterable[tuple[str, int]],
+                   ) -> dict[str, int] | None:
+    """Where each member after the head frame starts in the compressed stream, from the seek
+    table's rows (formats/bundle-v1.md §7.1); None if the framing is not the writer's."""
+    if not rows:
+        return None
+    offset, i, out = rows[0][0], 1, {}
+    for name, size in members:
+        content = len(member_header(name, size)) + size + padding(size)
+        out[name] = offset
+        while content > 0 and i < len(rows):
+            content -= rows[i][1]
+            offset += rows[i][0]
+            i += 1
+        if content != 0:
+            return None
+    return out
 
 
 class FrameWalker:
@@ -155,6 +260,11 @@ class FrameWalker:
         self._frame_at = 0  # compressed offset of the current frame
         self._out = 0  # decompressed offset of the current frame's content
         self._fcs = 0
+        self._content = 0
+        # (compressed, decompressed) size of every frame, while all declare their size
+        self.sizes: list[tuple[int, int]] | None = []
+        self._seek_table = False
+        self.table: bytes | None = None  # the seek table's body, if the stream has one
 
     def feed(self, data: bytes) -> None:
         view, pos, n = memoryview(data), 0, len(data)
@@ -188,9 +298,12 @@ class FrameWalker:
         if state == "magic":
             magic = int.from_bytes(field, "little")
             if magic == _ZSTD_MAGIC:
+                if self.table is not None:
+                    raise IntegrityError("bundle: a zstd frame follows the seek table")
                 self._frame_at = self._fed - 4
                 self._expect("descriptor", 1)
             elif magic & 0xFFFFFFF0 == _SKIPPABLE_MAGIC:
+                self._seek_table = magic == SEEK_TABLE_MAGIC and self.table is None
                 self._expect("skippable-size", 4)
             else:
                 raise IntegrityError("bundle is not a zstd stream, or has trailing garbage",
@@ -218,6 +331,14 @@ class FrameWalker:
                 self._after_body()
         elif state == "checksum":
             self._end_frame()
+        elif state == "skippable-size" and self._seek_table:
+            size = int.from_bytes(field, "little")
+            if size > _MAX_SEEK_TABLE:
+                raise IntegrityError("bundle: the seek table is too large")
+            self._expect("seek-table", size)
+        elif state == "seek-table":
+            self.table = field
+            self._expect("magic", 4)
         elif state == "skippable-size":
             self._state = "skippable"
             self._skip = int.from_bytes(field, "little")
@@ -229,9 +350,11 @@ class FrameWalker:
             return
         if not fcs:
             self._out = -1  # content size unknown: no later offsets are known either
+            self.sizes = None
             return
         self.starts[self._out] = self._frame_at
-        self._out += int.from_bytes(fcs, "little") + (256 if len(fcs) == 2 else 0)
+        self._content = int.from_bytes(fcs, "little") + (256 if len(fcs) == 2 else 0)
+        self._out += self._content
 
     def _after_body(self) -> None:
         if self._state == "skippable":
@@ -245,14 +368,21 @@ class FrameWalker:
 
     def _end_frame(self) -> None:
         self.frames += 1
+        if self.sizes is not None:
+            self.sizes.append((self._fed - self._frame_at, self._content))
         self._expect("magic", 4)
 
     def finish(self) -> None:
-        """At end of input: require that the last frame was complete."""
+        """At end of input: require that the last frame was complete, and that a seek table
+        describes exactly the frames before it (formats/bundle-v1.md §7.1)."""
         if self._state != "magic" or self._buf or self._skip or not self.frames:
             raise IntegrityError(
                 "bundle ends in the middle of a zstd frame: it is truncated or has trailing "
                 "garbage", hint="copy the file again; compare its size with the original")
+        if self.table is not None and (
+                self.sizes is None or seek_table(self.sizes)[8:] != self.table):
+            raise IntegrityError("bundle: the seek table does not describe the frames before "
+                                 "it", hint="the file was altered or damaged")
 
 
 class _WalkedSource:
@@ -268,23 +398,49 @@ class _WalkedSource:
         return data
 
 
-def _regular_fd(src: BinaryIO) -> int | None:
-    """The file descriptor of `src` if it is a regular file (which can be read again)."""
+class Positional(Protocol):
+    """A stream that can also be read at any offset (a file, or the parts of a split bundle):
+    offsets count from where the stream starts."""
+
+    @property
+    def size(self) -> int: ...
+
+    def pread(self, n: int, offset: int) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _FileAt:
+    fd: int
+    start: int
+    size: int
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self.fd, n, self.start + offset)
+
+
+def _positional(src: BinaryIO) -> Positional | None:
+    """`src` as a Positional: its own, or a regular file's (read from its current offset)."""
+    own = getattr(src, "positional", None)
+    if callable(own):
+        return cast("Positional | None", own())
     try:
         fd = src.fileno()
-        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        return _FileAt(fd, start, os.fstat(fd).st_size - start)
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return None
 
 
 class _PositionalReader:
-    """A file read with pread from an offset on, leaving the descriptor's position alone."""
+    """A Positional read from an offset on."""
 
-    def __init__(self, fd: int, offset: int) -> None:
-        self._fd, self._offset = fd, offset
+    def __init__(self, source: Positional, offset: int) -> None:
+        self._source, self._offset = source, offset
 
     def read(self, n: int = -1) -> bytes:
-        data = os.pread(self._fd, CHUNK_SIZE if n < 0 else n, self._offset)
+        data = self._source.pread(CHUNK_SIZE if n < 0 else n, self._offset)
         self._offset += len(data)
         return data
 
@@ -339,8 +495,7 @@ class ArchiveReader:
     """Reads a bundle's tar stream member by member. Use as a context manager."""
 
     def __init__(self, src: BinaryIO) -> None:
-        self._file = _regular_fd(src)  # (before the decompressing thread starts reading)
-        self._start = os.lseek(self._file, 0, os.SEEK_CUR) if self._file is not None else 0
+        self._file = _positional(src)  # (before the decompressing thread starts reading)
         self._src = _Decompressor(src)
         self._chunk: memoryview = memoryview(b"")
         self._pos = 0
@@ -468,6 +623,27 @@ class ArchiveReader:
             return rest
         return self._src.next()
 
+    def seek_rows(self) -> list[tuple[int, int]] | None:
+        """The frames the seek table at the end of the stream lists, if the source can be
+        read at any offset and has a valid one."""
+        source = self._file
+        if source is None or source.size < 17:
+            return None
+        footer = source.pread(9, source.size - 9)
+        if len(footer) != 9 or int.from_bytes(footer[-4:], "little") != SEEKABLE_MAGIC:
+            return None
+        size = 8 + 8 * int.from_bytes(footer[:4], "little") + 9
+        if size > min(source.size, _MAX_SEEK_TABLE):
+            return None
+        return parse_seek_table(source.pread(size, source.size - size), source.size)
+
+    def member_at(self, offset: int, name: str, size: int,
+                  ) -> Callable[[int], Iterator[memoryview]] | None:
+        """Like `reopener`, for a member not read yet, found through the seek table."""
+        if self._file is None:
+            return None
+        return self._body_at(self._file, offset, Member(name, size, member_header(name, size)))
+
     def reopener(self, member: Member) -> Callable[[int], Iterator[memoryview]] | None:
         """For a member read from a regular file in which a zstd frame starts at its header
         (every member of a bundle as export writes it): a function that reads the member's
@@ -476,11 +652,14 @@ class ArchiveReader:
         at = self._src.frame_starts.get(member.offset)
         if self._file is None or at is None:
             return None
-        fd, start = self._file, self._start
+        return self._body_at(self._file, at, member)
 
+    @staticmethod
+    def _body_at(source: Positional, at: int, member: Member,
+                 ) -> Callable[[int], Iterator[memoryview]]:
         def body(skip: int) -> Iterator[memoryview]:
             dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-            reader = dctx.stream_reader(cast("BinaryIO", _PositionalReader(fd, start + at)),
+            reader = dctx.stream_reader(cast("BinaryIO", _PositionalReader(source, at)),
                                         read_size=CHUNK_SIZE, read_across_frames=True)
             buffer = memoryview(bytearray(CHUNK_SIZE))
             todo, pos = len(member.header) + member.size, 0
@@ -497,7 +676,8 @@ class ArchiveReader:
                     take = min(n, len(member.header) - len(header))
                     header += view[:take]
                     if len(header) == len(member.header) and header != member.header:
-                        raise IntegrityError(f"bundle changed while re-reading {member.name}")
+                        raise IntegrityError(f"bundle: {member.name} is not where the seek "
+                                             "table or an earlier read put it")
                     view = view[take:]
                 if pos + len(view) > skip:
                     yield view[max(0, skip - pos) :]

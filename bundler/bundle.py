@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from bundler import __version__, cosign, signing
-from bundler.archive import ArchiveWriter
+from bundler.archive import ArchiveWriter, seek_table
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.inventory import MEDIA_TYPE_INVENTORY, Inventory, ModelEntry, Release
@@ -36,7 +37,7 @@ from bundler.layout import (
     signature_member,
 )
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
-from bundler.reader import BundleReader, Head
+from bundler.reader import BundleReader, Head, Reread
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
 from bundler.streams import ReadAhead, Sink, SplitOutput
@@ -192,14 +193,19 @@ def export_bundle(
         return sigs
 
     if isinstance(out, SplitOutput):
-        _write_blobs(plan, ArchiveWriter(out), level, on_bytes)
+        blobs = ArchiveWriter(out)
+        _write_blobs(plan, blobs, level, on_bytes)
+        blobs.end_archive()
         parts = [BlobRef(p.digest, p.size) for p in out.finish()]
         with out.head() as first:
-            sigs = head(ArchiveWriter(first), parts)
+            writer = ArchiveWriter(first)
+            sigs = head(writer, parts)
+        out.trailer(seek_table([*writer.frames, *blobs.frames]))
     else:
         writer = ArchiveWriter(out)
         sigs = head(writer, ())
         _write_blobs(plan, writer, level, on_bytes)
+        writer.close()
     return ExportResult(
         output="", models=contents.models, blobs=len(contents.blobs),
         bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
@@ -209,7 +215,7 @@ def export_bundle(
 
 def _write_blobs(plan: ExportPlan, writer: ArchiveWriter, level: int | None,
                  on_bytes: OnBytes) -> None:
-    """Every config and layer, each in its own frame, then the end of the archive."""
+    """Every config and layer, each in its own frames."""
     contents = plan.contents
     owners: dict[Digest, tuple[ModelName, str]] = {}
     for m in contents.models:
@@ -223,7 +229,6 @@ def _write_blobs(plan: ExportPlan, writer: ArchiveWriter, level: int | None,
                                 level=compression_level(media_type, level))
         if source.digest != ref.digest:
             raise plan.source.mismatch(owner, ref.digest, source.digest)
-    writer.close()
 
 
 def registry_signatures(models: Sequence[Model], keys: Sequence[signing.PrivateKey],
@@ -375,10 +380,12 @@ class ImportResult:
     bytes_written: int
     blobs_present: int
     dry_run: bool
+    seeking: bool = False  # read only the blobs it wrote, through the seek table
 
     def to_json(self) -> dict[str, Any]:
         return {
             "store": self.store, "dryRun": self.dry_run, "created": self.head.root.created,
+            "readOnlyWhatWasNeeded": self.seeking,
             "signatures": signer_json(self.head),
             "models": [c.to_json() for c in self.changes],
             "blobsWritten": self.blobs_written, "bytesWritten": self.bytes_written,
@@ -434,10 +441,15 @@ def import_bundle(
             raise BundlerError(
                 f"not enough space in {store.root}: {want} bytes to write, {free} free",
                 hint="free space there, or import fewer models with --only")
-        on_total(sum(b.size for b in head.layer_blobs))
-        staged = _stage_all(reader, store, to_write)
+        everything = sum(b.size for b in head.layer_blobs)
+        seekable = reader.seekable() if sum(to_write.values()) < everything else None
+        on_total(everything if seekable is None else sum(to_write.values()))
+        staged = (_stage_all(reader, store, to_write) if seekable is None
+                  else _stage_seeking(seekable, store, to_write))
+        result = dataclasses.replace(result, seeking=seekable is not None)
         try:
-            reader.finish()
+            if seekable is None:  # (reading only some blobs, the rest is not reached)
+                reader.finish()
             if set(to_write) - {blob.digest for blob in staged}:
                 raise IntegrityError("a referenced blob is not carried")  # check_manifests
             for digest in present:  # fresh mtimes: Ollama's prune spares them now
@@ -574,6 +586,24 @@ def inventory_store(store: Store, created: str, on_event: OnEvent = no_events) -
                 blobs[b.digest] = b.size
     return Inventory(created, f"store {store.root}", tuple(models),
                      tuple(BlobRef(d, s) for d, s in blobs.items()))
+
+
+def _stage_seeking(blobs: dict[Digest, Reread], store: Store,
+                   to_write: dict[Digest, int]) -> list[StagedBlob]:
+    """Read only the wanted blobs, through the seek table, into staged files."""
+    staged: list[StagedBlob] = []
+    try:
+        for digest in to_write:
+            blob = store.stage(digest)
+            staged.append(blob)
+            for view in blobs[digest](0):
+                blob.write(view)
+            blob.finish()
+    except BaseException:
+        for blob in staged:
+            blob.discard()
+        raise
+    return staged
 
 
 def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int]) -> list[StagedBlob]:

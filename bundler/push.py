@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -405,8 +406,13 @@ def inventory_registry(client: Client, created: str, on_event: OnEvent = no_even
     the blobs those manifests name that the registry has (formats/inventory-v1.md §2)."""
     models: list[ModelEntry] = []
     blobs: dict[Digest, int] = {}
+    namespace = client.target.namespace
     for repo in _paged(client, "/v2/_catalog", "repositories", "registry:catalog:*"):
+        if namespace and not repo.startswith(f"{namespace}/"):
+            continue
         for tag in _paged(client, f"/v2/{repo}/tags/list", "tags", f"repository:{repo}:pull"):
+            if _COSIGN_TAG.fullmatch(tag):
+                continue  # cosign's signatures, attestations and SBOMs, not models
             resp = client.get_manifest(repo, tag, MEDIA_TYPE_DOCKER_MANIFEST)
             if resp.status != 200:
                 on_event(f"skipped {repo}:{tag}: HTTP {resp.status}")
@@ -421,8 +427,12 @@ def inventory_registry(client: Client, created: str, on_event: OnEvent = no_even
             for b in manifest.blobs:
                 if b.digest not in blobs and client.has_blob(repo, b.digest, b.size):
                     blobs[b.digest] = b.size
-    return Inventory(created, f"registry {client.target.base}", tuple(models),
+    where = client.target.base + (f"/{namespace}" if namespace else "")
+    return Inventory(created, f"registry {where}", tuple(models),
                      tuple(BlobRef(d, s) for d, s in blobs.items()))
+
+
+_COSIGN_TAG = re.compile(r"sha256-[0-9a-f]{64}\.(sig|att|sbom)")
 
 
 def _paged(client: Client, path: str, key: str, scope: str) -> Iterator[str]:

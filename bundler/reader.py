@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bundler import cosign, signing
-from bundler.archive import ArchiveReader, Member
+from bundler.archive import ArchiveReader, Member, member_offsets
 from bundler.digest import Digest
 from bundler.errors import IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
@@ -134,7 +134,17 @@ def open_split(first: Path) -> PartsReader:
     except FileNotFoundError:
         raise NotFoundError(f"bundle not found: {first}") from None
     paths = [first.with_name(part_name(stem, i + 1)) for i in range(len(root.parts) + 1)]
-    return PartsReader(paths, [(p.size, p.digest) for p in root.parts])
+    trailer = first.with_name(part_name(stem, len(root.parts) + 2))
+    return PartsReader(paths, [(p.size, p.digest) for p in root.parts],
+                       trailer if trailer.is_file() else None)
+
+
+def _seeking(ref: BlobRef, body: Callable[[int], Iterator[memoryview]],
+             on_bytes: OnBytes) -> Reread:
+    def read(skip: int) -> Iterator[memoryview]:
+        return _verified(ref, body(0), on_bytes, skip=skip)
+
+    return read
 
 
 def check_registry_signatures(
@@ -192,6 +202,7 @@ class BundleReader:
         self._head: Head | None = None
         self._current: tuple[BlobRef, Member] | None = None
         self._parts = src.listed if isinstance(src, PartsReader) else None
+        self._head_frame = -1
 
     def __enter__(self) -> BundleReader:
         return self
@@ -277,6 +288,8 @@ class BundleReader:
         raws: dict[Digest, bytes] = {}
         for ref in root.blobs[: len({d.digest for _, d in named})]:
             m = self._member(blob_member(ref.digest), MAX_MANIFEST_BYTES)
+            if not raws:
+                self._head_frame = m.offset  # members 1-4 end here
             self._check_size(m, ref)
             raw = self._archive.read_body()
             if Digest.of(raw) != ref.digest:
@@ -306,6 +319,27 @@ class BundleReader:
             self._check_size(m, ref)
             self._current = (ref, m)
             yield ref, _verified(ref, self._archive.body(), self._on_bytes)
+
+    def seekable(self) -> dict[Digest, Reread] | None:
+        """After `read_head()`, for a file (or split parts) with the writer's seek table: each
+        config and layer blob's body, read on its own without reading what comes before it
+        (every byte still verified). None if the bundle cannot be read that way."""
+        assert self._head is not None
+        rows = self._archive.seek_rows()
+        if rows is None or rows[0][1] != self._head_frame:
+            return None
+        members = [(blob_member(b.digest), b.size) for b in self._head.root.blobs]
+        offsets = member_offsets(rows, members)
+        if offsets is None:
+            return None
+        out: dict[Digest, Reread] = {}
+        for ref in self._head.layer_blobs:
+            name = blob_member(ref.digest)
+            body = self._archive.member_at(offsets[name], name, ref.size)
+            if body is None:
+                return None
+            out[ref.digest] = _seeking(ref, body, self._on_bytes)
+        return out
 
     def reread(self) -> Reread | None:
         """For the blob `blobs()` yielded last, if the bundle is a file that can be read again

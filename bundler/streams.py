@@ -4,6 +4,7 @@ dirty pages never pile up."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import hashlib
@@ -228,6 +229,7 @@ class SplitOutput:
     def __init__(self, output: Path, size: int) -> None:
         self._output, self._size = output, size
         self._temps: list[Path] = []
+        self._finals: list[Path] = []
         self.parts: list[Part] = []  # every part finished so far, part 1 first once written
         self._f: BinaryIO | None = None
         self._sink: WriteBehind | None = None
@@ -243,6 +245,7 @@ class SplitOutput:
             raise BundlerError(f"cannot write {final}: {e.strerror}",
                                hint="check that the directory is writable") from None
         self._temps.append(tmp)
+        self._finals.append(final)
         return tmp, cast("BinaryIO", f)
 
     def _end_part(self) -> None:
@@ -294,11 +297,22 @@ class SplitOutput:
         self.parts.insert(0, Part(Path(part_name(str(self._output), 1)).name,
                                   tmp.stat().st_size, Digest(h.hexdigest())))
 
+    def trailer(self, data: bytes) -> None:
+        """The last part: the seek table of the whole stream, which describes part 1 and so
+        cannot be named by the root in part 1 (formats/bundle-v1.md §10)."""
+        tmp, f = self._temp(len(self.parts) + 1)
+        with f:
+            f.write(data)
+            os.fsync(f.fileno())
+        self.parts.append(Part(self._finals[-1].name, len(data), Digest.of(data)))
+        del tmp
+
     def commit(self) -> None:
         """Rename every part into place, part 1 last, then write the sidecar."""
-        # the temporary files are in creation order: parts 2..N, then part 1
-        for tmp, part in zip(self._temps, [*self.parts[1:], self.parts[0]], strict=True):
-            os.replace(tmp, self._output.with_name(part.name))
+        first = Path(part_name(str(self._output), 1))
+        for tmp, final in sorted(zip(self._temps, self._finals, strict=True),
+                                 key=lambda tf: tf[1] == first):
+            os.replace(tmp, final)
         stale = len(self.parts) + 1  # parts of an earlier, longer export under this name
         while (old := Path(part_name(str(self._output), stale))).is_file():
             old.unlink()
@@ -319,9 +333,12 @@ class PartsReader:
     size before anything is read; each part after the first is hashed while it is read and
     checked when its end is reached, before the next is opened."""
 
-    def __init__(self, paths: list[Path], listed: list[tuple[int, Digest]]) -> None:
-        """`paths`: part 1 and parts 2..N; `listed`: (size, digest) of parts 2..N."""
-        self.paths, self.listed = paths, listed
+    def __init__(self, paths: list[Path], listed: list[tuple[int, Digest]],
+                 trailer: Path | None = None) -> None:
+        """`paths`: part 1 and parts 2..N; `listed`: (size, digest) of parts 2..N; `trailer`:
+        the last file, holding the seek table, if it is there."""
+        self.paths, self.listed, self.trailer = paths, listed, trailer
+        self._at: _PartsAt | None = None
         for path, (size, _) in zip(paths[1:], listed, strict=True):
             try:
                 actual = path.stat().st_size
@@ -368,5 +385,48 @@ class PartsReader:
         self._hash = hashlib.sha256()
         return True
 
+    def positional(self) -> _PartsAt:
+        """The parts (and the seek table's file) as one stream readable at any offset."""
+        if self._at is None:
+            self._at = _PartsAt([*self.paths, *([self.trailer] if self.trailer else [])])
+        return self._at
+
     def close(self) -> None:
         self._f.close()
+        if self._at is not None:
+            self._at.close()
+
+
+class _PartsAt:
+    def __init__(self, paths: list[Path]) -> None:
+        self._fds: list[int] = []
+        try:
+            for path in paths:
+                self._fds.append(os.open(path, os.O_RDONLY))
+        except OSError:
+            self.close()
+            raise
+        self._starts = [0]
+        for fd in self._fds:
+            self._starts.append(self._starts[-1] + os.fstat(fd).st_size)
+        self.size = self._starts[-1]
+
+    def pread(self, n: int, offset: int) -> bytes:
+        out = bytearray()
+        i = bisect.bisect_right(self._starts, offset) - 1
+        while n > 0 and 0 <= i < len(self._fds):
+            data = os.pread(self._fds[i], n, offset - self._starts[i])
+            if not data:
+                i += 1
+                continue
+            out += data
+            n -= len(data)
+            offset += len(data)
+            if offset >= self._starts[i + 1]:
+                i += 1
+        return bytes(out)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []

@@ -117,7 +117,7 @@ def test_delta_chain_into_the_registry(train: dict[str, Path], registry: Registr
     inv = train["m1"].parent / "registry.inventory.json"
     _ok(["inventory", "--registry", url, "-o", str(inv)])
     doc = json.loads(inv.read_text())
-    assert len(doc["models"]) == 4 and doc["source"] == f"registry {registry.url}"
+    assert len(doc["models"]) == 4 and doc["source"] == f"registry {url}"
     again = train["m1"].parent / "again.tar.zst"
     out = _export(store, again, keys, inv)
     assert out["blobs"] == 4 and out["leftOut"]["blobs"] > 0  # manifests only

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,24 @@ def test_rebuilt_and_recompressed_bundle_imports(scene: Scene) -> None:
 
 
 def test_writer_framing_is_as_the_crafting_assumes(scene: Scene) -> None:
-    """One frame for the head, one per blob, one for the end-of-archive blocks (§7)."""
+    """One frame for the head, one per blob (below 1 GiB), one for the end-of-archive blocks,
+    then the seek table: a skippable frame listing every frame's sizes (§7, §7.1)."""
     data = scene.bundle_file.read_bytes()
     b = scene.bundle()
     spans = frames(data)
-    assert len(spans) == 1 + (len(b.members) - b.first_blob) + 1
-    start, end = spans[-1]
+    assert len(spans) == 1 + (len(b.members) - b.first_blob) + 1 + 1
+    start, end = spans[-2]
     assert decompress(data[start:end]) == EOA
+    start, end = spans[-1]
+    table = data[start:end]
+    assert table[:4] == (0x184D2A5E).to_bytes(4, "little")
+    assert int.from_bytes(table[4:8], "little") == len(table) - 8
+    assert table[-4:] == (0x8F92EAB1).to_bytes(4, "little") and table[-5] == 0
+    count = int.from_bytes(table[-9:-5], "little")
+    assert count == len(spans) - 1
+    rows = [(int.from_bytes(table[8 + 8 * i : 12 + 8 * i], "little"),
+             int.from_bytes(table[12 + 8 * i : 16 + 8 * i], "little")) for i in range(count)]
+    assert rows == [(e - s, len(decompress(data[s:e]))) for s, e in spans[:-1]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,10 +148,32 @@ def test_flipped_byte_in_first_frame(scene: Scene, offset: int) -> None:
 
 @pytest.mark.parametrize("offset", range(-1, -33, -1))
 def test_flipped_byte_at_the_end(scene: Scene, offset: int) -> None:
-    """The last 32 bytes: the whole end-of-archive frame (magic, header, block, checksum) and
-    the tail of the last blob's frame."""
+    """The last 32 bytes before the seek table: the whole end-of-archive frame (magic, header,
+    block, checksum) and the tail of the last blob's frame."""
     data = scene.bundle_file.read_bytes()
-    scene.refused(scene.write(flip(data, len(data) + offset)))
+    end = frames(data)[-1][0]
+    scene.refused(scene.write(flip(data, end + offset)))
+
+
+@pytest.mark.parametrize("where", [0, 4, 8, 12, -16, -12, -9, -5, -1])
+def test_flipped_byte_in_the_seek_table(scene: Scene, where: int) -> None:
+    """The seek table is not signed (§7.1). Reading everything (verify) notices any change to
+    it. An import that reads only what it writes may not, and then must write exactly what a
+    clean import writes: every byte it takes is verified by digest."""
+    data = scene.bundle_file.read_bytes()
+    start, end = frames(data)[-1]
+    path = scene.write(flip(data, (start if where >= 0 else end) + where))
+    r = run(scene.verify_args(path), scene.env)
+    assert r.exit_code == 3, r.output
+    clean = scene.tmp / "clean"
+    shutil.copytree(scene.target, clean)
+    assert run(["import", str(scene.bundle_file), "--models", str(clean), "--trust",
+                str(scene.keys.pub)], scene.env).exit_code == 0
+    r = run(scene.import_args(path), scene.env)
+    assert r.exit_code in (0, 3), r.output
+    assert "Traceback" not in r.output
+    if r.exit_code == 0:
+        assert tree(scene.target) == tree(clean)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,12 +197,25 @@ def test_truncated_compressed_file(scene: Scene, point: str) -> None:
     scene.refused(scene.write(data[: TRUNCATE[point](len(data))]))
 
 
-@pytest.mark.parametrize("frame", [-1, -2, 1])
+@pytest.mark.parametrize("frame", [-2, -3, 1])
 def test_compressed_file_cut_at_a_frame_boundary(scene: Scene, frame: int) -> None:
     """Whole frames missing: the end-of-archive frame, the last blob's, or all but the head."""
     data = scene.bundle_file.read_bytes()
     start, _ = frames(data)[frame]
     scene.refused(scene.write(data[:start]))
+
+
+def test_without_its_seek_table_a_bundle_is_still_a_bundle(scene: Scene) -> None:
+    """Control: the seek table only speeds readers up (§7.1); a zstd frame after it is not
+    allowed, and a table that does not describe the frames is refused."""
+    data = scene.bundle_file.read_bytes()
+    spans = frames(data)
+    scene.accepted(scene.write(data[: spans[-1][0]]))
+    eoa_start, eoa_end = spans[-2]
+    scene.refused(scene.write(data + data[eoa_start:eoa_end]))
+    wrong = bytearray(data)
+    wrong[spans[-1][0] + 8] ^= 1  # the first frame's compressed size
+    assert "seek table" in scene.refused(scene.write(bytes(wrong)))
 
 
 @pytest.mark.parametrize("point", ["before-end-of-archive", "after-first-zero-block",
