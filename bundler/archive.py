@@ -433,6 +433,54 @@ def _positional(src: BinaryIO) -> Positional | None:
         return None
 
 
+def _raw_from(source: Positional, at: int, position: int, count: int,
+              ) -> Iterator[memoryview] | None:
+    """`count` content bytes from `position` on, of frames that start at `at` and hold raw
+    blocks only (the stored frames of §7), found by walking the block headers, without
+    reading the bytes before `position`; None if the frames are not all stored frames."""
+    spans: list[tuple[int, int]] = []  # (compressed offset, length) of the bytes wanted
+    pos, left = 0, count
+    while left:
+        head = source.pread(14, at)
+        if len(head) != 14 or head[:6] != _RAW_FRAME:
+            return None
+        at += 14
+        while True:
+            block = source.pread(3, at)
+            if len(block) != 3:
+                return None
+            value = int.from_bytes(block, "little")
+            kind, size, last = (value >> 1) & 3, value >> 3, value & 1
+            if kind != 0:
+                return None
+            at += 3
+            if pos + size > position and left:
+                start = max(0, position - pos)
+                take = min(size - start, left)
+                spans.append((at + start, take))
+                left -= take
+            pos += size
+            at += size
+            if last or not left:
+                break
+        if spans and not left:
+            break
+        if pos > position + count:
+            return None
+
+    def read() -> Iterator[memoryview]:
+        for offset, length in spans:
+            while length:
+                data = source.pread(min(length, CHUNK_SIZE), offset)
+                if not data:
+                    raise IntegrityError("bundle ends early when reading a stored frame")
+                offset += len(data)
+                length -= len(data)
+                yield memoryview(data)
+
+    return read()
+
+
 class _PositionalReader:
     """A Positional read from an offset on."""
 
@@ -658,6 +706,11 @@ class ArchiveReader:
     def _body_at(source: Positional, at: int, member: Member,
                  ) -> Callable[[int], Iterator[memoryview]]:
         def body(skip: int) -> Iterator[memoryview]:
+            if skip:
+                raw = _raw_from(source, at, len(member.header) + skip, member.size - skip)
+                if raw is not None:  # stored frames: straight to the bytes wanted
+                    yield from raw
+                    return
             dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
             reader = dctx.stream_reader(cast("BinaryIO", _PositionalReader(source, at)),
                                         read_size=CHUNK_SIZE, read_across_frames=True)

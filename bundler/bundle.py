@@ -37,7 +37,7 @@ from bundler.layout import (
     signature_member,
 )
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
-from bundler.reader import BundleReader, Head, Reread
+from bundler.reader import BundleReader, Head, Seekable
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
 from bundler.streams import ReadAhead, Sink, SplitOutput
@@ -442,7 +442,9 @@ def import_bundle(
                 f"not enough space in {store.root}: {want} bytes to write, {free} free",
                 hint="free space there, or import fewer models with --only")
         everything = sum(b.size for b in head.layer_blobs)
-        seekable = reader.seekable() if sum(to_write.values()) < everything else None
+        resumable = any(store.partial_size(d) for d in to_write)  # an interrupted import's
+        seekable = (reader.seekable() if sum(to_write.values()) < everything or resumable
+                    else None)
         on_total(everything if seekable is None else sum(to_write.values()))
         staged = (_stage_all(reader, store, to_write) if seekable is None
                   else _stage_seeking(seekable, store, to_write))
@@ -588,15 +590,21 @@ def inventory_store(store: Store, created: str, on_event: OnEvent = no_events) -
                      tuple(BlobRef(d, s) for d, s in blobs.items()))
 
 
-def _stage_seeking(blobs: dict[Digest, Reread], store: Store,
+def _stage_seeking(blobs: dict[Digest, Seekable], store: Store,
                    to_write: dict[Digest, int]) -> list[StagedBlob]:
-    """Read only the wanted blobs, through the seek table, into staged files."""
+    """Read only the wanted blobs, through the seek table, into staged files; a blob an
+    interrupted import began is continued where it stopped (all of it verified)."""
     staged: list[StagedBlob] = []
     try:
-        for digest in to_write:
-            blob = store.stage(digest)
+        for digest, size in to_write.items():
+            blob = store.stage(digest, resume=True)
             staged.append(blob)
-            for view in blobs[digest](0):
+            if 0 < blob.existing < size:
+                views = blobs[digest].after(blob.existing, store.hash_staged(blob))
+            else:
+                blob.restart()
+                views = blobs[digest](0)
+            for view in views:
                 blob.write(view)
             blob.finish()
     except BaseException:

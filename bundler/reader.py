@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bundler import cosign, signing
 from bundler.archive import ArchiveReader, Member, member_offsets
@@ -139,12 +139,29 @@ def open_split(first: Path) -> PartsReader:
                        trailer if trailer.is_file() else None)
 
 
-def _seeking(ref: BlobRef, body: Callable[[int], Iterator[memoryview]],
-             on_bytes: OnBytes) -> Reread:
-    def read(skip: int) -> Iterator[memoryview]:
-        return _verified(ref, body(0), on_bytes, skip=skip)
+@dataclass(frozen=True, slots=True)
+class Seekable:
+    """A blob read on its own through the seek table: from the start, or after `skip` bytes
+    the caller already has (and has hashed), without reading those from the bundle."""
 
-    return read
+    ref: BlobRef
+    body: Callable[[int], Iterator[memoryview]]
+    on_bytes: OnBytes
+
+    def __call__(self, skip: int) -> Iterator[memoryview]:
+        return _verified(self.ref, self.body(0), self.on_bytes, skip=skip)
+
+    def after(self, skip: int, prefix: Any) -> Iterator[memoryview]:
+        """The bytes after `skip`; `prefix` is a sha256 object fed the first `skip` bytes."""
+        for view in self.body(skip):
+            prefix.update(view)
+            self.on_bytes(len(view))
+            yield view
+        if prefix.hexdigest() != self.ref.digest.hex:
+            raise IntegrityError(
+                f"blob {self.ref.digest}: content does not match its digest",
+                hint="the bundle, or what an interrupted import left, was damaged; run the "
+                     "import again")
 
 
 def check_registry_signatures(
@@ -320,7 +337,7 @@ class BundleReader:
             self._current = (ref, m)
             yield ref, _verified(ref, self._archive.body(), self._on_bytes)
 
-    def seekable(self) -> dict[Digest, Reread] | None:
+    def seekable(self) -> dict[Digest, Seekable] | None:
         """After `read_head()`, for a file (or split parts) with the writer's seek table: each
         config and layer blob's body, read on its own without reading what comes before it
         (every byte still verified). None if the bundle cannot be read that way."""
@@ -332,13 +349,13 @@ class BundleReader:
         offsets = member_offsets(rows, members)
         if offsets is None:
             return None
-        out: dict[Digest, Reread] = {}
+        out: dict[Digest, Seekable] = {}
         for ref in self._head.layer_blobs:
             name = blob_member(ref.digest)
             body = self._archive.member_at(offsets[name], name, ref.size)
             if body is None:
                 return None
-            out[ref.digest] = _seeking(ref, body, self._on_bytes)
+            out[ref.digest] = Seekable(ref, body, self._on_bytes)
         return out
 
     def reread(self) -> Reread | None:

@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
+import re
 import secrets
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from bundler.digest import Digest
+from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
 from bundler.layout import Model
 from bundler.oci import Manifest
@@ -24,6 +27,7 @@ from bundler.streams import WriteBehind
 LOCK_NAME = ".ollama-bundle.lock"
 _PARTIAL_PREFIX = ".bundle-"
 _PARTIAL_SUFFIX = ".partial"
+_RESUMABLE = re.compile(r"\.bundle-[0-9a-f]{64}\.partial")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +219,8 @@ class Store:
             except OSError as e:
                 raise _os_error("cannot list", d, e) from None
             for entry in entries:
+                if d == self.blobs_dir and _RESUMABLE.fullmatch(entry.name):
+                    continue  # a blob an interrupted import began: the next one continues it
                 if entry.name.startswith(_PARTIAL_PREFIX) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
@@ -228,14 +234,44 @@ class Store:
         st = os.statvfs(self.blobs_dir if self.blobs_dir.is_dir() else self.root)
         return st.f_bavail * st.f_frsize
 
-    def stage(self, digest: Digest) -> StagedBlob:
-        path = self.blobs_dir / f"{_PARTIAL_PREFIX}{digest.hex}-{secrets.token_hex(4)}{_PARTIAL_SUFFIX}"
+    def stage(self, digest: Digest, *, resume: bool = False) -> StagedBlob:
+        """A blob's staging file, blobs/.bundle-<hex>.partial (a name Ollama's prune removes).
+        With `resume`, what an interrupted import left there is kept and appended to (the
+        caller verifies all of it); otherwise it starts empty."""
+        path = self.blobs_dir / f"{_PARTIAL_PREFIX}{digest.hex}{_PARTIAL_SUFFIX}"
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | (0 if resume else os.O_TRUNC))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, flags, 0o644)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # never write through a link
+                os.close(fd)
+                os.unlink(path)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             raise _os_error("cannot create", path, e) from None
         os.fchmod(fd, 0o644)
-        return StagedBlob(self, digest, path, os.fdopen(fd, "wb", buffering=0))
+        existing = os.lseek(fd, 0, os.SEEK_END)
+        return StagedBlob(self, digest, path, os.fdopen(fd, "wb", buffering=0), existing)
+
+    def partial_size(self, digest: Digest) -> int:
+        """How much of `digest` an interrupted import left in its staging file."""
+        try:
+            st = os.lstat(self.blobs_dir / f"{_PARTIAL_PREFIX}{digest.hex}{_PARTIAL_SUFFIX}")
+        except OSError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+    def hash_staged(self, staged: StagedBlob) -> Any:
+        """A sha256 object fed the bytes an interrupted import left in `staged`."""
+        h = hashlib.sha256()
+        try:
+            with staged.path.open("rb", buffering=0) as f:
+                while chunk := f.read(CHUNK_SIZE):
+                    h.update(chunk)
+        except OSError as e:
+            raise _os_error("cannot read", staged.path, e) from None
+        return h
 
     def commit_blob(self, staged: StagedBlob) -> None:
         """Rename a verified, fsynced staged blob to its final name."""
@@ -289,8 +325,10 @@ class Store:
 class StagedBlob:
     """A blob being written under a temporary name in blobs/ (the reader verifies it)."""
 
-    def __init__(self, store: Store, digest: Digest, path: Path, f: BinaryIO) -> None:
+    def __init__(self, store: Store, digest: Digest, path: Path, f: BinaryIO,
+                 existing: int = 0) -> None:
         self.store, self.digest, self.path = store, digest, path
+        self.existing = existing  # bytes an interrupted import left, to be continued
         self._f: BinaryIO | None = f
         self._out = WriteBehind(f)
 
@@ -310,6 +348,14 @@ class StagedBlob:
         finally:
             self._f.close()
             self._f = None
+
+    def restart(self) -> None:
+        """Drop what an interrupted import left: write from the start."""
+        assert self._f is not None
+        if self.existing:
+            os.ftruncate(self._f.fileno(), 0)
+            os.lseek(self._f.fileno(), 0, os.SEEK_SET)
+            self.existing = 0
 
     def discard(self) -> None:
         if self._f is not None:

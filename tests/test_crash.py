@@ -154,3 +154,50 @@ def test_kill_9_during_an_import_from_split_parts_then_resume_reads_only_what_is
         assert read < missing + 11_000_000, (read, missing)
     else:  # the kill came before any blob was committed: everything is read once
         assert missing == sum(p.stat().st_size for p in (direct / "blobs").glob("sha256-*"))
+
+
+def test_a_blob_cut_off_by_kill_9_is_continued_not_restarted(
+        tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    """The re-run keeps what the killed import wrote of a 64 MB blob, reads from the bundle
+    only the rest (its bytes read, less the partial file it hashes, counted by the kernel),
+    and ends byte-identical to an uninterrupted import."""
+    store = tmp_path / "src"
+    size = 64_000_000
+    make_model(store, "registry.ollama.ai/library/big/latest",
+               [(MODEL, random.Random(3).randbytes(size))])
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    direct = tmp_path / "direct"
+    subprocess.run(_import_cmd(bundle, direct, keys), check=True, env={**os.environ, **env})
+    target = tmp_path / "target"  # empty: without the partial blob, all would be read
+    partial: list[Path] = []
+    for _ in range(20):  # until a kill lands while the big blob is being written
+        proc = subprocess.Popen([*_import_cmd(bundle, target, keys)],
+                                env={**os.environ, **env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            partial = list((target / "blobs").glob(".bundle-*.partial"))
+            if partial and partial[0].stat().st_size > 8_000_000:
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial = [p for p in (target / "blobs").glob(".bundle-*.partial")
+                   if 0 < p.stat().st_size < size]
+        if partial:
+            break
+    assert partial, "no kill landed while the blob was being written"
+    kept = partial[0].stat().st_size
+    check_consistent(target)
+    before = _rchar()
+    r = run(["import", str(bundle), "--models", str(target), "--trust", str(keys.pub),
+             "--json"])
+    read = _rchar() - before - kept  # the partial file is read once, to hash it
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["readOnlyWhatWasNeeded"] is True
+    assert read < size - kept + 11_000_000, (read, size, kept)
+    for name, digest in tree(direct).items():
+        assert tree(target)[name] == digest
+    assert not list((target / "blobs").glob(".bundle-*"))
