@@ -541,9 +541,8 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
                    "[http://|https://]host[:port][/namespace].")
 @click.option("--jobs", type=click.IntRange(1, 32), default=push.DEFAULT_JOBS,
               show_default=True,
-              help="With --to-registry: uploads in flight. Blobs up to 64 MiB are read "
-                   "again from the bundle file and go up beside the single pass; larger ones "
-                   "go up one at a time from it; from a pipe, one upload at a time.")
+              help="With --to-registry: uploads in flight (blobs read on their own through "
+                   "the bundle's seek table; from a pipe, one upload at a time).")
 @registry_options
 @common
 def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...],

@@ -44,11 +44,15 @@ class _Uploads:
     the main pass; the first failure is raised by `wait()` (or by the next `submit()`)."""
 
     def __init__(self, client: Client, jobs: int) -> None:
-        self._client = client
+        self._client, self._jobs = client, jobs
         self.parallel = jobs > 1
-        self._pool = ThreadPoolExecutor(max(1, jobs - 1), thread_name_prefix="upload")
+        self._pool = ThreadPoolExecutor(jobs, thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(max(1, jobs - 1))
         self._futures: list[Future[None]] = []
+
+    def widen(self) -> None:
+        """No main pass to read beside: all `jobs` uploads may be in flight."""
+        self._slots = threading.BoundedSemaphore(self._jobs)
 
     def __enter__(self) -> _Uploads:
         return self
@@ -153,12 +157,14 @@ def push_bundle(
     on_bytes: OnBytes = no_progress, on_event: OnEvent = no_events,
     chunk_size: int = UPLOAD_CHUNK, jobs: int = DEFAULT_JOBS,
 ) -> PushResult:
-    """Verify the head, stream every blob into the registry once (HEAD to skip, mount for a
-    second repository), then PUT the manifests, byte for byte, last.
+    """Verify the head, upload every blob the registry lacks (HEAD to skip, mount from
+    another repository), then PUT the manifests, byte for byte, last.
 
-    Large blobs go up one at a time from the single pass over the bundle. When the bundle is
-    a file, blobs up to PARALLEL_MAX bytes are read again from it by up to `jobs` - 1 workers
-    and go up beside it; from a pipe everything goes up in turn."""
+    With a seek table (a bundle file or split parts), when some blobs are already there or
+    several large ones must go up, each blob to upload is read on its own, up to `jobs` at a
+    time, and nothing else is read. Otherwise one pass over the bundle: large blobs go up one
+    at a time from it; from a file, blobs up to PARALLEL_MAX bytes are read again by up to
+    `jobs` - 1 workers beside it; from a pipe everything goes up in turn."""
     with BundleReader(src, on_bytes) as reader, _Uploads(client, jobs) as uploads:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         items = plan_push(head, client.target, only)
@@ -190,12 +196,10 @@ def push_bundle(
                 result.present += 1
         require_bases(head, [i.model for i in items], present,
                       f"the registry {client.target.base}")
-        on_total(sum(b.size for b in head.layer_blobs))
-        for ref, body in reader.blobs():
+        uploading: set[Digest] = set()
+        for ref in head.layer_blobs:  # where each blob is, or goes
             repos = needs.get(ref.digest, [])
             if not repos:
-                for _ in body:
-                    pass
                 continue
             home = next((r for r in repos if client.has_blob(r, ref.digest, ref.size)), None)
             source = natural.get(ref.digest)
@@ -206,19 +210,39 @@ def push_bundle(
                 result.mounted += 1
             if home is None:
                 home = repos[0]
-                reread = reader.reread()
-                if reread is not None and ref.size <= PARALLEL_MAX and uploads.parallel:
-                    uploads.submit(home, ref.digest, ref.size, reread)  # read again there
-                elif reread is not None and ref.size > chunk_size:
-                    # one streamed request; a failure reads the file again
-                    client.upload_streamed(home, ref.digest, ref.size, body, reread)
-                else:  # from a pipe: chunks kept in memory until the registry has them
-                    client.upload(home, ref.digest, ref.size, body, chunk_size=chunk_size)
+                uploading.add(ref.digest)
                 result.uploaded += 1
                 result.uploaded_bytes += ref.size
-            for _ in body:  # verified all the same (the rest of it, after a retry)
-                pass
             homes[ref.digest] = (home, repos, ref.size)
+        everything = sum(b.size for b in head.layer_blobs)
+        large = sum(1 for b in head.layer_blobs if b.digest in uploading and b.size > PARALLEL_MAX)
+        seekable = (reader.seekable() if result.uploaded_bytes < everything
+                    or (jobs > 1 and large > 1) else None)
+        if seekable is not None:
+            # each blob to upload is read on its own through the seek table, up to `jobs` at
+            # a time; nothing else is read
+            on_total(result.uploaded_bytes)
+            uploads.widen()
+            for ref in head.layer_blobs:
+                if ref.digest in uploading:
+                    uploads.submit(homes[ref.digest][0], ref.digest, ref.size,
+                                   seekable[ref.digest])
+        else:
+            on_total(everything)
+            for ref, body in reader.blobs():
+                if ref.digest in uploading:
+                    home = homes[ref.digest][0]
+                    reread = reader.reread()
+                    if reread is not None and ref.size <= PARALLEL_MAX and uploads.parallel:
+                        uploads.submit(home, ref.digest, ref.size, reread)  # read again there
+                    elif reread is not None and ref.size > chunk_size:
+                        # one streamed request; a failure reads the file again
+                        client.upload_streamed(home, ref.digest, ref.size, body, reread)
+                    else:  # from a pipe: chunks kept in memory until the registry has them
+                        client.upload(home, ref.digest, ref.size, body, chunk_size=chunk_size)
+                for _ in body:  # verified all the same (the rest of it, after a retry)
+                    pass
+            reader.finish()
         uploads.wait()
         for digest, (home, repos, size) in homes.items():
             for repo in repos:
@@ -227,7 +251,6 @@ def push_bundle(
                         raise RegistryError(f"the registry would not mount blob "
                                             f"{digest.short} from {home} into {repo}")
                     result.mounted += 1
-        reader.finish()
         for item in items:  # tags last: a model appears only once all its blobs are in
             m = item.model.manifest
             layers = head.cosign_layers(item.model)

@@ -396,3 +396,56 @@ def test_stalls_and_drops_mid_blob_are_survived(registry: Registry, tmp_path: Pa
     assert len(log.fired) == len(faults), log.fired
     assert result.uploaded == 3
     _assert_served(registry.url, f"{source}/stall", "latest", manifest)
+
+
+def test_large_blobs_go_up_in_parallel_through_the_seek_table(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several large blobs to upload: each is read on its own from the file, up to --jobs at
+    a time (the threshold for "large" lowered so the test data stays small)."""
+    monkeypatch.setattr(push, "PARALLEL_MAX", 1_000_000)
+    store = tmp_path / "s"
+    manifests = [make_model(store, f"registry.ollama.ai/library/l{i}/latest",
+                            [(MODEL, weights(3_000_000, seed=70 + i))]) for i in range(4)]
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    faults = [Fault("PATCH", "/blobs/uploads/", 1, "delay:0.4") for _ in range(4)]
+    with fault_proxy(registry.url, faults) as (url, log):
+        client = reg.Client(Transport(), reg.Target.parse(f"{url}/par"), None,
+                            sleep=lambda _: None)
+        with bundle.open("rb") as f:
+            result = push.push_bundle(f, client, [signing.read_public(keys.pub)],
+                                      allow_unsigned=False, jobs=3, chunk_size=1 << 20)
+    assert result.uploaded == 5  # four weights and the shared config
+    assert log.max_in_flight["PATCH"] == 3
+    for i, manifest in enumerate(manifests):
+        _assert_served(registry.url, f"par/l{i}", "latest", manifest)
+
+
+def _rchar() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar")
+
+
+def test_a_second_push_reads_only_what_the_registry_lacks(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    """Interrupted or partial replays continue: blobs already in the registry are not even
+    read from the bundle (bytes read counted by the kernel)."""
+    store = tmp_path / "s"
+    size = 12_000_000
+    for i in range(3):
+        make_model(store, f"registry.ollama.ai/library/r{i}/latest",
+                   [(MODEL, weights(size, seed=80 + i))])
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    url = registry.url + "/again"
+    _push(bundle, url, keys, "--only", "r0", "--only", "r2")
+    before = _rchar()
+    doc = _push(bundle, url, keys)
+    read = _rchar() - before
+    assert doc["blobsUploaded"] == 1 and doc["blobsPresent"] >= 3
+    assert read < size + 11_000_000, read  # r1's weights, the head, the read-ahead
