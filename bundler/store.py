@@ -219,7 +219,8 @@ class Store:
             except OSError as e:
                 raise _os_error("cannot list", d, e) from None
             for entry in entries:
-                if d == self.blobs_dir and _RESUMABLE.fullmatch(entry.name):
+                if (d == self.blobs_dir and _RESUMABLE.fullmatch(entry.name)
+                        and not (d / f"sha256-{entry.name[8:72]}").exists()):
                     continue  # a blob an interrupted import began: the next one continues it
                 if entry.name.startswith(_PARTIAL_PREFIX) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(FileNotFoundError):

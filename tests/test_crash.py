@@ -10,11 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import MODEL, TEMPLATE, Keys, make_model, run, tree
+from tests.servers import Registry, registry_fixture  # noqa: F401 - fixture
+from tests.test_push import SCHEMA2, _get
 
-KILL_POINTS = 12
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+KILL_POINTS = 20  # per harness: store import, registry push, export (60 per CI run)
 
 
 def check_consistent(store: Path) -> None:
@@ -201,3 +207,102 @@ def test_a_blob_cut_off_by_kill_9_is_continued_not_restarted(
     for name, digest in tree(direct).items():
         assert tree(target)[name] == digest
     assert not list((target / "blobs").glob(".bundle-*"))
+
+
+def _registry_consistent(base: str, namespace: str) -> int:
+    """No tag in `namespace` whose blobs are missing: every model manifest and every cosign
+    signature manifest names only blobs the registry has, with their sizes. Returns the
+    number of tags."""
+    status, body, _ = _get(f"{base}/v2/_catalog?n=1000")
+    assert status == 200
+    tags = 0
+    for repo in json.loads(body)["repositories"]:
+        if not repo.startswith(namespace + "/"):
+            continue
+        status, body, _ = _get(f"{base}/v2/{repo}/tags/list")
+        for tag in (json.loads(body).get("tags") or []) if status == 200 else []:
+            accept = OCI_MANIFEST if tag.endswith(".sig") else SCHEMA2
+            status, raw, _ = _get(f"{base}/v2/{repo}/manifests/{tag}", accept)
+            assert status == 200, (repo, tag)
+            doc = json.loads(raw)
+            for d in [doc["config"], *doc["layers"]]:
+                req = urllib.request.Request(f"{base}/v2/{repo}/blobs/{d['digest']}",
+                                             method="HEAD")
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    assert r.status == 200 and int(r.headers["Content-Length"]) == d["size"]
+            tags += 1
+    return tags
+
+
+def _kill_at_random_points(cmd: list[str], env: dict[str, str], duration: float,
+                           check: Callable[[], object], seed: int) -> int:
+    """Run `cmd` and SIGKILL it after a random part of `duration`, KILL_POINTS times (a run
+    that finishes first does not count); `check` the invariants after each."""
+    rng = random.Random(seed)
+    killed = 0
+    for _ in range(3 * KILL_POINTS):
+        if killed == KILL_POINTS:
+            break
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.9 * duration))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        check()
+    return killed
+
+
+def test_kill_9_during_a_push_never_leaves_a_tag_without_its_blobs(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    store = _big_store(tmp_path / "src")
+    bundle = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    push = [sys.executable, "-m", "bundler", "import", str(bundle), "--to-registry",
+            registry.url + "/crash", "--trust", str(keys.pub), "-q"]
+    start = time.monotonic()
+    subprocess.run([*push[:6], registry.url + "/probe", *push[7:]], check=True,
+                   env={**os.environ, **env})
+    duration = time.monotonic() - start
+    killed = _kill_at_random_points(push, env, duration,
+                                    lambda: _registry_consistent(registry.url, "crash"), 2)
+    assert killed >= KILL_POINTS // 2
+    r = run(["import", str(bundle), "--to-registry", registry.url + "/crash", "--trust",
+             str(keys.pub)])
+    assert r.exit_code == 0, r.output
+    assert _registry_consistent(registry.url, "crash") == 6  # 3 models, 3 signatures
+    for i in range(3):
+        raw = (store / f"manifests/registry.ollama.ai/library/m{i}/latest").read_bytes()
+        assert _get(f"{registry.url}/v2/crash/m{i}/manifests/latest", SCHEMA2)[1] == raw
+
+
+def test_kill_9_during_an_export_never_leaves_a_file_that_looks_complete(
+        tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    store = _big_store(tmp_path / "src")
+    out = tmp_path / "out" / "b.tar.zst"
+    out.parent.mkdir()
+    export = [sys.executable, "-m", "bundler", "export", "--all", "--models", str(store),
+              "--key", str(keys.key), "-o", str(out), "-q"]
+    start = time.monotonic()
+    subprocess.run(export, check=True, env={**os.environ, **env})
+    duration = time.monotonic() - start
+    out.unlink()
+
+    def nothing_that_looks_complete() -> None:
+        if out.exists():  # killed after the rename: then it is whole
+            r = run(["verify", str(out), "--trust", str(keys.pub)])
+            assert r.exit_code == 0, r.output
+            out.unlink()
+        for leftover in out.parent.iterdir():  # only hidden temporary names
+            assert leftover.name.startswith(".b.tar.zst.") and leftover.name.endswith(
+                ".partial"), leftover
+
+    killed = _kill_at_random_points(export, env, duration, nothing_that_looks_complete, 3)
+    assert killed >= KILL_POINTS // 2
+    r = run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+             str(out)])
+    assert r.exit_code == 0, r.output
+    r = run(["verify", str(out), "--trust", str(keys.pub)])
+    assert r.exit_code == 0, r.output
