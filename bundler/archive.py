@@ -352,8 +352,12 @@ class FrameWalker:
             self._out = -1  # content size unknown: no later offsets are known either
             self.sizes = None
             return
-        self.starts[self._out] = self._frame_at
         self._content = int.from_bytes(fcs, "little") + (256 if len(fcs) == 2 else 0)
+        if self._content == 2**64 - 1:  # zstd's "content size unknown"
+            self._out = -1
+            self.sizes = None
+            return
+        self.starts[self._out] = self._frame_at
         self._out += self._content
 
     def _after_body(self) -> None:
@@ -379,8 +383,10 @@ class FrameWalker:
             raise IntegrityError(
                 "bundle ends in the middle of a zstd frame: it is truncated or has trailing "
                 "garbage", hint="copy the file again; compare its size with the original")
+        listable = self.sizes is not None and all(
+            c < 2**32 and d < 2**32 for c, d in self.sizes)
         if self.table is not None and (
-                self.sizes is None or seek_table(self.sizes)[8:] != self.table):
+                not listable or seek_table(self.sizes or [])[8:] != self.table):
             raise IntegrityError("bundle: the seek table does not describe the frames before "
                                  "it", hint="the file was altered or damaged")
 

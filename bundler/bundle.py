@@ -416,10 +416,29 @@ def _plan_changes(head: Head, store: Store, only: Sequence[str]) -> list[ModelCh
     return changes
 
 
+def _refuse_downgrade(head: Head, changes: Sequence[ModelChange], store: Store) -> None:
+    """Replay protection: a model is not replaced by one from a release created before the
+    release that last wrote it here (formats/ollama-store.md §5)."""
+    records = store.releases()
+    for c in changes:
+        record = records.get(_release_key(c.target))
+        if c.action == "replaced" and record and record["created"] > head.root.created:
+            raise IntegrityError(
+                f"{c.target.display_shortest()}: this bundle (created {head.root.created}) is "
+                f"older than the release that wrote the model here (created "
+                f"{record['created']}); importing it would roll the model back",
+                hint="if that is what you want, pass --allow-downgrade")
+
+
+def _release_key(name: ModelName) -> str:
+    return "/".join(name.folded())
+
+
 def import_bundle(
     src: BinaryIO, store: Store, trusted: Sequence[signing.PublicKey], *, allow_unsigned: bool,
-    only: Sequence[str] = (), dry_run: bool = False, on_total: OnBytes = no_progress,
-    on_bytes: OnBytes = no_progress, on_event: OnEvent = no_events,
+    only: Sequence[str] = (), dry_run: bool = False, allow_downgrade: bool = False,
+    on_total: OnBytes = no_progress, on_bytes: OnBytes = no_progress,
+    on_event: OnEvent = no_events,
 ) -> ImportResult:
     """Verify everything, stage blobs, then commit blobs and finally manifests, all under the
     store's lock (formats/ollama-store.md §4). A dry run reads only the head."""
@@ -427,6 +446,8 @@ def import_bundle(
     with lock, BundleReader(src, on_bytes) as reader:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         changes = _plan_changes(head, store, only)
+        if not allow_downgrade:
+            _refuse_downgrade(head, changes, store)
         needed = {b.digest: b.size for c in changes for b in c.model.manifest.blobs}
         present = {d for d, size in needed.items() if store.has_blob(d, size)}
         require_bases(head, [c.model for c in changes], present, store.location.describe())
@@ -473,6 +494,9 @@ def import_bundle(
                     f"blob {gone[0]} of {change.target.display_shortest()} vanished during the "
                     "import; its manifest was not written", hint="run the import again")
             store.write_manifest(change.target, change.model.manifest.raw)
+        root = str(Digest.of(head.root.raw))
+        store.record_releases({_release_key(c.target): {"created": head.root.created,
+                                                        "root": root} for c in changes})
     return result
 
 

@@ -4,8 +4,10 @@ and turn a BundlerError into one error line, a hint and an exit code."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +44,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 HOME = Path.home()
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text for a terminal: control characters (escape sequences, bidi overrides) that a
+    bundle, a registry or a file name could carry are shown as escapes, not obeyed."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 class Output:
     """Where a command's words go: result on stdout (text or one JSON document), logs on stderr."""
 
@@ -51,13 +62,14 @@ class Output:
 
     def log(self, line: str) -> None:
         if not self.quiet or line.startswith("warning:"):
-            click.echo(line, err=True)
+            click.echo(printable(line), err=True)
 
     def result(self, text: str, doc: dict[str, Any]) -> None:
         if self.json_mode:
             click.echo(json.dumps(doc, indent=2, sort_keys=True), err=self.to_stderr)
         elif not self.quiet:
-            click.echo(text, err=self.to_stderr)
+            click.echo(printable(text), err=self.to_stderr)
+
 
     @contextlib.contextmanager
     def progress(self, desc: str, total: int | None = None) -> Iterator[tqdm[Any]]:
@@ -79,15 +91,17 @@ class BundlerGroup(click.Group):
             ctx.exit(ExitCode.ERROR)
         except OSError as e:  # a backstop: every expected case is a BundlerError already
             where = f" ({e.filename})" if e.filename else ""
-            _fail(ctx, f"{e.strerror or e}{where}", None, ExitCode.ERROR)
+            hint = ("free space there, or write somewhere else; nothing that looks complete "
+                    "was left" if e.errno == errno.ENOSPC else None)
+            _fail(ctx, f"{e.strerror or e}{where}", hint, ExitCode.ERROR)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted; nothing was left half-written", None, ExitCode.ERROR)
 
 
 def _fail(ctx: click.Context, message: str, hint: str | None, code: int) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
+    click.secho(printable(f"error: {message}"), fg="red", err=True)
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        click.echo(printable(f"hint: {hint}"), err=True)
     sub = ctx.meta.get("output")
     if isinstance(sub, Output) and sub.json_mode:
         click.echo(json.dumps({"error": message, "hint": hint, "exitCode": int(code)}),
@@ -446,10 +460,51 @@ def _trusted(paths: tuple[Path, ...], out: Output) -> list[signing.PublicKey]:
     keys = [signing.read_public(p) for p in paths]
     directory = config.trust_dir(os.environ, HOME)
     if directory.is_dir():
-        keys += [signing.read_public(p) for p in sorted(directory.glob("*.pub"))]
+        files = sorted(directory.glob("*.pub"))
+        revoked_file = directory / "revoked"
+        for path in [directory, *files, *([revoked_file] if revoked_file.exists() else [])]:
+            _check_trusted_file(path)
+        keys += [signing.read_public(p) for p in files]
+        revoked = _revoked(revoked_file) if revoked_file.exists() else set()
+        for key in [k for k in keys if k.keyid in revoked]:
+            out.log(f"warning: key {key.keyid[:16]}… ({key.source}) is revoked in "
+                    f"{revoked_file}; it is not trusted")
+        keys = [k for k in keys if k.keyid not in revoked]
     out.log(f"trust: {len(keys)} key(s) ({directory}" + (
         "" if directory.is_dir() else ", absent") + (f", plus {len(paths)} --trust)" if paths else ")"))
     return keys
+
+
+def _revoked(path: Path) -> set[str]:
+    """Key ids in the trust directory's `revoked` file: one per line, # comments."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    ids = set()
+    for n, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if text and not re.fullmatch(r"[0-9a-f]{64}", text):
+            raise UsageError(f"{path} line {n}: not a key id (64 lowercase hex characters)",
+                             hint="key id: openssl pkey -pubin -in KEY.pub -outform DER | "
+                                  "sha256sum")
+        if text:
+            ids.add(text)
+    return ids
+
+
+def _check_trusted_file(path: Path) -> None:
+    """The trust directory and its keys decide what gets in: refuse them if someone other
+    than this user (or root) owns them or could change them."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+    if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
+        raise UsageError(
+            f"{path} could be changed by another user (owner uid {st.st_uid}, mode "
+            f"{st.st_mode & 0o7777:04o}): its keys are not trusted",
+            hint=f"chown {os.geteuid()} {path} && chmod go-w {path}")
 
 
 def _signers_text(head: Head) -> str:
@@ -536,6 +591,9 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
               help="Import only this model (repeatable).")
 @click.option("--dry-run", is_flag=True,
               help="Check the signature and plan, report what would change, write nothing.")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Replace models even with ones from a release older than the one that "
+                   "wrote them (refused by default: a replayed old release).")
 @click.option("--to-registry", "registry_url", metavar="URL",
               help="Push the models into this registry instead of a store: "
                    "[http://|https://]host[:port][/namespace].")
@@ -547,7 +605,8 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
 @common
 def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...],
                allow_unsigned: bool, only: tuple[str, ...], dry_run: bool,
-               registry_url: str | None, jobs: int, json_mode: bool, quiet: bool,
+               allow_downgrade: bool, registry_url: str | None, jobs: int, json_mode: bool,
+               quiet: bool,
                **options: Any) -> None:
     """Verify a bundle and write its models into an Ollama model store, or push them into a
     registry (--to-registry)."""
@@ -563,6 +622,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     with _open_bundle(bundle_path) as f, out.progress("import") as bar:
         result = bundle.import_bundle(
             f, store, keys, allow_unsigned=allow_unsigned, only=only, dry_run=dry_run,
+            allow_downgrade=allow_downgrade,
             on_total=lambda n: bar.reset(total=n), on_bytes=bar.update, on_event=out.log)
     verb = "would write" if dry_run else "wrote"
     lines = [f"{'DRY RUN: ' if dry_run else ''}{_signers_text(result.head)}"]

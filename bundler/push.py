@@ -268,7 +268,10 @@ def push_bundle(
 
 def _check_stored(item: PushItem, client: Client, m: Manifest, reference: str) -> None:
     answered = client.put_manifest(item.repository, reference, m.raw, m.media_type)
-    if answered and answered != str(m.digest):
+    if not answered:  # no Docker-Content-Digest: read back what the registry stored
+        resp = client.get_manifest(item.repository, reference, m.media_type)
+        answered = str(Digest.of(resp.body)) if resp.status == 200 else "nothing readable"
+    if answered != str(m.digest):
         raise IntegrityError(
             f"the registry stored {item.pull_name(client.target)} as {answered}, not "
             f"{m.digest}", hint="the registry rewrote the manifest; Ollama would see "

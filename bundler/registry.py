@@ -177,6 +177,16 @@ class Client:
         realm = params.get("realm")
         if not realm:
             raise RegistryError("the registry's Bearer challenge has no realm")
+        where = urlsplit(realm)
+        registry_host = urlsplit(self.target.base).hostname
+        if self._credentials is not None and where.scheme != "https" and (
+                where.hostname != registry_host or self.target.scheme != "http"):
+            # in clear, credentials go only to the host of a plain-HTTP registry the user
+            # named himself (its token service may listen on another port)
+            raise RegistryError(
+                f"the registry sends its token requests to {where.scheme}://{where.netloc}, "
+                "which is not HTTPS: the credentials are not sent there",
+                hint="serve the token endpoint over HTTPS")
         query = {"scope": scope} if scope else {}
         if params.get("service"):
             query["service"] = params["service"]
@@ -446,7 +456,8 @@ class Client:
                 break
             resp.close()
             url = urljoin(url, location)
-            same = urlsplit(url).netloc == self.target.host
+            parts = urlsplit(url)  # credentials only to the registry, never in clear
+            same = parts.netloc == self.target.host and parts.scheme == self.target.scheme
             resp = (self.send("GET", url, scope=_pull(repo), stream=True, headers=headers)
                     if same else self.transport.request("GET", url, stream=True,
                                                         headers=headers))

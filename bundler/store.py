@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -25,6 +26,7 @@ from bundler.reference import ModelName
 from bundler.streams import WriteBehind
 
 LOCK_NAME = ".ollama-bundle.lock"
+RELEASES_NAME = ".ollama-bundle.releases.json"  # which release last wrote each model
 _PARTIAL_PREFIX = ".bundle-"
 _PARTIAL_SUFFIX = ".partial"
 _RESUMABLE = re.compile(r"\.bundle-[0-9a-f]{64}\.partial")
@@ -211,7 +213,7 @@ class Store:
             os.setgroups(groups)
 
     def _remove_stale(self, on_event: OnEvent) -> None:
-        for d in (self.blobs_dir, self.manifests_dir):
+        for d in (self.blobs_dir, self.manifests_dir, self.root):
             try:
                 entries = list(os.scandir(d))
             except FileNotFoundError:
@@ -243,7 +245,13 @@ class Store:
         flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
                  | (0 if resume else os.O_TRUNC))
         try:
-            fd = os.open(path, flags, 0o644)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                os.unlink(path)  # a symbolic link planted there: never followed
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # never write through a link
                 os.close(fd)
@@ -288,6 +296,36 @@ class Store:
         if path is not None:
             with contextlib.suppress(OSError):
                 os.utime(path)
+
+    def releases(self) -> dict[str, dict[str, str]]:
+        """Per model (full name, folded): the `root` digest and `created` time of the release
+        that last wrote it (formats/ollama-store.md §5). Unreadable means none."""
+        try:
+            obj = json.loads((self.root / RELEASES_NAME).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        models = obj.get("models") if isinstance(obj, dict) else None
+        return {k: v for k, v in (models or {}).items()
+                if isinstance(k, str) and isinstance(v, dict)
+                and isinstance(v.get("created"), str) and isinstance(v.get("root"), str)}
+
+    def record_releases(self, entries: dict[str, dict[str, str]]) -> None:
+        """Add or replace records (under the lock, after the manifests are written)."""
+        records = {**self.releases(), **entries}
+        raw = json.dumps({"models": records}, indent=1, sort_keys=True).encode() + b"\n"
+        tmp = self.root / f"{_PARTIAL_PREFIX}{secrets.token_hex(8)}{_PARTIAL_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, raw)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.root / RELEASES_NAME)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _os_error("cannot write", self.root / RELEASES_NAME, e) from None
 
     def write_manifest(self, name: ModelName, raw: bytes) -> None:
         """Exact bytes, via a temp file at depth 1 (invisible to Ollama), fsync, rename."""

@@ -94,7 +94,8 @@ def tree(root: Path) -> dict[str, str]:
     """Every file under root (but our lock file) with its sha256: compare stores byte for byte."""
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != ".ollama-bundle.lock":
+        if p.is_file() and p.name not in (".ollama-bundle.lock",
+                                          ".ollama-bundle.releases.json"):
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 

@@ -602,13 +602,16 @@ def assert_clean_error(stderr: str, stdout: str = "") -> None:
 # A real process, for peak memory
 
 
+# VmHWM: the peak RSS of this process image (ru_maxrss would include the parent's, which
+# Linux carries across fork and exec: a large test runner would be measured too)
 MEASURE = """\
-import resource, runpy, sys
+import runpy, sys
 sys.argv = ["bundle", *sys.argv[1:]]
 try:
     runpy.run_module("bundler", run_name="__main__", alter_sys=True)
 finally:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = next(int(line.split()[1]) for line in open("/proc/self/status")
+               if line.startswith("VmHWM:"))
     sys.stderr.write(f"\\nMAXRSS={rss}\\n")
 """
 
