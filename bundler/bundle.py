@@ -14,7 +14,13 @@ from bundler import __version__, cosign, signing
 from bundler.archive import ArchiveWriter, seek_table
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
-from bundler.inventory import MEDIA_TYPE_INVENTORY, Inventory, ModelEntry, Release
+from bundler.inventory import (
+    MEDIA_TYPE_INVENTORY,
+    Inventory,
+    ModelEntry,
+    Release,
+    release_of_inventory,
+)
 from bundler.layout import (
     INDEX_MEMBER,
     MEDIA_TYPE_ROOT,
@@ -36,7 +42,7 @@ from bundler.layout import (
     plan_contents,
     signature_member,
 )
-from bundler.progress import OnBytes, OnEvent, no_events, no_progress
+from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress
 from bundler.reader import BundleReader, Head, Seekable
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
@@ -467,12 +473,14 @@ def import_bundle(
         seekable = (reader.seekable() if sum(to_write.values()) < everything or resumable
                     else None)
         on_total(everything if seekable is None else sum(to_write.values()))
-        staged = (_stage_all(reader, store, to_write) if seekable is None
-                  else _stage_seeking(seekable, store, to_write))
         result = dataclasses.replace(result, seeking=seekable is not None)
+        staged: list[StagedBlob] = []
         try:
-            if seekable is None:  # (reading only some blobs, the rest is not reached)
-                reader.finish()
+            if seekable is None:
+                _stage_all(reader, store, to_write, staged)
+                reader.finish()  # (reading through the seek table, the end is not reached)
+            else:
+                _stage_seeking(seekable, store, to_write, staged)
             if set(to_write) - {blob.digest for blob in staged}:
                 raise IntegrityError("a referenced blob is not carried")  # check_manifests
             for digest in present:  # fresh mtimes: Ollama's prune spares them now
@@ -512,7 +520,7 @@ def require_bases(head: Head, models: Sequence[Model], present: set[Digest], whe
     for e in missing[:3]:
         users = sorted({m.name.display_shortest() for m in models
                         if any(b.digest == e.blob.digest for b in m.manifest.blobs)})
-        parts.append(f"{e.blob.digest.short} ({_human(e.blob.size)}, for {', '.join(users)}; "
+        parts.append(f"{e.blob.digest.short} ({format_size(e.blob.size)}, for {', '.join(users)}; "
                      f"carried by {head.root.bases[e.base].describe()})")
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     releases = sorted({head.root.bases[e.base].name for e in missing})
@@ -520,15 +528,6 @@ def require_bases(head: Head, models: Sequence[Model], present: set[Digest], whe
         f"this delta bundle leaves out {len(missing)} blob(s) that {where} does not have: "
         + "; ".join(parts) + more,
         hint=f"import {', '.join(releases)} there first, or leave these models out with --only")
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,8 +590,7 @@ def read_bases(paths: Sequence[Path], trusted: Sequence[signing.PublicKey]) -> H
 def release_of(path: Path, trusted: Sequence[signing.PublicKey]) -> Release:
     _, release = read_release(path, trusted)
     if isinstance(release, Inventory):
-        return Release(path.name, {m.name: m.digest for m in release.models},
-                       {b.digest: b.size for b in release.blobs})
+        return release_of_inventory(release, path.name)
     blobs = {b.digest: b.size for b in release.layer_blobs}
     blobs.update((e.blob.digest, e.blob.size) for e in release.root.external)
     return Release(path.name, {str(m.name): m.manifest.digest for m in release.models}, blobs)
@@ -614,46 +612,35 @@ def inventory_store(store: Store, created: str, on_event: OnEvent = no_events) -
                      tuple(BlobRef(d, s) for d, s in blobs.items()))
 
 
-def _stage_seeking(blobs: dict[Digest, Seekable], store: Store,
-                   to_write: dict[Digest, int]) -> list[StagedBlob]:
-    """Read only the wanted blobs, through the seek table, into staged files; a blob an
-    interrupted import began is continued where it stopped (all of it verified)."""
-    staged: list[StagedBlob] = []
-    try:
-        for digest, size in to_write.items():
-            blob = store.stage(digest, resume=True)
-            staged.append(blob)
-            if 0 < blob.existing < size:
-                views = blobs[digest].after(blob.existing, store.hash_staged(blob))
-            else:
-                blob.restart()
-                views = blobs[digest](0)
-            for view in views:
-                blob.write(view)
-            blob.finish()
-    except BaseException:
-        for blob in staged:
-            blob.discard()
-        raise
-    return staged
+def _stage_seeking(blobs: dict[Digest, Seekable], store: Store, to_write: dict[Digest, int],
+                   staged: list[StagedBlob]) -> None:
+    """Read only the wanted blobs, through the seek table, into staged files (appended to
+    `staged`, which the caller discards on failure); a blob an interrupted import began is
+    continued where it stopped (all of it verified)."""
+    for digest, size in to_write.items():
+        blob = store.stage(digest, resume=True)
+        staged.append(blob)
+        if 0 < blob.existing < size:
+            views = blobs[digest].after(blob.existing, store.hash_staged(blob))
+        else:
+            blob.restart()
+            views = blobs[digest](0)
+        for view in views:
+            blob.write(view)
+        blob.finish()
 
 
-def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int]) -> list[StagedBlob]:
-    """Stream every remaining blob: verify all, write the wanted ones to staged files."""
-    staged: list[StagedBlob] = []
-    try:
-        for ref, body in reader.blobs():
-            if ref.digest not in to_write:
-                for _ in body:
-                    pass
-                continue
-            blob = store.stage(ref.digest)
-            staged.append(blob)
-            for view in body:
-                blob.write(view)
-            blob.finish()
-    except BaseException:
-        for blob in staged:
-            blob.discard()
-        raise
-    return staged
+def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
+               staged: list[StagedBlob]) -> None:
+    """Stream every remaining blob: verify all, write the wanted ones to staged files
+    (appended to `staged`, which the caller discards on failure)."""
+    for ref, body in reader.blobs():
+        if ref.digest not in to_write:
+            for _ in body:
+                pass
+            continue
+        blob = store.stage(ref.digest)
+        staged.append(blob)
+        for view in body:
+            blob.write(view)
+        blob.finish()

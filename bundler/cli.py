@@ -34,6 +34,7 @@ from bundler import (
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
 from bundler.layout import Base, External, format_created
+from bundler.progress import format_size
 from bundler.reader import Head, open_split
 from bundler.reference import ModelName
 from bundler.store import Store, locate
@@ -346,13 +347,13 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
                                  on_total=lambda n: bar.reset(total=n), on_bytes=bar.update)
         out.log(f"verified {written} after writing")
     lines = [f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
-             f"{_size(m.manifest.total_size)}" for m in result.models]
+             f"{format_size(m.manifest.total_size)}" for m in result.models]
     signed = ("signed by " + ", ".join(k[:16] for k in result.signers)
               if result.signers else "UNSIGNED")
     summary = (f"wrote {output}: {len(result.models)} models, {result.blobs} blobs, "
-               f"{_size(result.bytes_in)}, {signed}")
+               f"{format_size(result.bytes_in)}, {signed}")
     if part_size is not None:
-        summary += "\n" + "\n".join(f"  {p.name}  {_size(p.size)}  {p.digest}"
+        summary += "\n" + "\n".join(f"  {p.name}  {format_size(p.size)}  {p.digest}"
                                      for p in split.parts)
     parts = ({"parts": [{"name": p.name, "size": p.size, "digest": str(p.digest)}
                         for p in split.parts]} if part_size is not None else {})
@@ -365,7 +366,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
 def _delta_text(bases: Sequence[Base], external: Sequence[External]) -> list[str]:
     if not bases:
         return []
-    left_out = _size(sum(e.blob.size for e in external))
+    left_out = format_size(sum(e.blob.size for e in external))
     head = (f"delta: {len(external)} blobs ({left_out}) left out, which the target must "
             "already have:")
     lines = [head]
@@ -520,7 +521,7 @@ def _models_table(head: Head) -> list[str]:
     for m in head.models:
         kinds = ",".join(layer.media_type.rsplit(".", 1)[-1] for layer in m.manifest.layers)
         rows.append(f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
-                    f"{_size(m.manifest.total_size):>9}  {kinds}")
+                    f"{format_size(m.manifest.total_size):>9}  {kinds}")
     return rows
 
 
@@ -538,7 +539,7 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
              f"{head.root.tool_version}")
     total = (f"total: {len(head.models)} models, {len(head.root.blobs)} blobs, "
-             f"{_size(head.root.total_size)}")
+             f"{format_size(head.root.total_size)}")
     out.result("\n".join([title, _signers_text(head), *_models_table(head), total,
                           *_delta_text(head.root.bases, head.root.external)]),
                bundle.head_json(head))
@@ -577,7 +578,7 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
                                       on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                       on_event=out.log)
     out.result(f"OK {bundle_path}: {_signers_text(result.head)}; {result.verified_blobs} blobs, "
-               f"{_size(result.verified_bytes)} verified", result.to_json())
+               f"{format_size(result.verified_bytes)} verified", result.to_json())
 
 
 @main.command("import")
@@ -630,7 +631,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
         note = f" (was {c.previous.short})" if c.previous else ""
         lines.append(f"  {c.action:9} {c.target.display_shortest():40} "
                      f"{c.model.manifest.digest.short}{note}")
-    lines.append(f"{verb} {result.blobs_written} blobs ({_size(result.bytes_written)}), "
+    lines.append(f"{verb} {result.blobs_written} blobs ({format_size(result.bytes_written)}), "
                  f"{result.blobs_present} already present, into {result.store}")
     out.result("\n".join(lines), result.to_json())
 
@@ -694,7 +695,7 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
     lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
               + ("  (renamed: registries want lowercase)" if i.renamed(client.target) else "")
               for i in result.items]
-    lines.append(f"uploaded {result.uploaded} blobs ({_size(result.uploaded_bytes)}), "
+    lines.append(f"uploaded {result.uploaded} blobs ({format_size(result.uploaded_bytes)}), "
                  f"{result.present} already there, {result.mounted} mounted")
     if result.head.registry_signatures:
         lines.append(f"cosign signatures: {result.cosign_signatures} added to sha256-<digest>.sig"
@@ -779,7 +780,7 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
             f.write(inv.to_bytes())
     size = sum(b.size for b in inv.blobs)
     out.result(f"wrote {output}: {len(inv.models)} models, {len(inv.blobs)} blobs "
-               f"({_size(size)}) in {inv.source}",
+               f"({format_size(size)}) in {inv.source}",
                {"output": output, "source": inv.source, "created": inv.created,
                 "models": len(inv.models), "blobs": len(inv.blobs), "bytes": size})
 
@@ -799,7 +800,7 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
     lines += [f"  - {n}  {a.models[n].short}" for n in d.removed]
     lines += [f"  ~ {n}  {a.models[n].short} -> {b.models[n].short}" for n in d.changed]
     lines.append(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
-                 f"{d.unchanged} unchanged; new: {d.new_blobs} blobs, {_size(d.new_bytes)}")
+                 f"{d.unchanged} unchanged; new: {d.new_blobs} blobs, {format_size(d.new_bytes)}")
     out.result("\n".join(lines), {"old": a.label, "new": b.label, **d.to_json()})
 
 
@@ -827,10 +828,3 @@ def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet:
                                      hint=push.NGINX_ADVICE)
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,3 @@ def release_of_inventory(inv: Inventory, label: str) -> Release:
     return Release(label, {m.name: m.digest for m in inv.models},
                    {b.digest: b.size for b in inv.blobs})
 
-
-def blobs_of(refs: Iterable[BlobRef]) -> dict[Digest, int]:
-    return {b.digest: b.size for b in refs}

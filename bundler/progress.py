@@ -14,3 +14,13 @@ def no_progress(nbytes: int) -> None:
 
 def no_events(line: str) -> None:
     """Default: the core reports events and nobody listens."""
+
+
+def format_size(n: int) -> str:
+    """Bytes for people: 512 B, 3.4 MiB, 2.0 GiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

@@ -191,21 +191,26 @@ def check_output(path: Path) -> None:
                             hint="create it first, or choose another -o")
 
 
+def _temporary(target: Path, named: Path) -> tuple[Path, BinaryIO]:
+    """A new file `.NAME.<random>.partial` beside `target`, unbuffered (`named` in errors)."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    try:
+        return tmp, cast("BinaryIO", tmp.open("xb", buffering=0))
+    except OSError as e:
+        raise BundlerError(f"cannot write {named}: {e.strerror}",
+                           hint="check that the directory is writable") from None
+
+
 @contextlib.contextmanager
 def open_output(path: Path) -> Iterator[Sink]:
     """A regular file is written under a temporary name beside it, fsynced and renamed into
     place only when complete; a device or FIFO (e.g. /dev/null) is written directly."""
     target = path.resolve() if path.is_symlink() else path
     if target.exists() and not target.is_file():
-        with target.open("wb", buffering=0) as f:
-            yield f
+        with target.open("wb", buffering=0) as device:
+            yield device
         return
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
-    try:
-        f = tmp.open("xb", buffering=0)
-    except OSError as e:
-        raise BundlerError(f"cannot write {path}: {e.strerror}",
-                           hint="check that the directory is writable") from None
+    tmp, f = _temporary(target, path)
     try:
         with f:
             yield WriteBehind(f)
@@ -238,15 +243,10 @@ class SplitOutput:
 
     def _temp(self, number: int) -> tuple[Path, BinaryIO]:
         final = Path(part_name(str(self._output), number))
-        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.partial")
-        try:
-            f = tmp.open("xb", buffering=0)
-        except OSError as e:
-            raise BundlerError(f"cannot write {final}: {e.strerror}",
-                               hint="check that the directory is writable") from None
+        tmp, f = _temporary(final, final)
         self._temps.append(tmp)
         self._finals.append(final)
-        return tmp, cast("BinaryIO", f)
+        return tmp, f
 
     def _end_part(self) -> None:
         assert self._f is not None
@@ -300,12 +300,11 @@ class SplitOutput:
     def trailer(self, data: bytes) -> None:
         """The last part: the seek table of the whole stream, which describes part 1 and so
         cannot be named by the root in part 1 (formats/bundle-v1.md §10)."""
-        tmp, f = self._temp(len(self.parts) + 1)
+        _, f = self._temp(len(self.parts) + 1)
         with f:
             f.write(data)
             os.fsync(f.fileno())
         self.parts.append(Part(self._finals[-1].name, len(data), Digest.of(data)))
-        del tmp
 
     def commit(self) -> None:
         """Rename every part into place, part 1 last, then write the sidecar."""

@@ -1,12 +1,14 @@
 """A loopback proxy in front of the real registry that injects the faults the registry itself
-cannot produce: 5xx and 429 answers, connections dropped before or after forwarding."""
+cannot produce: 5xx and 429 answers, connections dropped before or after forwarding, stalls,
+and (through `before` and `after` hooks) answers made up or rewritten, as a registry that
+lies would give them."""
 
 from __future__ import annotations
 
 import http.client
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,8 +38,30 @@ class FaultLog:
     max_in_flight: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def with_header(self, name: str, value: str) -> Answer:
+        kept = [(k, v) for k, v in self.headers if k.lower() != name.lower()]
+        return Answer(self.status, [*kept, (name, value)], self.body)
+
+
+Before = Callable[[str, str], "Answer | None"]  # (method, path) -> answer instead of upstream's
+After = Callable[[str, str, Answer], Answer]  # (method, path, upstream's answer) -> answer sent
+
+
 @contextmanager
-def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, FaultLog]]:
+def fault_proxy(upstream: str, faults: list[Fault], *, before: Before | None = None,
+                after: After | None = None) -> Iterator[tuple[str, FaultLog]]:
+    """Faults are tried first; a request none of them takes goes to `before` (an answer made
+    up there is sent instead of forwarding), else upstream, whose answer `after` may rewrite.
+    Made-up and rewritten answers are logged in `fired` too."""
     up = urlsplit(upstream)
     log = FaultLog()
     lock = threading.Lock()
@@ -103,16 +127,28 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port, timeout=60)
-            headers = dict(self.headers.items())
-            conn.request(self.command, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            conn.close()
+            answer = before(self.command, self.path) if before and fault is None else None
+            if answer is not None:
+                with lock:
+                    log.fired.append(f"answered {self.command} {self.path}")
+            else:
+                conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port,
+                                                  timeout=60)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                resp = conn.getresponse()
+                answer = Answer(resp.status, resp.getheaders(), resp.read())
+                conn.close()
+                if after is not None and fault is None:
+                    changed = after(self.command, self.path, answer)
+                    if changed != answer:
+                        with lock:
+                            log.fired.append(f"rewrote {self.command} {self.path}")
+                    answer = changed
+            data = answer.body
             if fault is not None and fault.action == "corrupt" and data:
                 data = bytes([data[0] ^ 1]) + data[1:]
             if fault is not None and fault.action == "truncate":
-                self.send_response(resp.status)
+                self.send_response(answer.status)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data[: len(data) // 2])
@@ -124,12 +160,12 @@ def fault_proxy(upstream: str, faults: list[Fault]) -> Iterator[tuple[str, Fault
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
+            self.send_response(answer.status)
+            for k, v in answer.headers:
                 if k.lower() not in ("content-length", "connection", "transfer-encoding"):
                     self.send_header(k, v)
-            upstream_length = resp.getheader("Content-Length") if self.command == "HEAD" else None
-            self.send_header("Content-Length", upstream_length or str(len(data)))
+            head_length = answer.header("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", head_length or str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

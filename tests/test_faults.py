@@ -8,24 +8,20 @@ tests/test_store.py::test_root_import_gives_files_to_the_store_owner."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.client
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from bundler.store import Store
 from tests.conftest import MODEL, TEMPLATE, Keys, make_keys, make_model, run, tree, weights
 from tests.crafting import assert_clean_error
+from tests.faultproxy import Answer, fault_proxy
 from tests.servers import (  # noqa: F401 - fixtures
     OllamaRegistry,
     Registry,
@@ -266,91 +262,8 @@ def test_permission_denied(world_dir: Path, env: dict[str, str], owned_by_nobody
 
 
 # ---------------------------------------------------------------------------------------------
-# Registries that lie: a loopback proxy in front of the real registry that answers in their
-# place or rewrites their answers (tests/faultproxy.py injects transport faults only).
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
-
-    def with_header(self, name: str, value: str) -> Answer:
-        kept = [(k, v) for k, v in self.headers if k.lower() != name.lower()]
-        return Answer(self.status, [*kept, (name, value)], self.body)
-
-
-Before = Callable[[str, str], Answer | None]  # (method, path) -> answer instead of the registry
-After = Callable[[str, str, Answer], Answer]  # (method, path, registry's answer) -> answer sent
-
-
-@dataclass
-class LieLog:
-    requests: list[str] = field(default_factory=list)
-    lies: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def lying_proxy(upstream: str, before: Before | None = None,
-                after: After | None = None) -> Iterator[tuple[str, LieLog]]:
-    up = urlsplit(upstream)
-    log = LieLog()
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            with lock:
-                log.requests.append(f"{self.command} {self.path}")
-            answer = before(self.command, self.path) if before is not None else None
-            if answer is not None:
-                with lock:
-                    log.lies.append(f"answered {self.command} {self.path}")
-            else:
-                conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port,
-                                                  timeout=60)
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-                resp = conn.getresponse()
-                answer = Answer(resp.status, resp.getheaders(), resp.read())
-                conn.close()
-                if after is not None:
-                    changed = after(self.command, self.path, answer)
-                    if changed != answer:
-                        with lock:
-                            log.lies.append(f"rewrote {self.command} {self.path}")
-                    answer = changed
-            self.send_response(answer.status)
-            for k, v in answer.headers:
-                if k.lower() not in ("content-length", "connection", "transfer-encoding",
-                                     "date", "server"):
-                    self.send_header(k, v)
-            length_out = (answer.header("Content-Length") or "0" if self.command == "HEAD"
-                          else str(len(answer.body)))
-            self.send_header("Content-Length", length_out)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(answer.body)
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", log
-    finally:
-        server.shutdown()
-        server.server_close()
+# Registries that lie: the fault proxy in front of the real registry answers in its place or
+# rewrites its answers.
 
 
 @dataclass
@@ -402,9 +315,9 @@ def test_registry_answers_another_manifest_digest(
             return answer.with_header("Docker-Content-Digest", OTHER_DIGEST)
         return answer
 
-    with lying_proxy(registry.url, after=after) as (url, log):
+    with fault_proxy(registry.url, [], after=after) as (url, log):
         code, out, err = _push_through(f"{url}/{ns}", pushable.bundle, keys)
-    assert log.lies, log.requests
+    assert log.fired, log.requests
     assert code == 3, err
     assert_clean_error(err, out)
     manifest_digest = "sha256:" + hashlib.sha256(pushable.manifest).hexdigest()
@@ -450,9 +363,9 @@ def test_registry_that_lies_about_a_blob(registry: Registry, pushable: Pushable,
             return answer.with_header("Docker-Content-Digest", OTHER_DIGEST)
         return answer
 
-    with lying_proxy(registry.url, before, after) as (url, log):
+    with fault_proxy(registry.url, [], before=before, after=after) as (url, log):
         code, out, err = _push_through(f"{url}/{ns}", pushable.bundle, keys)
-    assert log.lies, log.requests
+    assert log.fired, log.requests
     assert code == 5, err
     assert_clean_error(err, out)
     if lie == "blob-stored-under-another-digest":

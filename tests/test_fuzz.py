@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from bundler.archive import FrameWalker, member_offsets, parse_seek_table, seek_
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, UsageError
 from bundler.inventory import Inventory
-from bundler.layout import BlobRef, Root
+from bundler.layout import Root
 from bundler.oci import Index, Manifest
 from bundler.reader import BundleReader
 from bundler.reference import ModelName
@@ -164,10 +163,12 @@ def test_frame_walker_on_any_bytes(data: bytes) -> None:
 def test_seek_tables(rows: list[tuple[int, int]], noise: bytes, total: int) -> None:
     table = seek_table(rows)
     assert parse_seek_table(noise + table, sum(c for c, _ in rows) + len(table)) == rows
-    assert parse_seek_table(noise, total) in (None, []) or isinstance(
-        parse_seek_table(noise, total), list)
-    got = member_offsets(rows, [("blobs/sha256/" + "0" * 64, n % 5000) for n, _ in rows[:3]])
-    assert got is None or all(v >= 0 for v in got.values())
+    got = parse_seek_table(noise, total)  # any bytes: a table only if it adds up to `total`
+    if got is not None:
+        assert sum(c for c, _ in got) + 8 + 8 * len(got) + 9 == total
+    offsets = member_offsets(rows, [(f"blobs/sha256/{i:064x}", n % 5000)
+                                    for i, (n, _) in enumerate(rows[:3])])
+    assert offsets is None or all(v >= rows[0][0] for v in offsets.values())
 
 
 @pytest.fixture(scope="module")
@@ -218,9 +219,8 @@ def test_the_real_bundle_reads(head_tar: tuple[bytes, int, signing.PublicKey]) -
     tar, _, key = head_tar
     with BundleReader(io.BytesIO(compress(tar))) as reader:
         head = reader.read_head([key], allow_unsigned=False)
-    assert head.models and BlobRef in type(head.root.blobs[0]).__mro__
+    assert len(head.models) == 3 and head.signatures.trusted == (key.keyid,)
 
 
 def test_profile_is_loaded() -> None:
-    assert settings().max_examples >= 250
-    assert Path(__file__).name == "test_fuzz.py"
+    assert settings().max_examples == int(os.environ.get("BUNDLE_FUZZ_EXAMPLES", "250"))
