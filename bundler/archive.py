@@ -222,12 +222,18 @@ def parse_seek_table(tail: bytes, total: int) -> list[tuple[int, int]] | None:
 
 
 def member_offsets(rows: list[tuple[int, int]], members: Iterable[tuple[str, int]],
-                   ) -> dict[str, int] | None:
-    """Where each member after the head frame starts in the compressed stream, from the seek
-    table's rows (formats/bundle-v1.md §7.1); None if the framing is not the writer's."""
-    if not rows:
+                   head: int) -> dict[str, int] | None:
+    """Where each member after the head frames (the first `head` decompressed bytes) starts in
+    the compressed stream, from the seek table's rows (formats/bundle-v1.md §7.1); None if the
+    framing is not the writer's."""
+    offset, i, done = 0, 0, 0
+    while done < head and i < len(rows):  # one frame, or more with a carried tool (§7)
+        offset += rows[i][0]
+        done += rows[i][1]
+        i += 1
+    if done != head or head <= 0:
         return None
-    offset, i, out = rows[0][0], 1, {}
+    out = {}
     for name, size in members:
         content = len(member_header(name, size)) + size + padding(size)
         out[name] = offset

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import re
 import time
-from collections.abc import Iterator, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -35,7 +38,9 @@ from bundler.layout import (
     External,
     Have,
     Model,
+    ToolRef,
     blob_member,
+    check_tool_version,
     compression_level,
     format_created,
     metadata_level,
@@ -146,6 +151,56 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
     return ExportPlan(StoreSource(store), plan_contents(models, have))
 
 
+# ---------------------------------------------------------------------------------------------
+# The carried tool (formats/bundle-v1.md §11)
+
+_PEX_REQUIREMENT = re.compile(r"ollama-bundle==(\S+)")
+
+
+def default_tool(environ: Mapping[str, str]) -> Path:
+    """The PEX this process runs from (pex sets $PEX to its path), else the one
+    scripts/build-pex wrote into dist/ beside this package's source."""
+    running = environ.get("PEX", "")
+    if running and Path(running).is_file():
+        return Path(running)
+    built = Path(__file__).resolve().parents[1] / "dist" / f"{TOOL_NAME}-{__version__}.pex"
+    if built.is_file():
+        return built
+    raise NotFoundError("--with-tool: this tool is not running from a PEX and there is no "
+                        f"dist/{built.name}",
+                        hint="build it with scripts/build-pex, or give --with-tool FILE")
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedTool:
+    path: Path
+    ref: ToolRef
+
+
+def carried_tool(path: Path) -> CarriedTool:
+    """A PEX of this tool, checked to be one (its PEX-INFO names an ollama-bundle version),
+    with its digest and size."""
+    what = f"--with-tool {path}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = json.loads(z.read("PEX-INFO"))
+        found = [m.group(1) for r in info.get("requirements", ())
+                 if isinstance(r, str) and (m := _PEX_REQUIREMENT.fullmatch(r))]
+    except FileNotFoundError:
+        raise NotFoundError(f"{what}: no such file") from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, AttributeError):
+        raise UsageError(f"{what}: not a PEX file", hint="build one with scripts/build-pex"
+                         ) from None
+    if len(found) != 1:
+        raise UsageError(f"{what}: a PEX, but not one of {TOOL_NAME}",
+                         hint="build one with scripts/build-pex")
+    version = check_tool_version(found[0], what)
+    with path.open("rb") as f:
+        source = ReadAhead(f)
+        size = sum(len(chunk) for chunk in source)
+    return CarriedTool(path, ToolRef(version, BlobRef(source.digest, size)))
+
+
 @dataclass(frozen=True, slots=True)
 class ExportResult:
     output: str
@@ -156,6 +211,7 @@ class ExportResult:
     created: str
     store: str
     contents: Contents | None = None
+    tool_file: ToolRef | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,12 +220,14 @@ class ExportResult:
             "bytes": self.bytes_in, "signers": list(self.signers),
             **(delta_json(self.contents.bases, self.contents.external)
                if self.contents is not None else {}),
+            **tool_json(self.tool_file),
         }
 
 
 def export_bundle(
     plan: ExportPlan, out: Sink | SplitOutput, *, keys: Sequence[signing.PrivateKey],
     level: int | None, created_epoch: int | None, on_bytes: OnBytes = no_progress,
+    tool: CarriedTool | None = None,
 ) -> ExportResult:
     """Write the bundle to `out`, verifying every store blob's digest while it streams. Into
     a SplitOutput the configs and layers go first (parts 2..N), and the head, which names
@@ -182,16 +240,22 @@ def export_bundle(
     def head(writer: ArchiveWriter, parts: Sequence[BlobRef]) -> list[tuple[str, bytes]]:
         root = contents.root(created=created, tool_name=TOOL_NAME, tool_version=__version__,
                              cosign=[CosignRef(k, BlobRef(Digest.of(d), len(d)))
-                                     for k, d in documents], parts=parts)
+                                     for k, d in documents], parts=parts,
+                             tool_file=None if tool is None else tool.ref)
         root_bytes = root.to_bytes()
         sigs = [(keyid, signing.sign(k, root_bytes)) for keyid, k in signers]
-        writer.write_small([
+        signed = [
             (ROOT_MEMBER, root_bytes),
             *((signature_member(keyid), sig) for keyid, sig in sigs),
             *((cosign.member(keyid), doc) for keyid, doc in documents),
-            (OCI_LAYOUT_MEMBER, OCI_LAYOUT),
-            (INDEX_MEMBER, contents.index_raw),
-        ], level=metadata_level(level))
+        ]
+        layout = [(OCI_LAYOUT_MEMBER, OCI_LAYOUT), (INDEX_MEMBER, contents.index_raw)]
+        if tool is None:
+            writer.write_small([*signed, *layout], level=metadata_level(level))
+        else:  # formats/bundle-v1.md §7: the tool in stored frames of its own
+            writer.write_small(signed, level=metadata_level(level))
+            _write_tool(writer, tool)
+            writer.write_small(layout, level=metadata_level(level))
         for m in {m.manifest.digest: m.manifest for m in contents.models}.values():
             writer.write_stream(blob_member(m.digest), len(m.raw), [m.raw],
                                 level=metadata_level(level))
@@ -216,7 +280,20 @@ def export_bundle(
         output="", models=contents.models, blobs=len(contents.blobs),
         bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
         created=created, store=plan.source.describe(), contents=contents,
+        tool_file=None if tool is None else tool.ref,
     )
+
+
+def _write_tool(writer: ArchiveWriter, tool: CarriedTool) -> None:
+    try:
+        f = tool.path.open("rb")
+    except OSError as e:
+        raise BundlerError(f"--with-tool {tool.path}: {e.strerror}") from None
+    with f:
+        source = ReadAhead(f)
+        writer.write_stream(tool.ref.member, tool.ref.blob.size, source, level=None)
+    if source.digest != tool.ref.blob.digest:
+        raise IntegrityError(f"--with-tool {tool.path}: the file changed while it was exported")
 
 
 def _write_blobs(plan: ExportPlan, writer: ArchiveWriter, level: int | None,
@@ -265,6 +342,12 @@ def delta_json(bases: Sequence[Base], external: Sequence[External]) -> dict[str,
             "leftOut": {"blobs": len(external), "bytes": sum(e.blob.size for e in external)}}
 
 
+def tool_json(tool: ToolRef | None) -> dict[str, Any]:
+    if tool is None:
+        return {}
+    return {"toolFile": {"member": tool.member, **tool.to_json()}}
+
+
 def head_json(head: Head) -> dict[str, Any]:
     return {
         "created": head.root.created,
@@ -274,6 +357,7 @@ def head_json(head: Head) -> dict[str, Any]:
         "bytes": head.root.total_size,
         "signatures": signer_json(head),
         **delta_json(head.root.bases, head.root.external),
+        **tool_json(head.root.tool_file),
     }
 
 

@@ -33,7 +33,7 @@ from bundler import (
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
-from bundler.layout import Base, External, format_created
+from bundler.layout import Base, External, ToolRef, format_created
 from bundler.progress import format_size
 from bundler.reader import Head, open_split
 from bundler.reference import ModelName
@@ -274,6 +274,12 @@ def _open_output(path: str) -> Iterator[Sink]:
               type=click.Path(path_type=Path, dir_okay=False),
               help="Make a delta bundle: leave out every config and layer this earlier bundle "
                    "or inventory (from 'bundle inventory') has (repeatable).")
+@click.option("--with-tool", "with_tool", is_flag=False, flag_value="", default=None,
+              metavar="[FILE]",
+              help="Carry this tool in the bundle, as the PEX FILE (default: the PEX this runs "
+                   "from, else dist/ollama-bundle-VERSION.pex from scripts/build-pex), for "
+                   "the air-gapped side (formats/bundle-v1.md §11; versions of this tool "
+                   "older than this option refuse such a bundle).")
 @registry_options
 @PASSPHRASE_FILE
 @common
@@ -281,7 +287,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
                key_path: tuple[Path, ...], unsigned: bool, level: int | None,
                from_registry: bool, mirror: str | None, cache_dir: Path | None,
                split_size: str | None, parity_percent: int | None, verify_after_write: bool,
-               bases: tuple[Path, ...],
+               bases: tuple[Path, ...], with_tool: str | None,
                passphrase_file: Path | None, json_mode: bool, quiet: bool,
                **options: Any) -> None:
     """Export models from an Ollama store (or a registry) into one signed bundle file.
@@ -306,6 +312,10 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     else:
         check_output(Path(output))
     keys = [] if unsigned else _signing_keys(key_path, passphrase_file)
+    tool = None
+    if with_tool is not None:
+        tool = bundle.carried_tool(Path(with_tool) if with_tool
+                                   else bundle.default_tool(os.environ))
     have = bundle.read_bases(bases, [])
     if from_registry:
         if all_models or models_dir is not None:
@@ -326,7 +336,8 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         try:
             with out.progress("export", plan.total_bytes) as bar:
                 result = bundle.export_bundle(plan, split, keys=keys, level=level,
-                                              created_epoch=created, on_bytes=bar.update)
+                                              created_epoch=created, on_bytes=bar.update,
+                                              tool=tool)
             split.commit()
         except BaseException:
             split.discard()
@@ -335,7 +346,8 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     else:
         with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
             result = bundle.export_bundle(plan, f, keys=keys, level=level,
-                                          created_epoch=created, on_bytes=bar.update)
+                                          created_epoch=created, on_bytes=bar.update,
+                                          tool=tool)
     files = ([Path(output).with_name(p.name) for p in split.parts] if part_size is not None
              else [Path(output)])
     if parity_percent:
@@ -357,10 +369,17 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
                                      for p in split.parts)
     parts = ({"parts": [{"name": p.name, "size": p.size, "digest": str(p.digest)}
                         for p in split.parts]} if part_size is not None else {})
-    out.result("\n".join([summary, *lines, *_delta_text(plan.contents.bases,
-                                                         plan.contents.external)]),
+    out.result("\n".join([summary, *lines, *_tool_text(result.tool_file),
+                          *_delta_text(plan.contents.bases, plan.contents.external)]),
                {**result.to_json(), "output": output, **parts,
                 "verifiedAfterWrite": verify_after_write})
+
+
+def _tool_text(tool: ToolRef | None) -> list[str]:
+    if tool is None:
+        return []
+    return [f"tool: {tool.member} ({format_size(tool.blob.size)}, {tool.blob.digest}), "
+            + "never run by import"]
 
 
 def _delta_text(bases: Sequence[Base], external: Sequence[External]) -> list[str]:
@@ -541,6 +560,7 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
     total = (f"total: {len(head.models)} models, {len(head.root.blobs)} blobs, "
              f"{format_size(head.root.total_size)}")
     out.result("\n".join([title, _signers_text(head), *_models_table(head), total,
+                          *_tool_text(head.root.tool_file),
                           *_delta_text(head.root.bases, head.root.external)]),
                bundle.head_json(head))
 
@@ -577,8 +597,10 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
         result = bundle.verify_bundle(f, keys, allow_unsigned=allow_unsigned,
                                       on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                       on_event=out.log)
+    tool = result.head.root.tool_file
+    carried = "" if tool is None else f"; tool {tool.member} verified"
     out.result(f"OK {bundle_path}: {_signers_text(result.head)}; {result.verified_blobs} blobs, "
-               f"{format_size(result.verified_bytes)} verified", result.to_json())
+               f"{format_size(result.verified_bytes)} verified{carried}", result.to_json())
 
 
 @main.command("import")

@@ -33,6 +33,8 @@ MAX_ROOT_BYTES = 16 * 1024 * 1024
 MAX_INDEX_BYTES = 16 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 MAX_SIGNATURES = 64
+TOOL_DIRECTORY = "ollama-bundle/tool/"
+MAX_TOOL_BYTES = 512 * 1024 * 1024
 
 # formats/bundle-v1.md §7: weights barely compress; JSON and text do.
 WEIGHTS_MEDIA_TYPES = frozenset(f"application/vnd.ollama.image.{kind}" for kind in (
@@ -56,6 +58,7 @@ def metadata_level(override: int | None) -> int:
 
 _SIGNATURE_MEMBER = re.compile(r"ollama-bundle/signatures/([0-9a-f]{64})\.sig")
 _KEYID = re.compile(r"[0-9a-f]{64}")
+_TOOL_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 _CREATED = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
@@ -72,6 +75,18 @@ def signature_keyid(member: str) -> str | None:
     """The key id a signature member names, or None if `member` is not a signature member."""
     m = _SIGNATURE_MEMBER.fullmatch(member)
     return m.group(1) if m else None
+
+
+def tool_member(version: str) -> str:
+    """The carried tool's member name (formats/bundle-v1.md §11)."""
+    return f"{TOOL_DIRECTORY}ollama-bundle-{version}.pex"
+
+
+def check_tool_version(version: str, what: str) -> str:
+    if not _TOOL_VERSION.fullmatch(version):
+        raise IntegrityError(f"{what}: version {version[:80]!r} is not 1 to 64 characters of "
+                             "[0-9A-Za-z.+_-]")
+    return version
 
 
 def check_created(created: str, what: str) -> str:
@@ -126,6 +141,31 @@ class CosignRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolRef:
+    """The carried tool, as the root names it (formats/bundle-v1.md §11, member 2b)."""
+
+    version: str
+    blob: BlobRef
+
+    @property
+    def member(self) -> str:
+        return tool_member(self.version)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, **self.blob.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: object, what: str) -> ToolRef:
+        if not isinstance(obj, dict):
+            raise IntegrityError(f"{what}: not an object")
+        blob = BlobRef.from_json(obj, what)
+        if blob.size > MAX_TOOL_BYTES:
+            raise IntegrityError(f"{what}: {blob.size} bytes, more than the limit "
+                                 f"{MAX_TOOL_BYTES}")
+        return cls(check_tool_version(get(obj, "version", str, what), what), blob)
+
+
+@dataclass(frozen=True, slots=True)
 class Base:
     """A release a delta bundle was made against (§4.3)."""
 
@@ -174,6 +214,7 @@ class Root:
     parts: tuple[BlobRef, ...] = ()  # parts 2..N of a split bundle (§10)
     bases: tuple[Base, ...] = ()
     external: tuple[External, ...] = ()
+    tool_file: ToolRef | None = None  # the carried tool (§11)
     raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
@@ -196,6 +237,8 @@ class Root:
             obj["bases"] = [b.to_json() for b in self.bases]
         if self.external:
             obj["external"] = [e.to_json() for e in self.external]
+        if self.tool_file is not None:
+            obj["toolFile"] = self.tool_file.to_json()
         return canonical_json(obj) + b"\n"
 
     @classmethod
@@ -248,6 +291,8 @@ class Root:
             parts=parts,
             bases=bases,
             external=tuple(external),
+            tool_file=(ToolRef.from_json(obj["toolFile"], f"{what} toolFile")
+                       if "toolFile" in obj else None),
             raw=raw,
         )
 
@@ -275,11 +320,13 @@ class Contents:
     external: tuple[External, ...] = ()
 
     def root(self, *, created: str, tool_name: str, tool_version: str,
-             cosign: Sequence[CosignRef] = (), parts: Sequence[BlobRef] = ()) -> Root:
+             cosign: Sequence[CosignRef] = (), parts: Sequence[BlobRef] = (),
+             tool_file: ToolRef | None = None) -> Root:
         return Root(
             created=created, tool_name=tool_name, tool_version=tool_version,
             index=BlobRef(Digest.of(self.index_raw), len(self.index_raw)), blobs=self.blobs,
             cosign=tuple(cosign), parts=tuple(parts), bases=self.bases, external=self.external,
+            tool_file=tool_file,
         )
 
 

@@ -22,6 +22,7 @@ from bundler.layout import (
     OCI_LAYOUT,
     OCI_LAYOUT_MEMBER,
     ROOT_MEMBER,
+    TOOL_DIRECTORY,
     BlobRef,
     Model,
     Root,
@@ -288,6 +289,32 @@ class BundleReader:
         if m is not None and cosign.member_keyid(m.name) is not None:
             raise IntegrityError(f"bundle member {m.name!r} is not listed in the signed root",
                                  hint="this is not an intact bundle")
+        tool = root.tool_file
+        if tool is not None:  # formats/bundle-v1.md §9 step 2b; never executed (§11)
+            if m is None or m.name != tool.member:
+                found = "the end" if m is None else repr(m.name[:200])
+                raise IntegrityError(f"bundle: {found} where {tool.member} belongs",
+                                     hint="members are missing, reordered or added: this is "
+                                          "not an intact bundle")
+            _require_canonical(m)
+            if m.size != tool.blob.size:
+                raise IntegrityError(f"{tool.member}: size differs from the signed root's")
+            h = hashlib.sha256()
+            for view in self._archive.body():
+                h.update(view)
+            if h.hexdigest() != tool.blob.digest.hex:
+                raise IntegrityError(f"{tool.member}: digest differs from the signed root's",
+                                     hint="the bundle was altered; do not run that file")
+            m = self._archive.next_member()
+        if m is not None and m.name.startswith(TOOL_DIRECTORY):
+            raise IntegrityError(f"bundle member {m.name[:200]!r} is not listed in the signed "
+                                 "root", hint="this is not an intact bundle")
+        if m is not None and m.name.startswith("ollama-bundle/") and not m.name.startswith(
+                (ROOT_MEMBER, "ollama-bundle/signatures/", "ollama-bundle/cosign/")):
+            raise IntegrityError(f"bundle member {m.name[:200]!r} is not known to this version "
+                                 "of ollama-bundle",
+                                 hint="it may come from a newer writer: read it with a newer "
+                                      "version; else this is not an intact bundle")
         if m is None or m.name != OCI_LAYOUT_MEMBER or m.size != len(OCI_LAYOUT):
             raise IntegrityError(f"bundle: {OCI_LAYOUT_MEMBER} is missing or malformed")
         _require_canonical(m)
@@ -306,7 +333,7 @@ class BundleReader:
         for ref in root.blobs[: len({d.digest for _, d in named})]:
             m = self._member(blob_member(ref.digest), MAX_MANIFEST_BYTES)
             if not raws:
-                self._head_frame = m.offset  # members 1-4 end here
+                self._head_frame = m.offset  # members 1-4 (the head frames) end here
             self._check_size(m, ref)
             raw = self._archive.read_body()
             if Digest.of(raw) != ref.digest:
@@ -343,10 +370,10 @@ class BundleReader:
         (every byte still verified). None if the bundle cannot be read that way."""
         assert self._head is not None
         rows = self._archive.seek_rows()
-        if rows is None or rows[0][1] != self._head_frame:
+        if rows is None:
             return None
         members = [(blob_member(b.digest), b.size) for b in self._head.root.blobs]
-        offsets = member_offsets(rows, members)
+        offsets = member_offsets(rows, members, self._head_frame)
         if offsets is None:
             return None
         out: dict[Digest, Seekable] = {}
