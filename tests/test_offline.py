@@ -108,20 +108,20 @@ def test_tool_from_bundle_imports_it_offline(tmp_path: Path,
     work.mkdir()
     shutil.copy(bundle, work / "models.tar.zst")
     shutil.copy(public, work / "release.pub")
-    # README "First time on the air-gapped side", steps 1-4, with stock tools only
-    keyid = "$(openssl pkey -pubin -in release.pub -outform DER | sha256sum | cut -c1-64)"
+    # README "First time on the air-gapped side", steps 1-5, with stock tools only
     script = (
-        "tar --zstd -xf models.tar.zst ollama-bundle/root.json ollama-bundle/signatures/ "
-        "ollama-bundle/tool/; "
-        f"base64 -d \"ollama-bundle/signatures/{keyid}.sig\" > root.sig.der; "
+        "KEYID=$(openssl pkey -pubin -in release.pub -outform DER | sha256sum | cut -c1-64); "
+        "tar --zstd -xf models.tar.zst --occurrence ollama-bundle/root.json "
+        "\"ollama-bundle/signatures/$KEYID.sig\" ollama-bundle/tool/; "
+        "base64 -d \"ollama-bundle/signatures/$KEYID.sig\" > root.sig.der; "
         "openssl dgst -sha256 -verify release.pub -signature root.sig.der "
         "ollama-bundle/root.json; "
-        "want=$(grep -o '\"toolFile\":{[^}]*}' ollama-bundle/root.json "
-        "| grep -o 'sha256:[0-9a-f]*' | cut -c8-); "
-        f"echo \"$want  {TOOL_MEMBER}\" | sha256sum -c; "
-        f"{_sh([PYTHON])} -I {TOOL_MEMBER} --version; "
-        f"{_sh([PYTHON])} -I {TOOL_MEMBER} verify --trust release.pub models.tar.zst; "
-        f"{_sh([PYTHON])} -I {TOOL_MEMBER} import --trust release.pub models.tar.zst "
+        "TOOL=$(ls ollama-bundle/tool/ollama-bundle-*.pex); "
+        "echo \"$(grep -o '\"toolFile\":{[^}]*}' ollama-bundle/root.json "
+        "| grep -o 'sha256:[0-9a-f]*' | cut -c8-)  $TOOL\" | sha256sum -c; "
+        f"{_sh([PYTHON])} -I \"$TOOL\" --version; "
+        f"{_sh([PYTHON])} -I \"$TOOL\" verify --trust release.pub models.tar.zst; "
+        f"{_sh([PYTHON])} -I \"$TOOL\" import models.tar.zst --trust release.pub "
         "--models imported; "
         "echo DONE")
     r = offline(script, work)
