@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from bundler import __version__, cosign, signing
+from bundler import __version__, cosign, modelkind, signing
 from bundler.archive import ArchiveWriter, seek_table
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
@@ -117,6 +117,7 @@ class StoreSource:
 class ExportPlan:
     source: BlobSource
     contents: Contents
+    remote_left_out: tuple[ModelName, ...] = ()  # by --all (formats/ollama-store.md §6)
 
     @property
     def total_bytes(self) -> int:
@@ -134,6 +135,24 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
     else:
         picked = pick(names, available, store.location.describe())
     models = [store.read_model(n) for n in picked]
+    remote = {m.name: r for m in models if (r := _remote(store, m)) is not None}
+    if all_models and remote:  # they cannot run behind an air gap (formats/ollama-store.md §6)
+        on_event(f"warning: left out {len(remote)} remote model(s), which run on another "
+                 "host and cannot run behind an air gap: "
+                 + ", ".join(f"{n.display_shortest()} ({r})" for n, r in remote.items())
+                 + "; name one to export it anyway")
+        models = [m for m in models if m.name not in remote]
+        if not models:
+            raise NotFoundError(f"no local models in {store.location.describe()}, only "
+                                f"{len(remote)} remote one(s)",
+                                hint="name a remote model to export it anyway")
+    else:
+        for n, r in remote.items():
+            on_event(f"warning: {n.display_shortest()} is a remote model ({r}): it has no "
+                     "weights and runs only where that host can be reached")
+    for m in models:
+        if (why := modelkind.marker_tag(m.name)) is not None:
+            on_event(f"warning: {why}")
     for model in models:
         for blob in model.manifest.blobs:
             size = store.blob_size(blob.digest)
@@ -143,7 +162,17 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
                 raise IntegrityError(
                     f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
                     f"{problem}", hint="re-pull the model, or remove it with 'ollama rm'")
-    return ExportPlan(StoreSource(store), plan_contents(models, have))
+    return ExportPlan(StoreSource(store), plan_contents(models, have),
+                      tuple(remote) if all_models else ())
+
+
+def _remote(store: Store, model: Model) -> str | None:
+    """What modelkind.remote_of says of the model's config blob (None if it is unreadable:
+    the export's own checks then name the problem)."""
+    if store.blob_size(model.manifest.config.digest) != model.manifest.config.size:
+        return None
+    with store.open_blob(model.manifest.config.digest) as f:
+        return modelkind.remote_of(f.read(modelkind.MAX_CONFIG_BYTES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +185,12 @@ class ExportResult:
     created: str
     store: str
     contents: Contents | None = None
+    remote_left_out: tuple[ModelName, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "output": self.output, "store": self.store, "created": self.created,
+            "remoteLeftOut": [n.display_shortest() for n in self.remote_left_out],
             "models": [model_json(m) for m in self.models], "blobs": self.blobs,
             "bytes": self.bytes_in, "signers": list(self.signers),
             **(delta_json(self.contents.bases, self.contents.external)
@@ -216,6 +247,7 @@ def export_bundle(
         output="", models=contents.models, blobs=len(contents.blobs),
         bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
         created=created, store=plan.source.describe(), contents=contents,
+        remote_left_out=plan.remote_left_out,
     )
 
 

@@ -155,6 +155,8 @@ class Manifest:
         if media_type not in MANIFEST_MEDIA_TYPES:
             raise IntegrityError(f"{what}: unsupported manifest mediaType {media_type!r}")
         layers = obj.get("layers")
+        if layers is None and "layers" in obj:
+            layers = []  # a nil slice, as Ollama's manifest.WriteManifest writes remote models
         if not isinstance(layers, list):
             raise IntegrityError(f"{what}: 'layers' is missing or not a list")
         return cls(
