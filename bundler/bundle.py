@@ -79,6 +79,7 @@ def model_json(model: Model) -> dict[str, Any]:
         "digest": str(model.manifest.digest),
         "size": model.manifest.total_size,
         "layers": [layer.media_type.rsplit(".", 1)[-1] for layer in model.manifest.layers],
+        "weights": modelkind.weights(model.manifest),
     }
 
 

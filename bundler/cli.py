@@ -24,6 +24,7 @@ from bundler import (
     config,
     credentials,
     inventory,
+    modelkind,
     parity,
     push,
     registry,
@@ -34,6 +35,7 @@ from bundler import (
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
 from bundler.layout import Base, External, format_created
+from bundler.oci import Manifest
 from bundler.progress import format_size
 from bundler.reader import Head, open_split
 from bundler.reference import ModelName
@@ -519,10 +521,19 @@ def _signers_text(head: Head) -> str:
 def _models_table(head: Head) -> list[str]:
     rows = [f"  {'NAME':40} {'ID':12}  {'SIZE':>9}  LAYERS"]
     for m in head.models:
-        kinds = ",".join(layer.media_type.rsplit(".", 1)[-1] for layer in m.manifest.layers)
+        kinds = _layer_kinds(m.manifest)
         rows.append(f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
                     f"{format_size(m.manifest.total_size):>9}  {kinds}")
     return rows
+
+
+def _layer_kinds(manifest: Manifest) -> str:
+    """The layers' kinds; a tensor model's (hundreds of tensors) counted, and named as one."""
+    kinds = [layer.media_type.rsplit(".", 1)[-1] for layer in manifest.layers]
+    if modelkind.weights(manifest) != "tensor":
+        return ",".join(kinds)
+    others = ",".join(dict.fromkeys(k for k in kinds if k != "tensor"))
+    return f"tensor model: {kinds.count('tensor')} tensors" + (f" + {others}" if others else "")
 
 
 @main.command("ls")
@@ -627,12 +638,19 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
             on_total=lambda n: bar.reset(total=n), on_bytes=bar.update, on_event=out.log)
     verb = "would write" if dry_run else "wrote"
     lines = [f"{'DRY RUN: ' if dry_run else ''}{_signers_text(result.head)}"]
+    tensor = 0
     for c in result.changes:
         note = f" (was {c.previous.short})" if c.previous else ""
+        if modelkind.weights(c.model.manifest) == "tensor":
+            tensor += 1
+            note += "  tensor model"
         lines.append(f"  {c.action:9} {c.target.display_shortest():40} "
                      f"{c.model.manifest.digest.short}{note}")
     lines.append(f"{verb} {result.blobs_written} blobs ({format_size(result.bytes_written)}), "
                  f"{result.blobs_present} already present, into {result.store}")
+    if tensor:
+        lines.append(f"note: {tensor} tensor model(s) (safetensors): Ollama runs them only "
+                     "where its MLX runtime loads; elsewhere they are listed but do not run")
     out.result("\n".join(lines), result.to_json())
 
 
