@@ -420,6 +420,7 @@ class ImportResult:
     blobs_present: int
     dry_run: bool
     seeking: bool = False  # read only the blobs it wrote, through the seek table
+    old_blob_names: tuple[Digest, ...] = ()  # present only as blobs/sha256:<hex>
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -429,6 +430,7 @@ class ImportResult:
             "models": [c.to_json() for c in self.changes],
             "blobsWritten": self.blobs_written, "bytesWritten": self.bytes_written,
             "blobsPresent": self.blobs_present,
+            "oldBlobNames": [str(d) for d in self.old_blob_names],
         }
 
 
@@ -491,8 +493,16 @@ def import_bundle(
         present = {d for d, size in needed.items() if store.has_blob(d, size)}
         require_bases(head, [c.model for c in changes], present, store.location.describe())
         to_write = {d: s for d, s in needed.items() if d not in present}
+        old_names = tuple(d for d in needed if d in present
+                          and store.find_blob(d) != store.blob_path(d))
+        if old_names:  # formats/ollama-store.md §4, "Old blob names"
+            on_event(f"warning: {len(old_names)} blob(s) this import uses are in the store only "
+                     f"under the old name blobs/sha256:<hex> (e.g. {old_names[0]}); a running "
+                     "Ollama finds them only after a restart, which renames them to "
+                     "sha256-<hex>: restart Ollama after the import")
         result = ImportResult(head, store.location.describe(), tuple(changes), len(to_write),
-                              sum(to_write.values()), len(present), dry_run)
+                              sum(to_write.values()), len(present), dry_run,
+                              old_blob_names=old_names)
         if dry_run:
             return result
         store.prepare()
