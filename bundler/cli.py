@@ -25,6 +25,7 @@ from bundler import (
     credentials,
     inventory,
     modelkind,
+    ollama_local,
     parity,
     push,
     registry,
@@ -39,7 +40,7 @@ from bundler.oci import Manifest
 from bundler.progress import format_size
 from bundler.reader import Head, open_split
 from bundler.reference import ModelName
-from bundler.store import Store, locate
+from bundler.store import Store
 from bundler.streams import Sink, SplitOutput, check_output, open_output
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -157,7 +158,8 @@ TRUST = click.option(
          "($BUNDLE_TRUST_DIR, default ~/.config/ollama-bundle/trusted).")
 MODELS = click.option(
     "--models", "models_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
-    help="Ollama model store (default: $OLLAMA_MODELS, else ~/.ollama/models).")
+    help="Ollama model store (default: $OLLAMA_MODELS, else the store of the Ollama service "
+         "or desktop app installed here, else ~/.ollama/models).")
 PASSPHRASE_FILE = click.option(
     "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
     help="Read the key passphrase from this file (else $BUNDLE_PASSPHRASE, else a prompt).")
@@ -317,7 +319,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     else:
         if mirror is not None or cache_dir is not None:
             raise UsageError("--mirror and --cache go with --from-registry")
-        store = Store(locate(models_dir, os.environ, HOME))
+        store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
         plan = bundle.plan_export(store, names, all_models=all_models, have=have,
                                   on_event=out.log)
@@ -613,12 +615,15 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
               show_default=True,
               help="With --to-registry: uploads in flight (blobs read on their own through "
                    "the bundle's seek table; from a pipe, one upload at a time).")
+@click.option("--no-server-check", is_flag=True,
+              help="Do not ask the Ollama server on this machine (OLLAMA_HOST, else "
+                   "127.0.0.1:11434) whether it lists the imported models.")
 @registry_options
 @common
 def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...],
                allow_unsigned: bool, only: tuple[str, ...], dry_run: bool,
-               allow_downgrade: bool, registry_url: str | None, jobs: int, json_mode: bool,
-               quiet: bool,
+               allow_downgrade: bool, registry_url: str | None, jobs: int,
+               no_server_check: bool, json_mode: bool, quiet: bool,
                **options: Any) -> None:
     """Verify a bundle and write its models into an Ollama model store, or push them into a
     registry (--to-registry)."""
@@ -629,7 +634,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
             raise UsageError("--to-registry goes with neither --models nor --dry-run")
         _push(bundle_path, registry_url, keys, allow_unsigned, only, jobs, out, options)
         return
-    store = Store(locate(models_dir, os.environ, HOME))
+    store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
     out.log(f"store: {store.location.describe()}")
     with _open_bundle(bundle_path) as f, out.progress("import") as bar:
         result = bundle.import_bundle(
@@ -651,7 +656,37 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     if tensor:
         lines.append(f"note: {tensor} tensor model(s) (safetensors): Ollama runs them only "
                      "where its MLX runtime loads; elsewhere they are listed but do not run")
-    out.result("\n".join(lines), result.to_json())
+    check = None
+    if not (dry_run or no_server_check) and result.changes:
+        check = ollama_local.check_server(os.environ, {
+            c.target.display_shortest(): c.model.manifest.digest.hex for c in result.changes})
+        lines += _server_text(check, out, restart=bool(result.old_blob_names))
+    out.result("\n".join(lines), {**result.to_json(),
+                                  "server": None if check is None else check.to_json()})
+
+
+def _server_text(check: ollama_local.ServerCheck, out: Output, *, restart: bool) -> list[str]:
+    """What the local server's list says of the import (formats/ollama-store.md §1.1)."""
+    if check.seen is None:
+        out.log(f"server check: {check.problem}" + (f" at {check.url}" if check.url else "")
+                + "; not checked")
+        return []
+    s = check.seen
+    if not (s.missing or s.other):
+        return [f"the Ollama server at {check.url} lists the imported models"]
+    why = ("it reads another store (another user's, or OLLAMA_MODELS set for the server), "
+           + ("or it needs a restart to see old blob names, " if restart else "")
+           + "so these models are not where it looks")
+    if s.missing:
+        out.log(f"warning: the Ollama server at {check.url} does not list "
+                f"{', '.join(s.missing)}: {why}")
+    if s.other:
+        out.log(f"warning: the Ollama server at {check.url} lists {', '.join(s.other)} with "
+                f"another manifest: {why}")
+    out.log("hint: import again with --models DIR, DIR being the store that server uses "
+            "(see 'Which store' in the README)")
+    bad, total = len(s.missing) + len(s.other), len(s.listed) + len(s.missing) + len(s.other)
+    return [f"the Ollama server at {check.url} does NOT list {bad} of the {total} models"]
 
 
 def _client(url: str, out: Output, *, plain_http: bool, ca_cert: Path | None,
@@ -785,7 +820,7 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
         client = _client(registry_url, out, **options)
         inv = push.inventory_registry(client, created, on_event=out.log)
     else:
-        store = Store(locate(models_dir, os.environ, HOME))
+        store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
         inv = bundle.inventory_store(store, created, on_event=out.log)
     if output == "-":

@@ -133,6 +133,28 @@ class Transport:
         return resp
 
 
+LOCAL_TIMEOUT = 2.0
+
+
+def get_local(url: str, *, timeout: float = LOCAL_TIMEOUT, limit: int = 16 * 1024 * 1024,
+              ) -> Response:
+    """One GET to a server on this machine (a local Ollama's API): no proxy, no retries,
+    short timeouts, the body cut at `limit` bytes. NetworkError if nothing answers."""
+    pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=timeout,
+                                                                      read=timeout))
+    try:
+        raw = pool.urlopen("GET", url, redirect=False, preload_content=False)
+        try:
+            body = raw.read(limit)
+        finally:
+            raw.release_conn()
+    except Urllib3Error as e:
+        raise NetworkError(f"GET {url} failed: {e}") from None
+    finally:
+        pool.clear()
+    return Response(raw.status, raw.headers, body, url)
+
+
 class _Body:
     def __init__(self, raw: urllib3.BaseHTTPResponse, url: str) -> None:
         self._raw, self._url = raw, url
