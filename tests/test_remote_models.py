@@ -98,3 +98,18 @@ def test_marker_tags_are_warned_about(tmp_path: Path, keys: Keys, env: dict[str,
     assert len(warnings) == 2
     assert any("m:8b-cloud" in w and "cloud" in w for w in warnings)
     assert any("m:local" in w and "m:latest" in w for w in warnings)
+
+
+def test_null_layers_parse_as_none_but_a_missing_key_does_not() -> None:
+    import pytest
+
+    from bundler.errors import IntegrityError
+    from bundler.oci import Manifest
+    config = {"mediaType": CONFIG_V1, "digest": "sha256:" + "a" * 64, "size": 2}
+    raw = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_V2, "config": config,
+                      "layers": None}).encode()
+    parsed = Manifest.parse(raw, "m")
+    assert parsed.layers == () and parsed.raw == raw and parsed.total_size == 2
+    missing = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_V2, "config": config})
+    with pytest.raises(IntegrityError, match="'layers' is missing"):
+        Manifest.parse(missing.encode(), "m")
