@@ -252,6 +252,12 @@ else:
             os.setgroups(groups)
 
 
+def posix_permissions() -> bool:
+    """True where a file's owner and mode bits say who may read and change it. On Windows
+    ACLs do, and st_mode only says read-only or not (every file looks 0o666 or 0o444)."""
+    return os.name == "posix"
+
+
 def effective_uid() -> int | None:
     """This process's effective uid, or None where files have no POSIX owner (Windows)."""
-    return os.geteuid() if hasattr(os, "geteuid") else None
+    return os.geteuid() if posix_permissions() and hasattr(os, "geteuid") else None
