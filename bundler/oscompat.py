@@ -252,6 +252,18 @@ else:
             os.setgroups(groups)
 
 
+_WINDOWS = sys.platform == "win32"
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why this OS cannot have a file or directory called `name`, or None. Our own names
+    never contain `:`; a host with a port, in Ollama's manifest path, does (formats/
+    ollama-store.md §6)."""
+    if _WINDOWS and ":" in name:
+        return "Windows does not allow ':' in a file name"
+    return None
+
+
 def posix_permissions() -> bool:
     """True where a file's owner and mode bits say who may read and change it. On Windows
     ACLs do, and st_mode only says read-only or not (every file looks 0o666 or 0o444)."""

@@ -116,6 +116,18 @@ class Store:
     def manifest_path(self, name: ModelName) -> Path:
         return self.manifests_dir.joinpath(*name.manifest_parts())
 
+    def require_storable(self, name: ModelName) -> None:
+        """Refuse, before anything is written, a name whose manifest path this OS cannot have
+        (formats/ollama-store.md §6)."""
+        for part in name.manifest_parts():
+            problem = oscompat.file_name_problem(part)
+            if problem is not None:
+                raise BundlerError(
+                    f"{name.display_shortest()} cannot be stored in {self.root}: its manifest "
+                    f"directory would be {part!r}, and {problem}",
+                    hint="Ollama cannot store this name here either; leave it out with --only, "
+                         "or import it --to-registry")
+
     def read_model(self, name: ModelName) -> Model:
         path = self.manifest_path(name)
         try:

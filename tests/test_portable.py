@@ -21,7 +21,7 @@ import pytest
 import bundler
 from bundler import oscompat, signing
 from bundler.errors import UsageError
-from tests.conftest import Keys, tree
+from tests.conftest import MODEL, Keys, make_model, run, tree, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,3 +189,29 @@ def test_permission_checks_only_where_modes_mean_something(
     monkeypatch.setattr(oscompat, "posix_permissions", lambda: False)
     assert signing.read_private(keys.key, None).public.keyid == keys.keyid
     assert oscompat.effective_uid() is None
+
+
+def test_a_name_with_a_port_is_refused_on_windows_before_anything_is_written(
+        tmp_path: Path, keys: Keys, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`localhost:5000/...` is a directory `localhost:5000` in Ollama's layout, which Windows
+    cannot create: the import says so, naming the model, and the store stays as it was. The
+    same bundle imports on Linux (the control)."""
+    source = tmp_path / "src"
+    make_model(source, "localhost:5000/library/m/latest", [(MODEL, weights(100_000))])
+    out = tmp_path / "b.tar.zst"
+    assert run(["export", "--all", "--models", str(source), "--key", str(keys.key), "-o",
+                str(out)]).exit_code == 0
+    target = tmp_path / "target"
+    target.mkdir()
+    monkeypatch.setattr(oscompat, "_WINDOWS", True)
+    r = run(["import", str(out), "--models", str(target), "--trust", str(keys.pub)])
+    assert r.exit_code == 1
+    assert "localhost:5000/library/m:latest cannot be stored" in r.stderr
+    assert "Windows does not allow ':'" in r.stderr
+    assert tree(target) == {}
+    assert not (target / "blobs").exists()
+    monkeypatch.setattr(oscompat, "_WINDOWS", False)
+    r = run(["import", str(out), "--models", str(target), "--trust", str(keys.pub)])
+    assert r.exit_code == 0, r.stderr
+    assert tree(target) == tree(source)
