@@ -15,11 +15,13 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
+from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
 from bundler.errors import IntegrityError
 from bundler.streams import Prefetch, Sink
@@ -419,9 +421,14 @@ class _FileAt:
     fd: int
     start: int
     size: int
+    owned: bool = False  # a descriptor of our own (without os.pread), closed by close()
 
     def pread(self, n: int, offset: int) -> bytes:
-        return os.pread(self.fd, n, self.start + offset)
+        return oscompat.pread(self.fd, n, self.start + offset)
+
+    def close(self) -> None:
+        if self.owned:
+            os.close(self.fd)
 
 
 def _positional(src: BinaryIO) -> Positional | None:
@@ -434,9 +441,25 @@ def _positional(src: BinaryIO) -> Positional | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         start = os.lseek(fd, 0, os.SEEK_CUR)
-        return _FileAt(fd, start, os.fstat(fd).st_size - start)
+        size = os.fstat(fd).st_size - start
+        if oscompat.features().pread:
+            return _FileAt(fd, start, size)
+        return _own_file_at(src, fd, start, size)
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return None
+
+
+def _own_file_at(src: BinaryIO, fd: int, start: int, size: int) -> _FileAt | None:
+    """Without os.pread, a positional read seeks: it must not move the offset of `src`, which
+    the decompressing thread reads. So open the same file again (by name), for ourselves."""
+    name = getattr(src, "name", None)
+    if not isinstance(name, str):
+        return None  # standard input: streamed only
+    own = oscompat.open_fd(Path(name), os.O_RDONLY)
+    if not os.path.samestat(os.fstat(own), os.fstat(fd)):
+        os.close(own)
+        return None
+    return _FileAt(own, start, size, owned=True)
 
 
 def _raw_from(source: Positional, at: int, position: int, count: int,
@@ -567,6 +590,8 @@ class ArchiveReader:
 
     def close(self) -> None:
         self._src.close()
+        if isinstance(self._file, _FileAt):
+            self._file.close()
 
     # -- low level ---------------------------------------------------------------------------
 

@@ -487,6 +487,8 @@ def import_bundle(
     with lock, BundleReader(src, on_bytes) as reader:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         changes = _plan_changes(head, store, only)
+        for c in changes:
+            store.require_storable(c.target)
         if not allow_downgrade:
             _refuse_downgrade(head, changes, store)
         needed = {b.digest: b.size for c in changes for b in c.model.manifest.blobs}

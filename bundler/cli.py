@@ -26,6 +26,7 @@ from bundler import (
     inventory,
     modelkind,
     ollama_local,
+    oscompat,
     parity,
     push,
     registry,
@@ -505,11 +506,12 @@ def _check_trusted_file(path: Path) -> None:
         st = path.stat()
     except OSError as e:
         raise BundlerError(f"cannot read {path}: {e.strerror}") from None
-    if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
+    uid = oscompat.effective_uid()  # None on Windows: no POSIX owner and mode to check
+    if uid is not None and (st.st_mode & 0o022 or st.st_uid not in (0, uid)):
         raise UsageError(
             f"{path} could be changed by another user (owner uid {st.st_uid}, mode "
             f"{st.st_mode & 0o7777:04o}): its keys are not trusted",
-            hint=f"chown {os.geteuid()} {path} && chmod go-w {path}")
+            hint=f"chown {uid} {path} && chmod go-w {path}")
 
 
 def _signers_text(head: Head) -> str:

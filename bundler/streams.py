@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import ctypes
 import hashlib
 import io
 import mmap
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
+from bundler import oscompat
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.volumes import Part, part_name, sidecar, sidecar_name
@@ -124,20 +124,6 @@ _WINDOW = 32 * 1024 * 1024
 _SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", fn)
-
-
-_sync_file_range = _load_sync_file_range()
-
-
 class WriteBehind:
     """Writes to an unbuffered file and, every 32 MiB, starts writeback of what was just
     written and waits for (then drops from the cache) the window before it. Durability is
@@ -149,7 +135,7 @@ class WriteBehind:
         self._offset = 0
         self._window = 0  # start of the window not yet handed to writeback
         self._previous: tuple[int, int] | None = None
-        self._range = _sync_file_range
+        self._range = oscompat.features().sync_file_range  # Linux only
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
@@ -174,9 +160,7 @@ class WriteBehind:
             if self._range is not None:
                 self._range(self._fd, p_start, p_length, _SYNC_FILE_RANGE_WAIT_BEFORE
                             | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER)
-            else:
-                os.fdatasync(self._fd)
-            os.posix_fadvise(self._fd, p_start, p_length, os.POSIX_FADV_DONTNEED)
+            oscompat.settle(self._fd, p_start, p_length, written=self._range is not None)
         self._previous = (start, length)
 
 
@@ -401,7 +385,7 @@ class _PartsAt:
         self._fds: list[int] = []
         try:
             for path in paths:
-                self._fds.append(os.open(path, os.O_RDONLY))
+                self._fds.append(oscompat.open_fd(path, os.O_RDONLY))
         except OSError:
             self.close()
             raise
@@ -414,7 +398,7 @@ class _PartsAt:
         out = bytearray()
         i = bisect.bisect_right(self._starts, offset) - 1
         while n > 0 and 0 <= i < len(self._fds):
-            data = os.pread(self._fds[i], n, offset - self._starts[i])
+            data = oscompat.pread(self._fds[i], n, offset - self._starts[i])
             if not data:
                 i += 1
                 continue

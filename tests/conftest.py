@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from bundler import signing
+from bundler import oscompat, signing
 from bundler.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,6 +128,20 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for k in ("OLLAMA_MODELS", "BUNDLE_PASSPHRASE", "SOURCE_DATE_EPOCH"):
         monkeypatch.delenv(k, raising=False)
     return values
+
+
+@pytest.fixture(params=[False, True], ids=["native", "portable"])
+def os_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """The test runs twice: with the OS-specific paths this machine has, then with
+    OLLAMA_BUNDLE_PORTABLE=1 (every one off: the plain paths macOS and Windows take), in this
+    process and in every process it starts. True when portable."""
+    if request.param:
+        monkeypatch.setenv(oscompat.PORTABLE_ENV, "1")
+        assert oscompat.features() == oscompat.PLAIN
+    else:
+        monkeypatch.delenv(oscompat.PORTABLE_ENV, raising=False)
+        assert oscompat.features() != oscompat.PLAIN
+    return bool(request.param)
 
 
 def run(args: Sequence[str], env: Mapping[str, str] | None = None,

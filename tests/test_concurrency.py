@@ -71,7 +71,7 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes, pieces: int = 1,
     return thread
 
 
-def test_two_imports_into_one_store_take_turns(tmp_path: Path, keys: Keys,
+def test_two_imports_into_one_store_take_turns(tmp_path: Path, os_paths: bool, keys: Keys,
                                                env: dict[str, str]) -> None:
     """Both start at once, reading the bundle from stdin: the first takes the lock and waits
     for its bundle, the second says it waits for the first. Then both get the bundle: both
