@@ -7,7 +7,9 @@ Checked here: a blob that goes up as an S3 multipart upload in several parts, `c
 passing (Ollama's HEAD follows the 307), eight Ollama-style pulls at once that follow the 307
 and get every byte from the storage host, a second push that finds every blob through the
 307, and Distribution 2.8's S3 driver refusing a zero-length blob: one error naming the model
-and the cause, the other models pushed.
+and the cause, the other models pushed. Beside them, a fake storage host whose signed URLs
+redirect once more (which moto cannot do) checks that the probe's HEAD and Range request
+follow redirects as Ollama's do.
 
 Blob size: the issue asks for a multi-GiB blob. Measured on the 2-core CI machine with a 2 GiB
 blob: the streamed PATCH took 33 s, but the final PUT took 185 s with moto at a 9 GB peak: the
@@ -21,23 +23,30 @@ multipartcopythresholdsize, so that the move is a multipart copy too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import random
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import pytest
 
+from bundler import push
+from bundler import registry as reg
+from bundler.transport import Transport
 from tests.conftest import MANIFEST_V2, MODEL, REPO, TEMPLATE, Keys, make_model, run, weights
 from tests.ollama_pull import pull
-from tests.servers import S3Server, free_port, run_moto
+from tests.servers import S3_HOST, S3Server, free_port, run_moto
 from tests.test_registry_recipe import _kill_leftovers, _request
 
 SCRIPT = REPO / "scripts" / "registry-for-ollama"
@@ -237,3 +246,106 @@ def test_script_refuses_s3_settings_ollama_cannot_pull_through(tmp_path: Path) -
     bad = _script("start", "--data", data, "--s3-bucket", "Models_1")
     assert bad.returncode == 1 and "not an S3 bucket name" in bad.stderr, bad.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was written
+
+
+class _Storage(http.server.BaseHTTPRequestHandler):
+    """A storage host whose signed URLs redirect once more (as a CDN in front of a bucket
+    may): /signed/x answers 302 to /real/x, which serves BLOB with Range. moto cannot do
+    this, so a fake stands beside it. Records the requests it got."""
+
+    seen: ClassVar[list[tuple[str, str, str | None, str | None]]] = []
+
+    def _answer(self, body: bool) -> None:
+        self.seen.append((self.command, self.path, self.headers.get("Range"),
+                          self.headers.get("Authorization")))
+        if self.path.startswith("/signed/"):
+            self.send_response(302)
+            self.send_header("Location", "/real/" + self.path.removeprefix("/signed/"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range") or "")
+        data = BLOB[int(match[1]):int(match[2]) + 1] if match else BLOB
+        self.send_response(206 if match else 200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """A registry on S3-like storage: the manifest, and blob HEAD/GET as a 307 elsewhere."""
+
+    storage = ""
+
+    def do_GET(self) -> None:
+        if "/manifests/" in self.path:
+            body = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_V2,
+                               "config": {"mediaType": "x", "digest": BLOB_DIGEST, "size": 1},
+                               "layers": [{"mediaType": MODEL, "digest": BLOB_DIGEST,
+                                           "size": len(BLOB)}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", MANIFEST_V2)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(307)
+        self.send_header("Location", f"{self.storage}/signed/{BLOB_DIGEST}?X-Amz-Signature=s")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+BLOB = weights(5000, seed=9)
+BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+@contextlib.contextmanager
+def _serve(host: str, handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_check_registry_follows_redirects_on_head_and_range_as_ollama_does() -> None:
+    """Ollama's blob HEAD and its Range parts go through Go's default client, which follows
+    redirects to any host with the method and headers kept; only the direct-URL GET stops at
+    the first redirect to another host (server/download.go)."""
+    _Storage.seen.clear()
+    with _serve(S3_HOST, _Storage) as storage:
+        _Registry.storage = storage
+        with _serve("127.0.0.1", _Registry) as url:
+            client = reg.Client(Transport(), reg.Target.parse(url), None)
+            check = push.check_registry(client, "team/m", "latest")
+    assert check.ok, check.findings
+    assert any(f"from {urlsplit(storage).netloc}, after a redirect" in f
+               for f in check.findings), check.findings
+    # HEAD followed 307 then 302; the direct URL is the signed one; its Range GET followed
+    # the 302 with the Range kept, and no credentials went to the storage host
+    assert [(m, p.split("?")[0], r) for m, p, r, _ in _Storage.seen] == [
+        ("HEAD", f"/signed/{BLOB_DIGEST}", None), ("HEAD", f"/real/{BLOB_DIGEST}", None),
+        ("GET", f"/signed/{BLOB_DIGEST}", "bytes=0-0"),
+        ("GET", f"/real/{BLOB_DIGEST}", "bytes=0-0")]
+    assert all(auth is None for *_, auth in _Storage.seen)
