@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +25,22 @@ from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head, Reread
 from bundler.reference import ModelName
 from bundler.registry import (
+    MAX_REDIRECTS,
     MEDIA_TYPE_DOCKER_MANIFEST,
     Client,
+    EmptyBlobError,
     RegistryError,
     Target,
     describe_error,
     is_valid_tag,
     repository_name,
 )
+from bundler.transport import Response
 
 UPLOAD_CHUNK = 32 * CHUNK_SIZE  # PATCH size for large blobs; smaller blobs go in one PUT
 DEFAULT_JOBS = 4  # uploads in flight
 PARALLEL_MAX = 64 * CHUNK_SIZE  # blobs up to this size may be read twice, for parallel upload
+EMPTY_BLOB = Digest.of(b"")
 
 
 class _Uploads:
@@ -168,6 +172,7 @@ def push_bundle(
     with BundleReader(src, on_bytes) as reader, _Uploads(client, jobs) as uploads:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         items = plan_push(head, client.target, only)
+        items, refused, refusal = _store_empty_blob(client, items)
         result = PushResult(head, client.target, items)
         needs: dict[Digest, list[str]] = {}
         natural: dict[Digest, str] = {}  # where a blob may already be: the model's own repo
@@ -263,7 +268,37 @@ def push_bundle(
                      f"{item.pull_name(client.target)}")
         insecure = " --insecure" if client.target.scheme == "http" else ""
         result.commands = [f"ollama pull{insecure} {i.pull_name(client.target)}" for i in items]
+    if refusal is not None:
+        names = ", ".join(i.model.name.display_shortest() for i in refused)
+        raise RegistryError(
+            f"pushed {len(items)} of {len(items) + len(refused)} models; not {names}: "
+            f"{refusal.message}", hint=refusal.hint)
     return result
+
+
+def _store_empty_blob(client: Client, items: list[PushItem],
+                      ) -> tuple[list[PushItem], list[PushItem], EmptyBlobError | None]:
+    """Put the zero-length blob, before anything else, into each repository whose model
+    holds one, so that a registry that cannot store it costs only those models. Returns the
+    items to push, the ones left out, and why."""
+    keep: list[PushItem] = []
+    refused: list[PushItem] = []
+    refusal: EmptyBlobError | None = None
+    for item in items:
+        if not any(b.digest == EMPTY_BLOB and b.size == 0 for b in item.model.manifest.blobs) \
+                or client.has_blob(item.repository, EMPTY_BLOB, 0):
+            keep.append(item)
+            continue
+        if refusal is None:
+            try:
+                client.upload(item.repository, EMPTY_BLOB, 0, [b""], chunk_size=UPLOAD_CHUNK)
+            except EmptyBlobError as e:
+                refusal = e
+            else:
+                keep.append(item)
+                continue
+        refused.append(item)
+    return keep, refused, refusal
 
 
 def _check_stored(item: PushItem, client: Client, m: Manifest, reference: str) -> None:
@@ -355,17 +390,23 @@ def check_registry(client: Client, repository: str, tag: str) -> RegistryCheck:
     except (ValueError, KeyError, TypeError, IntegrityError):
         return RegistryCheck(name, False, ["the manifest is not a schema2 manifest"], [])
     url = client.url(f"/v2/{repository}/blobs/{digest}")
-    head = client.transport.request("HEAD", url)
-    if head.status != 200 or not head.header("Content-Length"):
-        problem = f"HEAD blob: HTTP {head.status} without Content-Length"
+    head = _like_go(client, "HEAD", url)  # redirects followed, as Ollama's HEAD does
+    if isinstance(head, str) or head.status != 200 or not head.header("Content-Length"):
+        problem = (f"HEAD blob: {head}" if isinstance(head, str)
+                   else f"HEAD blob: HTTP {head.status} without Content-Length")
         return RegistryCheck(name, False, [*findings, problem], [])
-    findings.append("blob HEAD answers with Content-Length")
+    findings.append("blob HEAD answers with Content-Length" + (
+        f" (from {urlsplit(head.url).netloc}, after a redirect)" if head.url != url else ""))
     direct = _resolve_like_ollama(client, url)
     if direct.startswith("error:"):
         return RegistryCheck(name, False, [*findings, direct[6:].strip()], [NGINX_ADVICE])
     findings.append(f"blob GET gives a direct URL ({direct})")
-    ranged = client.transport.request("GET", direct, headers={"Range": "bytes=0-0"}, stream=True)
-    data = b"".join(ranged.stream(1024))
+    ranged = _like_go(client, "GET", direct, {"Range": "bytes=0-0"})
+    if isinstance(ranged, str):
+        problem = f"a Range request on the direct URL: {ranged}"
+        return RegistryCheck(name, False, [*findings, problem], [])
+    data = ranged.reader().read(2)  # a server that ignores Range would send the whole blob
+    ranged.close()
     if ranged.status != 206 or len(data) != 1:
         problem = f"a Range request on the direct URL got HTTP {ranged.status}, not 206"
         return RegistryCheck(name, False, [*findings, problem],
@@ -400,11 +441,29 @@ def check_targets(client: Client, names: Sequence[str]) -> list[tuple[str, str]]
     return found[:10]
 
 
+def _like_go(client: Client, method: str, url: str,
+             headers: Mapping[str, str] | None = None) -> Response | str:
+    """`method url` as Go's default http.Client sends it, which is how Ollama sends the blob
+    HEAD (server/download.go, Prepare, through makeRequest in server/images.go with no
+    CheckRedirect) and each Range part (downloadChunk, http.DefaultClient, no credentials):
+    redirects followed to any host, HEAD and GET keeping their method and headers, "stopped
+    after 10 redirects". A GET's answer is streamed; an error is a string."""
+    for _ in range(MAX_REDIRECTS):
+        resp = client.transport.request(method, url, headers=headers, stream=method == "GET")
+        location = resp.header("Location")
+        if resp.status not in (301, 302, 303, 307, 308) or not location:
+            return resp
+        resp.close()
+        url = urljoin(url, location)
+    return f"stopped after {MAX_REDIRECTS} redirects"
+
+
 def _resolve_like_ollama(client: Client, url: str) -> str:
-    """reference/ollama.md §3.2 item 3: follow redirects to the same hostname (at most 10);
-    stop at the first to another hostname; accept only 307, or 200 with Location."""
+    """reference/ollama.md §3.2 item 3 (server/download.go, run: the CheckRedirect that
+    refuses when len(via) > 10): follow redirects to the same hostname, the port ignored (at
+    most 10); stop at the first to another hostname; accept only 307, or 200 with Location."""
     host = urlsplit(url).hostname
-    for _ in range(10):
+    for _ in range(MAX_REDIRECTS + 1):
         resp = client.transport.request("GET", url, stream=True)
         location = resp.header("Location")
         resp.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -27,14 +28,22 @@ TEMPLATE = "application/vnd.ollama.image.template"
 PARAMS = "application/vnd.ollama.image.params"
 
 
+def _loopback(host: str) -> bool:
+    """localhost, ::1 or any of 127.0.0.0/8 (the S3 stand-in listens on 127.0.0.2: another
+    host for Ollama's redirect rule, still loopback)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @pytest.fixture(autouse=True)
 def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     real_connect = socket.socket.connect
 
     def connect(self: socket.socket, address: Any) -> None:
         host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and host not in ("127.0.0.1", "::1", "localhost") \
-                and not host.startswith("/"):
+        if isinstance(host, str) and not _loopback(host) and not host.startswith("/"):
             raise AssertionError(f"test tried to reach {address!r}; use a loopback server")
         real_connect(self, address)
 
