@@ -495,6 +495,8 @@ def import_bundle(
         for change in changes:
             if change.action == "unchanged":
                 continue
+            for b in change.model.manifest.blobs:  # fresh until the manifest names them
+                store.touch_blob(b.digest)
             gone = [b.digest for b in change.model.manifest.blobs
                     if not store.has_blob(b.digest, b.size)]
             if gone:  # another program (ollama rm, a prune) removed it meanwhile
@@ -620,14 +622,32 @@ def _stage_seeking(blobs: dict[Digest, Seekable], store: Store, to_write: dict[D
     for digest, size in to_write.items():
         blob = store.stage(digest, resume=True)
         staged.append(blob)
-        if 0 < blob.existing < size:
-            views = blobs[digest].after(blob.existing, store.hash_staged(blob))
+        if 0 < blob.existing <= size:
+            prefix = store.hash_staged(blob)
+            if blob.existing == size and prefix.hexdigest() == digest.hex:
+                _staged_one(store, staged)  # complete: kept, nothing read or written
+                continue
+            views = (blobs[digest].after(blob.existing, prefix) if blob.existing < size
+                     else _restarted(blob, blobs[digest]))
         else:
-            blob.restart()
-            views = blobs[digest](0)
+            views = _restarted(blob, blobs[digest])
         for view in views:
             blob.write(view)
-        blob.finish()
+        _staged_one(store, staged)
+
+
+def _restarted(blob: StagedBlob, body: Seekable) -> Iterator[memoryview]:
+    blob.restart()
+    return body(0)
+
+
+def _staged_one(store: Store, staged: list[StagedBlob]) -> None:
+    """The last staged blob is complete: fsync it, and refresh the mtimes of those staged
+    before it, so that a long import keeps them inside the grace period of Ollama's prune
+    (formats/ollama-store.md §4.1)."""
+    staged[-1].finish()
+    for blob in staged[:-1]:
+        store.touch_staged(blob)
 
 
 def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
@@ -639,8 +659,8 @@ def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
             for _ in body:
                 pass
             continue
-        blob = store.stage(ref.digest)
+        blob = store.stage(ref.digest, resume=True)
         staged.append(blob)
-        for view in body:
+        for view in blob.unchanged(body):  # what an interrupted import left is not rewritten
             blob.write(view)
-        blob.finish()
+        _staged_one(store, staged)

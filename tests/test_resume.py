@@ -1,0 +1,164 @@
+"""Re-runs after an interruption redo no finished work (formats/ollama-store.md §4): blobs an
+interrupted import staged completely are hashed and kept, not read from the bundle or written
+again; staged and renamed blobs get fresh mtimes for Ollama's prune. Bytes read and written
+are counted by the kernel (/proc/self/io rchar and wchar)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bundler.digest import Digest
+from bundler.errors import BundlerError
+from bundler.store import Store, StoreLocation
+from tests.conftest import MODEL, TEMPLATE, Keys, make_model, run, tree, weights
+
+MB = 1_000_000
+SLACK = 11 * MB  # the head, and what the stream reads ahead (see tests/test_seek.py)
+
+
+def io_counters() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/io").read_text().splitlines():
+        key, value = line.split(":")
+        out[key] = int(value)
+    return out
+
+
+def counted(args: list[str], input: bytes | None = None) -> tuple[Any, int, int]:
+    """The command's JSON result, and the bytes it read and wrote (rchar, wchar)."""
+    before = io_counters()
+    r = run([*args, "--json"], input=input)
+    after = io_counters()
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout), after["rchar"] - before["rchar"], after["wchar"] - before["wchar"]
+
+
+@pytest.fixture
+def three(tmp_path: Path, keys: Keys, env: dict[str, str]) -> tuple[Path, Path]:
+    """A bundle of three models with 12 MB of weights each, and the store an uninterrupted
+    import of it makes."""
+    store = tmp_path / "src"
+    for i, name in enumerate(("a", "b", "c")):
+        make_model(store, f"registry.ollama.ai/library/{name}/latest",
+                   [(MODEL, weights(12 * MB, seed=70 + i)), (TEMPLATE, name.encode())])
+    bundle = tmp_path / "three.tar.zst"
+    r = run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+             str(bundle)])
+    assert r.exit_code == 0, r.output
+    direct = tmp_path / "direct"
+    r = run(["import", str(bundle), "--models", str(direct), "--trust", str(keys.pub)])
+    assert r.exit_code == 0, r.output
+    return bundle, direct
+
+
+def _weights(store: Path) -> list[Path]:
+    return sorted((p for p in (store / "blobs").glob("sha256-*") if p.stat().st_size > MB),
+                  key=lambda p: p.name)
+
+
+def _staged(target: Path, blob: Path, data: bytes | None = None) -> Path:
+    """What an import killed after writing `blob` completely, before renaming it, leaves."""
+    (target / "blobs").mkdir(parents=True, exist_ok=True)
+    path = target / "blobs" / f".bundle-{blob.name[7:]}.partial"
+    path.write_bytes(blob.read_bytes() if data is None else data)
+    return path
+
+
+@pytest.mark.parametrize("source", ["file", "pipe"])
+def test_completely_staged_blobs_are_kept_not_read_or_written_again(
+        three: tuple[Path, Path], tmp_path: Path, keys: Keys, source: str) -> None:
+    bundle, direct = three
+    target = tmp_path / "target"
+    a, b, c = _weights(direct)
+    staged = [_staged(target, a), _staged(target, b)]
+    kept = sum(p.stat().st_size for p in staged)
+    args = ["import", "-" if source == "pipe" else str(bundle), "--models", str(target),
+            "--trust", str(keys.pub)]
+    data = bundle.read_bytes() if source == "pipe" else None
+    doc, read, written = counted(args, input=data)
+    assert tree(target) == tree(direct)
+    assert not list((target / "blobs").glob(".bundle-*"))
+    # only the third weights blob (and the small ones) written; the staged ones were not
+    assert written < c.stat().st_size + MB, (written, c.stat().st_size)
+    if source == "file":
+        assert doc["readOnlyWhatWasNeeded"] is True
+        # the staged files are read once, to hash them; of the bundle only the rest
+        assert read - kept < c.stat().st_size + SLACK, (read, kept)
+
+
+def test_a_staged_blob_of_full_size_with_wrong_content_is_written_again(
+        three: tuple[Path, Path], tmp_path: Path, keys: Keys) -> None:
+    bundle, direct = three
+    target = tmp_path / "target"
+    a, b, _ = _weights(direct)
+    _staged(target, a)
+    bad = bytearray(b.read_bytes())
+    bad[5 * MB] ^= 1
+    _staged(target, b, bytes(bad))
+    _, _, written = counted(["import", str(bundle), "--models", str(target), "--trust",
+                             str(keys.pub)])
+    assert tree(target) == tree(direct)
+    assert b.stat().st_size < written < 2 * b.stat().st_size + MB  # b and c, not a
+
+
+def test_a_pipe_rewrites_a_partial_blob_only_from_where_it_differs(
+        three: tuple[Path, Path], tmp_path: Path, keys: Keys) -> None:
+    bundle, direct = three
+    target = tmp_path / "target"
+    a, b, c = _weights(direct)
+    _staged(target, a, a.read_bytes()[: 7 * MB])  # cut off by a kill
+    bad = bytearray(b.read_bytes())
+    bad[9 * MB] ^= 1  # differs at 9 MB: rewritten from the chunk holding that byte
+    _staged(target, b, bytes(bad))
+    _, _, written = counted(["import", "-", "--models", str(target), "--trust",
+                             str(keys.pub)], input=bundle.read_bytes())
+    assert tree(target) == tree(direct)
+    rest = (a.stat().st_size - 7 * MB) + (b.stat().st_size - 9 * MB) + c.stat().st_size
+    assert written < rest + 3 * MB, (written, rest)
+
+
+def test_staged_and_renamed_blobs_get_fresh_mtimes(
+        three: tuple[Path, Path], tmp_path: Path, keys: Keys) -> None:
+    """Ollama's prune (>= 0.21) spares files younger than an hour: blobs an earlier import
+    staged long ago are made fresh when renamed, and blobs already present too."""
+    bundle, direct = three
+    target = tmp_path / "target"
+    a, b, _ = _weights(direct)
+    old = time.time() - 3 * 3600
+    for path in (_staged(target, a), _staged(target, b)):
+        os.utime(path, (old, old))
+    start = time.time()
+    counted(["import", str(bundle), "--models", str(target), "--trust", str(keys.pub)])
+    blobs = list((target / "blobs").glob("sha256-*"))
+    assert len(blobs) == len(list((direct / "blobs").glob("sha256-*")))
+    for blob in blobs:
+        assert blob.stat().st_mtime >= start - 1, blob.name
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name[7:]
+
+
+def test_commit_makes_an_old_staged_blob_fresh_and_names_one_that_vanished(
+        tmp_path: Path) -> None:
+    store = Store(StoreLocation(tmp_path / "s", "--models"))
+    store.prepare()
+    old = time.time() - 3 * 3600
+    staged = []
+    for data in (b"kept", b"pruned"):
+        blob = store.stage(Digest.of(data))
+        blob.write(data)
+        blob.finish()
+        os.utime(blob.path, (old, old))
+        staged.append(blob)
+    start = time.time()
+    store.commit_blob(staged[0])
+    assert store.blob_path(Digest.of(b"kept")).stat().st_mtime >= start - 1
+    staged[1].path.unlink()  # as an Ollama server starting meanwhile prunes it
+    with pytest.raises(BundlerError, match="vanished before it was renamed") as e:
+        store.commit_blob(staged[1])
+    assert e.value.hint == "run the import again"
