@@ -8,7 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,9 @@ import pytest
 from bundler.digest import Digest
 from bundler.errors import BundlerError
 from bundler.store import Store, StoreLocation
-from tests.conftest import MODEL, TEMPLATE, Keys, make_model, run, tree, weights
+from tests.conftest import MANIFEST_V2, MODEL, TEMPLATE, Keys, make_model, run, tree, weights
+from tests.faultproxy import fault_proxy
+from tests.servers import Registry, registry_fixture  # noqa: F401 - fixture
 
 MB = 1_000_000
 SLACK = 11 * MB  # the head, and what the stream reads ahead (see tests/test_seek.py)
@@ -61,6 +68,12 @@ def three(tmp_path: Path, keys: Keys, env: dict[str, str]) -> tuple[Path, Path]:
 def _weights(store: Path) -> list[Path]:
     return sorted((p for p in (store / "blobs").glob("sha256-*") if p.stat().st_size > MB),
                   key=lambda p: p.name)
+
+
+def _weights_of(store: Path, name: str) -> Path:
+    doc = json.loads((store / f"manifests/registry.ollama.ai/library/{name}/latest")
+                     .read_bytes())
+    return store / "blobs" / doc["layers"][0]["digest"].replace(":", "-")
 
 
 def _staged(target: Path, blob: Path, data: bytes | None = None) -> Path:
@@ -162,3 +175,67 @@ def test_commit_makes_an_old_staged_blob_fresh_and_names_one_that_vanished(
     with pytest.raises(BundlerError, match="vanished before it was renamed") as e:
         store.commit_blob(staged[1])
     assert e.value.hint == "run the import again"
+
+
+def _has(base: str, repo: str, blob: Path) -> bool:
+    req = urllib.request.Request(f"{base}/v2/{repo}/blobs/sha256:{blob.name[7:]}",
+                                 method="HEAD")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def test_a_push_rerun_after_kill_9_reads_only_what_the_registry_lacks(
+        registry: Registry, three: tuple[Path, Path], tmp_path: Path, keys: Keys,
+        env: dict[str, str]) -> None:
+    bundle, direct = three
+    weights_of = {name: _weights_of(direct, name) for name in ("a", "b", "c")}
+    cmd = [sys.executable, "-m", "bundler", "import", str(bundle), "--to-registry",
+           registry.url + "/resume", "--trust", str(keys.pub), "-q", "--jobs", "1"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while (proc.poll() is None and time.monotonic() < deadline
+           and not _has(registry.url, "resume/a", weights_of["a"])):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    missing = sum(b.stat().st_size for n, b in weights_of.items()
+                  if not _has(registry.url, f"resume/{n}", b))
+    doc, read, _ = counted(["import", str(bundle), "--to-registry", registry.url + "/resume",
+                            "--trust", str(keys.pub)])
+    assert doc["bytesUploaded"] <= missing + MB
+    assert read < missing + SLACK, (read, missing)
+    for name in weights_of:
+        raw = (direct / f"manifests/registry.ollama.ai/library/{name}/latest").read_bytes()
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{registry.url}/v2/resume/{name}/manifests/latest",
+                headers={"Accept": MANIFEST_V2}), timeout=30) as r:
+            assert r.read() == raw
+
+
+def test_a_cached_download_complete_but_not_renamed_is_not_fetched_again(
+        registry: Registry, three: tuple[Path, Path], tmp_path: Path, keys: Keys) -> None:
+    """export --from-registry --cache, killed after the last byte of a blob was written to
+    the cache but before its rename: the re-run uses it, asking the registry for nothing."""
+    bundle, direct = three
+    r = run(["import", str(bundle), "--to-registry", registry.url, "--trust", str(keys.pub)])
+    assert r.exit_code == 0, r.output
+    cache = tmp_path / "cache"
+    out = tmp_path / "again.tar.zst"
+    args = ["export", "--from-registry", "a", "b", "--mirror", registry.url, "--unsigned",
+            "-o", str(out), "--cache", str(cache)]
+    assert run(args).exit_code == 0
+    a = _weights_of(direct, "a")
+    done = cache / a.name
+    assert done.is_file()
+    done.rename(cache / f"{a.name}.partial")
+    with fault_proxy(registry.url, []) as (url, log):
+        r = run([*args[:5], url, *args[6:]])
+        assert r.exit_code == 0, r.output
+        assert not [x for x in log.requests if "/blobs/" in x]
+    assert done.is_file() and not list(cache.glob("*.partial"))
+    r = run(["verify", str(out), "--allow-unsigned"])
+    assert r.exit_code == 0, r.output
