@@ -73,7 +73,8 @@ def _weights(store: Path) -> list[Path]:
 def _weights_of(store: Path, name: str) -> Path:
     doc = json.loads((store / f"manifests/registry.ollama.ai/library/{name}/latest")
                      .read_bytes())
-    return store / "blobs" / doc["layers"][0]["digest"].replace(":", "-")
+    digest: str = doc["layers"][0]["digest"]
+    return store / "blobs" / digest.replace(":", "-")
 
 
 def _staged(target: Path, blob: Path, data: bytes | None = None) -> Path:
@@ -182,7 +183,7 @@ def _has(base: str, repo: str, blob: Path) -> bool:
                                  method="HEAD")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except urllib.error.HTTPError:
         return False
 
