@@ -43,7 +43,7 @@ from bundler.layout import (
     signature_member,
 )
 from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress
-from bundler.reader import BundleReader, Head, Seekable
+from bundler.reader import BundleReader, Head, Seekable, head_only
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
 from bundler.streams import ReadAhead, Sink, SplitOutput
@@ -278,8 +278,9 @@ def head_json(head: Head) -> dict[str, Any]:
 
 
 def list_bundle(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:
-    """Read only the head: root, signatures, index.json and manifests."""
-    with BundleReader(src) as reader:
+    """Read only the head: root, signatures, index.json and manifests (and, with a seek
+    table, nothing after them)."""
+    with BundleReader(head_only(src)) as reader:
         return reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
 
 
