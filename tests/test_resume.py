@@ -5,6 +5,7 @@ are counted by the kernel (/proc/self/io rchar and wchar)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -255,3 +256,42 @@ def test_ls_reads_only_the_head(three: tuple[Path, Path], tmp_path: Path, keys: 
     doc, read, _ = counted(["ls", str(bundle), "--trust", str(keys.pub)])
     assert [m["name"] for m in doc["models"]] == ["a:latest", "b:latest", "c:latest"]
     assert read < 200_000, read  # the head is a few KB; the blobs after it 36 MB
+
+
+def _kill_when(cmd: list[str], env: dict[str, str], ready: Any) -> None:
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and not ready():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_an_export_removes_what_a_killed_export_to_the_same_name_left(
+        three: tuple[Path, Path], tmp_path: Path, keys: Keys, env: dict[str, str],
+        split: bool) -> None:
+    _, direct = three
+    out = tmp_path / "out" / "b.tar.zst"
+    out.parent.mkdir()
+    extra = ["--split", "10MB"] if split else []
+    export = [sys.executable, "-m", "bundler", "export", "--all", "--models", str(direct),
+              "--key", str(keys.key), "-o", str(out), "-q", *extra]
+
+    def partial_written() -> bool:
+        return any(p.stat().st_size > 2 * MB for p in out.parent.glob(".*.partial"))
+
+    _kill_when(export, env, partial_written)
+    left = list(out.parent.glob(".*.partial"))
+    assert left and not out.exists()
+    other = out.parent / ".other.tar.zst.0123abcd.partial"  # another output's: not ours
+    other.write_bytes(b"x")
+    live = out.parent / ".b.tar.zst.89abcdef.partial"  # an export to this name still running
+    with live.open("wb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = run(export[3:-1] if not split else [*export[3:-3], *extra])
+        assert r.exit_code == 0, r.output
+        assert sorted(out.parent.glob(".*.partial")) == sorted([other, live])
+    r = run(["verify", str(out) + (".001" if split else ""), "--trust", str(keys.pub)])
+    assert r.exit_code == 0, r.output
