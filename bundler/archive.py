@@ -22,6 +22,7 @@ import zstandard
 
 from bundler.digest import CHUNK_SIZE
 from bundler.errors import IntegrityError
+from bundler.progress import plural
 from bundler.streams import Prefetch, Sink
 
 BLOCK = 512
@@ -163,7 +164,7 @@ class ArchiveWriter:
                 break
         for extra in pieces:  # lets _checked see the end (and complain about extra bytes)
             if extra:
-                raise IntegrityError(f"{name}: the source gave more than {size} bytes")
+                raise IntegrityError(f"{name}: the source gave more than {plural(size, 'byte')}")
 
     @property
     def frames(self) -> list[tuple[int, int]]:
@@ -191,7 +192,7 @@ def _checked(name: str, size: int, chunks: Iterable[memoryview | bytes],
             break
         yield chunk
     if written != size:
-        raise IntegrityError(f"{name}: source gave {written} bytes, expected {size}")
+        raise IntegrityError(f"{name}: source gave {plural(written, 'byte')}, expected {size}")
     yield bytes(padding(size))
 
 

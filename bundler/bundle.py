@@ -42,7 +42,7 @@ from bundler.layout import (
     plan_contents,
     signature_member,
 )
-from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress
+from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress, plural
 from bundler.reader import BundleReader, Head, Seekable, head_only
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
@@ -139,7 +139,7 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
             size = store.blob_size(blob.digest)
             if size != blob.size:
                 problem = "is missing" if size is None else (
-                    f"has {size} bytes, the manifest says {blob.size}")
+                    f"has {plural(size, 'byte')}, the manifest says {blob.size}")
                 raise IntegrityError(
                     f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
                     f"{problem}", hint="re-pull the model, or remove it with 'ollama rm'")
@@ -338,7 +338,7 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
         if size is None:
             problems.append(f"{path.name} is missing")
         elif size != ref.size:
-            problems.append(f"{path.name} has {size} bytes, not {ref.size}")
+            problems.append(f"{path.name} has {plural(size, 'byte')}, not {ref.size}")
         else:
             present.append((path, ref))
     on_total(sum(ref.size for _, ref in present))
@@ -350,7 +350,8 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
         if source.digest != ref.digest:
             problems.append(f"{path.name} is corrupt (sha256 differs)")
     if problems:
-        raise IntegrityError(f"{len(problems)} of {len(paths) + 1} parts are bad: "
+        verb = "is" if len(problems) == 1 else "are"
+        raise IntegrityError(f"{len(problems)} of {plural(len(paths) + 1, 'part')} {verb} bad: "
                              + "; ".join(problems),
                              hint="copy those parts again from the release medium (or "
                                   "'bundle repair' them if parity files were made)")
@@ -467,7 +468,8 @@ def import_bundle(
         free, want = store.free_bytes(), sum(to_write.values())
         if want + want // 100 + _FREE_SPACE_MARGIN > free:
             raise BundlerError(
-                f"not enough space in {store.root}: {want} bytes to write, {free} free",
+                f"not enough space in {store.root}: {plural(want, 'byte')} to write, "
+                f"{free} free",
                 hint="free space there, or import fewer models with --only")
         everything = sum(b.size for b in head.layer_blobs)
         resumable = any(store.partial_size(d) for d in to_write)  # an interrupted import's
@@ -528,7 +530,8 @@ def require_bases(head: Head, models: Sequence[Model], present: set[Digest], whe
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     releases = sorted({head.root.bases[e.base].name for e in missing})
     raise NotFoundError(
-        f"this delta bundle leaves out {len(missing)} blob(s) that {where} does not have: "
+        f"this delta bundle leaves out {plural(len(missing), 'blob')} that {where} does not "
+        "have: "
         + "; ".join(parts) + more,
         hint=f"import {', '.join(releases)} there first, or leave these models out with --only")
 

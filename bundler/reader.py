@@ -31,7 +31,7 @@ from bundler.layout import (
     signature_keyid,
 )
 from bundler.oci import MAX_MANIFEST_BYTES, Index
-from bundler.progress import OnBytes, OnEvent, no_events, no_progress
+from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
 from bundler.streams import PartsReader
 from bundler.volumes import part_name, split_name
 
@@ -269,7 +269,8 @@ class BundleReader:
                 hint="members are missing, reordered or added: this is not an intact bundle",
             )
         if max_size is not None and m.size > max_size:
-            raise IntegrityError(f"{expected} is {m.size} bytes, more than the limit {max_size}")
+            raise IntegrityError(f"{expected} is {plural(m.size, 'byte')}, more than the limit "
+                                 f"{max_size}")
         _require_canonical(m)
         return m
 
@@ -353,7 +354,7 @@ class BundleReader:
     @staticmethod
     def _check_size(m: Member, ref: BlobRef) -> None:
         if m.size != ref.size:
-            raise IntegrityError(f"blob {ref.digest}: the archive says {m.size} bytes, the "
+            raise IntegrityError(f"blob {ref.digest}: the archive says {plural(m.size, 'byte')}, the "
                                  f"signed root {ref.size}")
 
     def blobs(self) -> Iterator[tuple[BlobRef, Iterator[memoryview]]]:

@@ -22,6 +22,7 @@ from typing import BinaryIO, Protocol, cast
 
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
+from bundler.progress import plural
 from bundler.volumes import Part, part_name, sidecar, sidecar_name
 
 
@@ -400,12 +401,14 @@ class PartsReader:
                 actual = path.stat().st_size
             except FileNotFoundError:
                 raise NotFoundError(
-                    f"part {path.name} of the split bundle is missing ({len(paths)} parts)",
+                    f"part {path.name} of the split bundle is missing "
+                    f"({plural(len(paths), 'part')})",
                     hint=f"copy {path.name} from the release medium next to {paths[0].name}",
                 ) from None
             if actual != size:
                 raise IntegrityError(
-                    f"part {path.name} has {actual} bytes, the signed head lists {size}: it "
+                    f"part {path.name} has {plural(actual, 'byte')}, the signed head lists "
+                    f"{size}: it "
                     "was not copied completely", hint=f"copy {path.name} again")
         self._i = 0
         self._f: BinaryIO = paths[0].open("rb")

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 
 from bundler.digest import Digest
 from bundler.errors import BundlerError
+from bundler.progress import plural
 from bundler.store import Store, StoreLocation
 from tests.conftest import MANIFEST_V2, MODEL, TEMPLATE, Keys, make_model, run, tree, weights
 from tests.faultproxy import fault_proxy
@@ -295,3 +297,28 @@ def test_an_export_removes_what_a_killed_export_to_the_same_name_left(
         assert sorted(out.parent.glob(".*.partial")) == sorted([other, live])
     r = run(["verify", str(out) + (".001" if split else ""), "--trust", str(keys.pub)])
     assert r.exit_code == 0, r.output
+
+
+def test_counts_in_messages_agree_with_their_nouns(tmp_path: Path, keys: Keys,
+                                                   env: dict[str, str]) -> None:
+    assert [plural(n, "blob") for n in (0, 1, 2)] == ["0 blobs", "1 blob", "2 blobs"]
+    assert plural(1, "repository", "repositories") == "1 repository"
+    assert plural(3, "repository", "repositories") == "3 repositories"
+    store = tmp_path / "one"
+    make_model(store, "registry.ollama.ai/library/solo/latest", [])  # a config, no layers
+    out = tmp_path / "one.tar.zst"
+    r = run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+             str(out)])
+    assert r.exit_code == 0, r.output
+    assert "1 model, 2 blobs," in r.stdout
+    texts = [r.stdout]
+    for args in (["ls", str(out)], ["verify", str(out)],
+                 ["import", str(out), "--models", str(tmp_path / "t")],
+                 ["import", str(out), "--models", str(tmp_path / "t")]):
+        r = run([*args, "--trust", str(keys.pub)])
+        assert r.exit_code == 0, r.output
+        texts.append(r.output)
+    text = "\n".join(texts)
+    assert "wrote 1 blob (" in text and "wrote 0 blobs" in text
+    assert "trust: 1 key (" in text
+    assert not re.search(r"\b1 (blobs|models|keys|files|parts|bytes)\b|\(s\)", text), text
