@@ -24,6 +24,7 @@ import zstandard
 from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
 from bundler.errors import IntegrityError
+from bundler.progress import plural
 from bundler.streams import Prefetch, Sink
 
 BLOCK = 512
@@ -165,7 +166,7 @@ class ArchiveWriter:
                 break
         for extra in pieces:  # lets _checked see the end (and complain about extra bytes)
             if extra:
-                raise IntegrityError(f"{name}: the source gave more than {size} bytes")
+                raise IntegrityError(f"{name}: the source gave more than {plural(size, 'byte')}")
 
     @property
     def frames(self) -> list[tuple[int, int]]:
@@ -193,7 +194,7 @@ def _checked(name: str, size: int, chunks: Iterable[memoryview | bytes],
             break
         yield chunk
     if written != size:
-        raise IntegrityError(f"{name}: source gave {written} bytes, expected {size}")
+        raise IntegrityError(f"{name}: source gave {plural(written, 'byte')}, expected {size}")
     yield bytes(padding(size))
 
 
@@ -511,15 +512,51 @@ def _raw_from(source: Positional, at: int, position: int, count: int,
 
 
 class _PositionalReader:
-    """A Positional read from an offset on."""
+    """A Positional read from an offset on (up to `end`, if given)."""
 
-    def __init__(self, source: Positional, offset: int) -> None:
-        self._source, self._offset = source, offset
+    def __init__(self, source: Positional, offset: int, end: int | None = None) -> None:
+        self._source, self._offset, self._end = source, offset, end
 
     def read(self, n: int = -1) -> bytes:
-        data = self._source.pread(CHUNK_SIZE if n < 0 else n, self._offset)
+        n = CHUNK_SIZE if n < 0 else n
+        if self._end is not None:
+            n = max(0, min(n, self._end - self._offset))
+        data = self._source.pread(n, self._offset) if n else b""
         self._offset += len(data)
         return data
+
+
+def _seek_rows(source: Positional) -> list[tuple[int, int]] | None:
+    if source.size < 17:
+        return None
+    footer = source.pread(9, source.size - 9)
+    if len(footer) != 9 or int.from_bytes(footer[-4:], "little") != SEEKABLE_MAGIC:
+        return None
+    size = 8 + 8 * int.from_bytes(footer[:4], "little") + 9
+    if size > min(source.size, _MAX_SEEK_TABLE):
+        return None
+    return parse_seek_table(source.pread(size, source.size - size), source.size)
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """A stream that can be read at any offset, with the frames its seek table lists."""
+
+    source: Positional
+    rows: list[tuple[int, int]]
+
+    def until(self, end: int) -> BinaryIO:
+        """The stream from its start up to compressed offset `end`: a reader of it reads
+        nothing after (not even ahead)."""
+        return cast("BinaryIO", _PositionalReader(self.source, 0, end))
+
+
+def frames(src: BinaryIO) -> Frames | None:
+    """`src` (from its current offset) and its seek table's rows, without reading anything
+    else; None for a pipe or a stream without a valid seek table."""
+    source = _positional(src)
+    rows = None if source is None else _seek_rows(source)
+    return None if source is None or not rows else Frames(source, rows)
 
 
 class _Decompressor:
@@ -705,16 +742,7 @@ class ArchiveReader:
     def seek_rows(self) -> list[tuple[int, int]] | None:
         """The frames the seek table at the end of the stream lists, if the source can be
         read at any offset and has a valid one."""
-        source = self._file
-        if source is None or source.size < 17:
-            return None
-        footer = source.pread(9, source.size - 9)
-        if len(footer) != 9 or int.from_bytes(footer[-4:], "little") != SEEKABLE_MAGIC:
-            return None
-        size = 8 + 8 * int.from_bytes(footer[:4], "little") + 9
-        if size > min(source.size, _MAX_SEEK_TABLE):
-            return None
-        return parse_seek_table(source.pread(size, source.size - size), source.size)
+        return None if self._file is None else _seek_rows(self._file)
 
     def member_at(self, offset: int, name: str, size: int,
                   ) -> Callable[[int], Iterator[memoryview]] | None:

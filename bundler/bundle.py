@@ -42,8 +42,8 @@ from bundler.layout import (
     plan_contents,
     signature_member,
 )
-from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress
-from bundler.reader import BundleReader, Head, Seekable
+from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress, plural
+from bundler.reader import BundleReader, Head, Seekable, head_only
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
 from bundler.streams import ReadAhead, Sink, SplitOutput
@@ -138,14 +138,14 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
     models = [store.read_model(n) for n in picked]
     remote = {m.name: r for m in models if (r := _remote(store, m)) is not None}
     if all_models and remote:  # they cannot run behind an air gap (formats/ollama-store.md §6)
-        on_event(f"warning: left out {len(remote)} remote model(s), which run on another "
-                 "host and cannot run behind an air gap: "
+        on_event(f"warning: left out {plural(len(remote), 'remote model')} (run on another "
+                 "host, so not behind an air gap): "
                  + ", ".join(f"{n.display_shortest()} ({r})" for n, r in remote.items())
                  + "; name one to export it anyway")
         models = [m for m in models if m.name not in remote]
         if not models:
             raise NotFoundError(f"no local models in {store.location.describe()}, only "
-                                f"{len(remote)} remote one(s)",
+                                f"{plural(len(remote), 'remote one')}",
                                 hint="name a remote model to export it anyway")
     else:
         for n, r in remote.items():
@@ -159,7 +159,7 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
             size = store.blob_size(blob.digest)
             if size != blob.size:
                 problem = "is missing" if size is None else (
-                    f"has {size} bytes, the manifest says {blob.size}")
+                    f"has {plural(size, 'byte')}, the manifest says {blob.size}")
                 raise IntegrityError(
                     f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
                     f"{problem}", hint="re-pull the model, or remove it with 'ollama rm'")
@@ -311,8 +311,9 @@ def head_json(head: Head) -> dict[str, Any]:
 
 
 def list_bundle(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:
-    """Read only the head: root, signatures, index.json and manifests."""
-    with BundleReader(src) as reader:
+    """Read only the head: root, signatures, index.json and manifests (and, with a seek
+    table, nothing after them)."""
+    with BundleReader(head_only(src)) as reader:
         return reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
 
 
@@ -370,7 +371,7 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
         if size is None:
             problems.append(f"{path.name} is missing")
         elif size != ref.size:
-            problems.append(f"{path.name} has {size} bytes, not {ref.size}")
+            problems.append(f"{path.name} has {plural(size, 'byte')}, not {ref.size}")
         else:
             present.append((path, ref))
     on_total(sum(ref.size for _, ref in present))
@@ -382,7 +383,8 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
         if source.digest != ref.digest:
             problems.append(f"{path.name} is corrupt (sha256 differs)")
     if problems:
-        raise IntegrityError(f"{len(problems)} of {len(paths) + 1} parts are bad: "
+        verb = "is" if len(problems) == 1 else "are"
+        raise IntegrityError(f"{len(problems)} of {plural(len(paths) + 1, 'part')} {verb} bad: "
                              + "; ".join(problems),
                              hint="copy those parts again from the release medium (or "
                                   "'bundle repair' them if parity files were made)")
@@ -498,8 +500,8 @@ def import_bundle(
         old_names = tuple(d for d in needed if d in present
                           and store.find_blob(d) != store.blob_path(d))
         if old_names:  # formats/ollama-store.md §4, "Old blob names"
-            on_event(f"warning: {len(old_names)} blob(s) this import uses are in the store only "
-                     f"under the old name blobs/sha256:<hex> (e.g. {old_names[0]}); a running "
+            on_event(f"warning: {plural(len(old_names), 'blob')} this import uses: in the store "
+                     f"only under the old name blobs/sha256:<hex> (e.g. {old_names[0]}); a running "
                      "Ollama finds them only after a restart, which renames them to "
                      "sha256-<hex>: restart Ollama after the import")
         result = ImportResult(head, store.location.describe(), tuple(changes), len(to_write),
@@ -511,7 +513,8 @@ def import_bundle(
         free, want = store.free_bytes(), sum(to_write.values())
         if want + want // 100 + _FREE_SPACE_MARGIN > free:
             raise BundlerError(
-                f"not enough space in {store.root}: {want} bytes to write, {free} free",
+                f"not enough space in {store.root}: {plural(want, 'byte')} to write, "
+                f"{free} free",
                 hint="free space there, or import fewer models with --only")
         everything = sum(b.size for b in head.layer_blobs)
         resumable = any(store.partial_size(d) for d in to_write)  # an interrupted import's
@@ -540,6 +543,8 @@ def import_bundle(
         for change in changes:
             if change.action == "unchanged":
                 continue
+            for b in change.model.manifest.blobs:  # fresh until the manifest names them
+                store.touch_blob(b.digest)
             gone = [b.digest for b in change.model.manifest.blobs
                     if not store.has_blob(b.digest, b.size)]
             if gone:  # another program (ollama rm, a prune) removed it meanwhile
@@ -570,7 +575,8 @@ def require_bases(head: Head, models: Sequence[Model], present: set[Digest], whe
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     releases = sorted({head.root.bases[e.base].name for e in missing})
     raise NotFoundError(
-        f"this delta bundle leaves out {len(missing)} blob(s) that {where} does not have: "
+        f"this delta bundle leaves out {plural(len(missing), 'blob')} that {where} does not "
+        "have: "
         + "; ".join(parts) + more,
         hint=f"import {', '.join(releases)} there first, or leave these models out with --only")
 
@@ -665,14 +671,32 @@ def _stage_seeking(blobs: dict[Digest, Seekable], store: Store, to_write: dict[D
     for digest, size in to_write.items():
         blob = store.stage(digest, resume=True)
         staged.append(blob)
-        if 0 < blob.existing < size:
-            views = blobs[digest].after(blob.existing, store.hash_staged(blob))
+        if 0 < blob.existing <= size:
+            prefix = store.hash_staged(blob)
+            if blob.existing == size and prefix.hexdigest() == digest.hex:
+                _staged_one(store, staged)  # complete: kept, nothing read or written
+                continue
+            views = (blobs[digest].after(blob.existing, prefix) if blob.existing < size
+                     else _restarted(blob, blobs[digest]))
         else:
-            blob.restart()
-            views = blobs[digest](0)
+            views = _restarted(blob, blobs[digest])
         for view in views:
             blob.write(view)
-        blob.finish()
+        _staged_one(store, staged)
+
+
+def _restarted(blob: StagedBlob, body: Seekable) -> Iterator[memoryview]:
+    blob.restart()
+    return body(0)
+
+
+def _staged_one(store: Store, staged: list[StagedBlob]) -> None:
+    """The last staged blob is complete: fsync it, and refresh the mtimes of those staged
+    before it, so that a long import keeps them inside the grace period of Ollama's prune
+    (formats/ollama-store.md §4.1)."""
+    staged[-1].finish()
+    for blob in staged[:-1]:
+        store.touch_staged(blob)
 
 
 def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
@@ -684,8 +708,8 @@ def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
             for _ in body:
                 pass
             continue
-        blob = store.stage(ref.digest)
+        blob = store.stage(ref.digest, resume=True)
         staged.append(blob)
-        for view in body:
+        for view in blob.unchanged(body):  # what an interrupted import left is not rewritten
             blob.write(view)
-        blob.finish()
+        _staged_one(store, staged)

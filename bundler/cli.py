@@ -38,7 +38,7 @@ from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
 from bundler.layout import Base, External, format_created
 from bundler.oci import Manifest
-from bundler.progress import format_size
+from bundler.progress import format_size, plural
 from bundler.reader import Head, open_split
 from bundler.reference import ModelName
 from bundler.store import Store
@@ -345,7 +345,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
              else [Path(output)])
     if parity_percent:
         parity.create(files, parity_percent)
-        out.log(f"wrote par2 repair data ({parity_percent} %) for {len(files)} file(s)")
+        out.log(f"wrote par2 repair data ({parity_percent} %) for {plural(len(files), 'file')}")
     if verify_after_write:
         with _open_bundle(written) as f, out.progress("verify") as bar:
             bundle.verify_bundle(f, [k.public for k in keys], allow_unsigned=not keys,
@@ -355,7 +355,8 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
              f"{format_size(m.manifest.total_size)}" for m in result.models]
     signed = ("signed by " + ", ".join(k[:16] for k in result.signers)
               if result.signers else "UNSIGNED")
-    summary = (f"wrote {output}: {len(result.models)} models, {result.blobs} blobs, "
+    summary = (f"wrote {output}: {plural(len(result.models), 'model')}, "
+               f"{plural(result.blobs, 'blob')}, "
                f"{format_size(result.bytes_in)}, {signed}")
     if part_size is not None:
         summary += "\n" + "\n".join(f"  {p.name}  {format_size(p.size)}  {p.digest}"
@@ -372,7 +373,7 @@ def _delta_text(bases: Sequence[Base], external: Sequence[External]) -> list[str
     if not bases:
         return []
     left_out = format_size(sum(e.blob.size for e in external))
-    head = (f"delta: {len(external)} blobs ({left_out}) left out, which the target must "
+    head = (f"delta: {plural(len(external), 'blob')} ({left_out}) left out, which the target must "
             "already have:")
     lines = [head]
     for i, b in enumerate(bases):
@@ -426,7 +427,7 @@ def _resolve_bundle(args: tuple[str, ...]) -> str:
         return firsts[0]
     if len(found) == 1:
         return found[0]
-    raise UsageError(f"{len(found)} files given; name one bundle",
+    raise UsageError(f"{plural(len(found), 'file')} given; name one bundle",
                      hint="a bundle file, or the first part of a split bundle (NAME.001)")
 
 
@@ -476,7 +477,7 @@ def _trusted(paths: tuple[Path, ...], out: Output) -> list[signing.PublicKey]:
             out.log(f"warning: key {key.keyid[:16]}… ({key.source}) is revoked in "
                     f"{revoked_file}; it is not trusted")
         keys = [k for k in keys if k.keyid not in revoked]
-    out.log(f"trust: {len(keys)} key(s) ({directory}" + (
+    out.log(f"trust: {plural(len(keys), 'key')} ({directory}" + (
         "" if directory.is_dir() else ", absent") + (f", plus {len(paths)} --trust)" if paths else ")"))
     return keys
 
@@ -553,7 +554,8 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
         head = bundle.list_bundle(f, keys)
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
              f"{head.root.tool_version}")
-    total = (f"total: {len(head.models)} models, {len(head.root.blobs)} blobs, "
+    total = (f"total: {plural(len(head.models), 'model')}, "
+             f"{plural(len(head.root.blobs), 'blob')}, "
              f"{format_size(head.root.total_size)}")
     out.result("\n".join([title, _signers_text(head), *_models_table(head), total,
                           *_delta_text(head.root.bases, head.root.external)]),
@@ -584,15 +586,16 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
             checked = bundle.verify_parts(Path(bundle_path), keys, allow_unsigned=allow_unsigned,
                                           on_total=lambda n: bar.reset(total=n),
                                           on_bytes=bar.update, on_event=out.log)
-        out.result(f"OK {bundle_path}: {_signers_text(checked.head)}; {len(checked.parts)} "
-                   "parts, sizes and sha256 as the signed head lists them (blobs not checked)",
+        out.result(f"OK {bundle_path}: {_signers_text(checked.head)}; "
+                   f"{plural(len(checked.parts), 'part')}, sizes and sha256 as the signed head lists them (blobs not checked)",
                    checked.to_json())
         return
     with _open_bundle(bundle_path) as f, out.progress("verify") as bar:
         result = bundle.verify_bundle(f, keys, allow_unsigned=allow_unsigned,
                                       on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                       on_event=out.log)
-    out.result(f"OK {bundle_path}: {_signers_text(result.head)}; {result.verified_blobs} blobs, "
+    out.result(f"OK {bundle_path}: {_signers_text(result.head)}; "
+               f"{plural(result.verified_blobs, 'blob')}, "
                f"{format_size(result.verified_bytes)} verified", result.to_json())
 
 
@@ -653,10 +656,11 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
             note += "  tensor model"
         lines.append(f"  {c.action:9} {c.target.display_shortest():40} "
                      f"{c.model.manifest.digest.short}{note}")
-    lines.append(f"{verb} {result.blobs_written} blobs ({format_size(result.bytes_written)}), "
+    lines.append(f"{verb} {plural(result.blobs_written, 'blob')} "
+                 f"({format_size(result.bytes_written)}), "
                  f"{result.blobs_present} already present, into {result.store}")
     if tensor:
-        lines.append(f"note: {tensor} tensor model(s) (safetensors): Ollama runs them only "
+        lines.append(f"note: {plural(tensor, 'tensor model')} (safetensors): Ollama runs them only "
                      "where its MLX runtime loads; elsewhere they are listed but do not run")
     check = None
     if not (dry_run or no_server_check) and result.changes:
@@ -750,7 +754,8 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
     lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
               + ("  (renamed: registries want lowercase)" if i.renamed(client.target) else "")
               for i in result.items]
-    lines.append(f"uploaded {result.uploaded} blobs ({format_size(result.uploaded_bytes)}), "
+    lines.append(f"uploaded {plural(result.uploaded, 'blob')} "
+                 f"({format_size(result.uploaded_bytes)}), "
                  f"{result.present} already there, {result.mounted} mounted")
     if result.head.registry_signatures:
         lines.append(f"cosign signatures: {result.cosign_signatures} added to sha256-<digest>.sig"
@@ -834,7 +839,8 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
         with open_output(Path(output)) as f:
             f.write(inv.to_bytes())
     size = sum(b.size for b in inv.blobs)
-    out.result(f"wrote {output}: {len(inv.models)} models, {len(inv.blobs)} blobs "
+    out.result(f"wrote {output}: {plural(len(inv.models), 'model')}, "
+               f"{plural(len(inv.blobs), 'blob')} "
                f"({format_size(size)}) in {inv.source}",
                {"output": output, "source": inv.source, "created": inv.created,
                 "models": len(inv.models), "blobs": len(inv.blobs), "bytes": size})
@@ -855,7 +861,8 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
     lines += [f"  - {n}  {a.models[n].short}" for n in d.removed]
     lines += [f"  ~ {n}  {a.models[n].short} -> {b.models[n].short}" for n in d.changed]
     lines.append(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
-                 f"{d.unchanged} unchanged; new: {d.new_blobs} blobs, {format_size(d.new_bytes)}")
+                 f"{d.unchanged} unchanged; new: {plural(d.new_blobs, 'blob')}, "
+                 f"{format_size(d.new_bytes)}")
     out.result("\n".join(lines), {"old": a.label, "new": b.label, **d.to_json()})
 
 

@@ -187,6 +187,22 @@ def exclusive_lock(path: Path, on_wait: Callable[[], object]) -> Iterator[None]:
         os.close(fd)  # releases a flock
 
 
+def claim(fd: int) -> bool:
+    """Lock an open file for this process without waiting; False if a live process holds it.
+    Export temporaries are claimed so that a later export removes only a killed one's
+    (formats/threat-model.md G12). On Windows, where an open file cannot be removed, nothing
+    needs claiming."""
+    if sys.platform == "win32":
+        return True
+    import fcntl  # exists on POSIX only
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 if sys.platform == "win32":
 
     @contextlib.contextmanager

@@ -551,6 +551,7 @@ class RegistrySource:
     homes: dict[Digest, tuple[Client, str]]
     where: str
     cache: Path | None = None
+    sizes: dict[Digest, int] = field(default_factory=dict)  # as the manifests say
 
     def describe(self) -> str:
         return self.where
@@ -578,6 +579,12 @@ class RegistrySource:
             return final
         partial = self.cache / f"sha256-{digest.hex}.partial"
         offset = partial.stat().st_size if partial.is_file() else 0
+        size = self.sizes.get(digest)
+        if size is not None and offset == size:  # complete, interrupted before its rename
+            partial.replace(final)
+            return final
+        if size is not None and offset > size:
+            offset = 0
         resp = client.open_blob(repo, digest, offset=offset)
         try:
             mode = "ab" if resp.status == 206 and offset else "wb"
@@ -603,6 +610,7 @@ def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Cl
     bundle a store export of these models would be."""
     models: list[Model] = []
     homes: dict[Digest, tuple[Client, str]] = {}
+    sizes: dict[Digest, int] = {}
     hosts: list[str] = []
     for text in names:
         name = ModelName.parse(text)
@@ -617,6 +625,7 @@ def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Cl
         models.append(Model(name, manifest))
         for blob in manifest.blobs:
             homes.setdefault(blob.digest, (client, repo))
+            sizes.setdefault(blob.digest, blob.size)
         if client.target.base not in hosts:
             hosts.append(client.target.base)
     if cache is not None:
@@ -624,5 +633,5 @@ def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Cl
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"cannot use --cache {cache}: {e.strerror}") from None
-    return ExportPlan(RegistrySource(homes, "registry " + ", ".join(hosts), cache),
+    return ExportPlan(RegistrySource(homes, "registry " + ", ".join(hosts), cache, sizes),
                       plan_contents(models, have))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bundler import cosign, signing
-from bundler.archive import ArchiveReader, Member, member_offsets
+from bundler.archive import ArchiveReader, Member, frames, member_offsets
 from bundler.digest import Digest
 from bundler.errors import IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
@@ -31,7 +31,7 @@ from bundler.layout import (
     signature_keyid,
 )
 from bundler.oci import MAX_MANIFEST_BYTES, Index
-from bundler.progress import OnBytes, OnEvent, no_events, no_progress
+from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
 from bundler.streams import PartsReader
 from bundler.volumes import part_name, split_name
 
@@ -139,6 +139,38 @@ def open_split(first: Path) -> PartsReader:
                        trailer if trailer.is_file() else None)
 
 
+_MAX_HEAD_FRAME = 64 * 1024 * 1024  # decompressed: root, signatures, cosign documents, index
+
+
+def head_only(src: BinaryIO) -> BinaryIO:
+    """`src` cut where its head ends (after the manifests), as its seek table and head frame
+    say (formats/bundle-v1.md §7.1), so that reading the head reads nothing after it, not
+    even ahead; `src` itself if that cannot be known (a pipe, no seek table, an odd head: the
+    reader then reports what is wrong)."""
+    found = frames(src)
+    if found is None or found.rows[0][1] > _MAX_HEAD_FRAME:
+        return src
+    try:
+        with ArchiveReader(found.until(found.rows[0][0])) as archive:  # the head frame only
+            m = archive.next_member()
+            if m is None or m.name != ROOT_MEMBER or m.size > MAX_ROOT_BYTES:
+                return src
+            root = Root.parse(archive.read_body())
+            while (m := archive.next_member()) is not None and m.name != INDEX_MEMBER:
+                for _ in archive.body():
+                    pass
+            if m is None or m.size > MAX_INDEX_BYTES:
+                return src
+            index = Index.parse(archive.read_body())
+    except IntegrityError:
+        return src
+    count = len({d.digest for d in index.manifests})
+    offsets = member_offsets(found.rows, [(blob_member(b.digest), b.size) for b in root.blobs])
+    if offsets is None or count >= len(root.blobs):
+        return src
+    return found.until(offsets[blob_member(root.blobs[count].digest)])
+
+
 @dataclass(frozen=True, slots=True)
 class Seekable:
     """A blob read on its own through the seek table: from the start, or after `skip` bytes
@@ -237,7 +269,8 @@ class BundleReader:
                 hint="members are missing, reordered or added: this is not an intact bundle",
             )
         if max_size is not None and m.size > max_size:
-            raise IntegrityError(f"{expected} is {m.size} bytes, more than the limit {max_size}")
+            raise IntegrityError(f"{expected} is {plural(m.size, 'byte')}, more than the limit "
+                                 f"{max_size}")
         _require_canonical(m)
         return m
 
@@ -321,7 +354,7 @@ class BundleReader:
     @staticmethod
     def _check_size(m: Member, ref: BlobRef) -> None:
         if m.size != ref.size:
-            raise IntegrityError(f"blob {ref.digest}: the archive says {m.size} bytes, the "
+            raise IntegrityError(f"blob {ref.digest}: the archive says {plural(m.size, 'byte')}, the "
                                  f"signed root {ref.size}")
 
     def blobs(self) -> Iterator[tuple[BlobRef, Iterator[memoryview]]]:

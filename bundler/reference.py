@@ -14,6 +14,7 @@ from string import ascii_letters, digits
 from typing import Final, NamedTuple
 
 from bundler.errors import UsageError
+from bundler.progress import plural
 
 __all__ = [
     "DEFAULT_HOST",
@@ -81,7 +82,8 @@ def _part_problem(kind: str, text: str | None) -> str | None:
         return f"the {kind} is empty"
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > _MAX_BYTES[kind]:
-        return f"the {kind} {_short(text)} is {size} bytes long (at most {_MAX_BYTES[kind]})"
+        return (f"the {kind} {_short(text)} is {plural(size, 'byte')} long (at most "
+                f"{_MAX_BYTES[kind]})")
     for index, char in enumerate(text):
         if not char.isascii():
             return f"the {kind} {_short(text)} contains the non-ASCII character {_q(char)}"

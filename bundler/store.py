@@ -12,7 +12,7 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -223,7 +223,7 @@ class Store:
         With `resume`, what an interrupted import left there is kept and appended to (the
         caller verifies all of it); otherwise it starts empty."""
         path = self.blobs_dir / f"{_PARTIAL_PREFIX}{digest.hex}{_PARTIAL_SUFFIX}"
-        flags = os.O_WRONLY | os.O_CREAT | oscompat.O_NONBLOCK | (0 if resume else os.O_TRUNC)
+        flags = os.O_RDWR | os.O_CREAT | oscompat.O_NONBLOCK | (0 if resume else os.O_TRUNC)
         try:
             try:
                 fd = oscompat.open_nofollow(path, flags, 0o644)
@@ -231,12 +231,12 @@ class Store:
                 if e.errno != errno.ELOOP:
                     raise
                 os.unlink(path)  # a symbolic link planted there: never followed
-                fd = oscompat.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = oscompat.open_fd(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # never write through a link
                 os.close(fd)
                 os.unlink(path)
-                fd = oscompat.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = oscompat.open_fd(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             raise _os_error("cannot create", path, e) from None
         oscompat.set_mode(fd, path, 0o644)
@@ -263,12 +263,25 @@ class Store:
         return h
 
     def commit_blob(self, staged: StagedBlob) -> None:
-        """Rename a verified, fsynced staged blob to its final name."""
+        """Rename a verified, fsynced staged blob to its final name, its mtime made fresh
+        first: a blob staged long ago (or by an earlier, interrupted import) would otherwise
+        be older than the grace period of Ollama's prune (formats/ollama-store.md §4.1)."""
         final = self.blob_path(staged.digest)
         try:
+            os.utime(staged.path)
             os.replace(staged.path, final)
+        except FileNotFoundError:
+            raise BundlerError(
+                f"staged blob {staged.path} vanished before it was renamed (an Ollama server "
+                "starting meanwhile prunes such files)", hint="run the import again") from None
         except OSError as e:
             raise _os_error("cannot rename", staged.path, e) from None
+
+    def touch_staged(self, staged: StagedBlob) -> None:
+        """Refresh a staged blob's mtime while the import goes on (Ollama's prune spares a
+        file younger than its grace period; formats/ollama-store.md §4.1)."""
+        with contextlib.suppress(OSError):
+            os.utime(staged.path)
 
     def touch_blob(self, digest: Digest) -> None:
         """Refresh an existing blob's mtime, so Ollama's prune grace period covers it."""
@@ -367,6 +380,26 @@ class StagedBlob:
         finally:
             self._f.close()
             self._f = None
+
+    def unchanged(self, views: Iterable[memoryview]) -> Iterator[memoryview]:
+        """The views from where they stop matching what an interrupted import left in the
+        file (compared chunk by chunk, the file cut there), so that only what differs or is
+        missing is written; a file longer than the views is cut to their length."""
+        assert self._f is not None
+        fd, pos, same = self._f.fileno(), 0, self.existing
+        for view in views:
+            if pos < same:
+                if len(view) <= same - pos and os.pread(fd, len(view), pos) == view:
+                    pos += len(view)
+                    continue
+                same = pos  # differs (or the file ends inside this chunk): write from here
+                os.ftruncate(fd, pos)
+                os.lseek(fd, pos, os.SEEK_SET)
+            pos += len(view)
+            yield view
+        if same > pos:
+            os.ftruncate(fd, pos)
+        self.existing = min(same, pos)
 
     def restart(self) -> None:
         """Drop what an interrupted import left: write from the start."""
