@@ -192,14 +192,13 @@ def claim(fd: int) -> bool:
     Export temporaries are claimed so that a later export removes only a killed one's
     (formats/threat-model.md G12). On Windows, where an open file cannot be removed, nothing
     needs claiming."""
-    if sys.platform == "win32":
-        return True
-    import fcntl  # exists on POSIX only
+    if sys.platform != "win32":
+        import fcntl  # exists on POSIX only
 
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
     return True
 
 

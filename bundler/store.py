@@ -389,7 +389,7 @@ class StagedBlob:
         fd, pos, same = self._f.fileno(), 0, self.existing
         for view in views:
             if pos < same:
-                if len(view) <= same - pos and os.pread(fd, len(view), pos) == view:
+                if len(view) <= same - pos and oscompat.pread(fd, len(view), pos) == view:
                     pos += len(view)
                     continue
                 same = pos  # differs (or the file ends inside this chunk): write from here
