@@ -1,0 +1,146 @@
+"""`bundle check-registry` and the names a registry URL's namespace gives models, against the
+real docker-registry and the nginx recipe (tests/servers.py): every model tag under the
+namespace is probed and nothing else (cosign signature tags are not models), the verdict on
+credentials is the one Ollama would meet (anonymous pulls; Bearer only from a token service on
+the registry's own host:port, server/auth.go), and a namespaced mirror gives back exactly the
+bundle that was pushed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MODEL, REPO, TEMPLATE, Keys, make_model, run, weights
+from tests.ollama_pull import pull
+from tests.servers import (  # noqa: F401 - fixtures
+    OllamaRegistry,
+    Registry,
+    ollama_registry_fixture,
+    registry_fixture,
+)
+
+
+def _export(store: Path, out: Path, keys: Keys, *names: str) -> None:
+    args = [*names] if names else ["--all"]
+    r = run(["export", *args, "--models", str(store), "--key", str(keys.key), "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+
+
+def _push(bundle: Path, url: str, keys: Keys, *extra: str) -> Any:
+    r = run(["import", str(bundle), "--to-registry", url, "--trust", str(keys.pub), "--json",
+             *extra])
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _tags(base: str, repo: str) -> list[str]:
+    with urllib.request.urlopen(f"{base}/v2/{repo}/tags/list", timeout=30) as resp:
+        return list(json.loads(resp.read())["tags"])
+
+
+def _sample_store(root: Path) -> Path:
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make-sample-store"), str(root),
+                    "--size", "1MiB"], check=True, capture_output=True)
+    return root
+
+
+def test_check_after_a_signed_push_probes_every_model_tag_of_the_namespace(
+        ollama_registry: OllamaRegistry, tmp_path: Path, keys: Keys,
+        env: dict[str, str]) -> None:
+    """After a signed push through the recipe every model pulls, so check-registry (no MODEL)
+    exits 0: it probes each model tag under the URL's namespace, never a cosign signature tag
+    (sha256-<hex>.sig sorts before v1), and nothing in other namespaces."""
+    store = _sample_store(tmp_path / "store")
+    gone = make_model(store, "registry.ollama.ai/library/gone/latest",
+                      [(MODEL, weights(1000, seed=3))])
+    bundle = tmp_path / "sample.tar.zst"
+    _export(store, bundle, keys)
+    _push(bundle, ollama_registry.url + "/aaa-other", keys)  # another namespace, listed first
+    doc = _push(bundle, ollama_registry.url + "/chk", keys)
+    assert doc["cosignSignatures"] == 5
+    assert any(t.endswith(".sig") for t in _tags(ollama_registry.url, "chk/model"))
+    # a model deleted after the push leaves its signature: a repository with only a .sig tag
+    digest = "sha256:" + hashlib.sha256(gone).hexdigest()
+    req = urllib.request.Request(f"{ollama_registry.url}/v2/chk/gone/manifests/{digest}",
+                                 method="DELETE")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 202
+    assert [t.endswith(".sig") for t in _tags(ollama_registry.url, "chk/gone")] == [True]
+    host = ollama_registry.netloc
+    want = sorted(f"{host}/chk/{m}" for m in ("tiny:latest", "tiny:chat", "repo:Q4_K_M",
+                                                "model:v1"))
+
+    r = run(["check-registry", ollama_registry.url + "/chk", "--json"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert sorted(c["model"] for c in out["checks"]) == want
+    assert all(c["ok"] for c in out["checks"])
+    assert out["modelTags"] == 4 and out["probed"] == 4 and out["limit"] >= 4
+    text = run(["check-registry", ollama_registry.url + "/chk"])
+    assert text.exit_code == 0 and "probed 4 of 4 model tags" in text.stdout
+    # and each of them does pull, Ollama's way
+    for name in want:
+        repo, tag = name.split("/", 1)[1].split(":")
+        ns, model = repo.split("/")
+        pull(ollama_registry.url, ns, model, tag, tmp_path / "pulled", min_part_size=100_000)
+
+
+def test_check_bounds_the_probes_and_says_so(
+        ollama_registry: OllamaRegistry, tmp_path: Path, keys: Keys, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bundler import push
+    store = tmp_path / "store"
+    for tag in ("a", "b", "c"):
+        make_model(store, f"registry.ollama.ai/library/bounded/{tag}",
+                   [(MODEL, weights(1000, seed=5)), (TEMPLATE, tag.encode())])
+    bundle = tmp_path / "b.tar.zst"
+    _export(store, bundle, keys)
+    _push(bundle, ollama_registry.url + "/bnd", keys)
+    monkeypatch.setattr(push, "MAX_PROBES", 2)
+    r = run(["check-registry", ollama_registry.url + "/bnd", "--json"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert (out["modelTags"], out["probed"], out["limit"], len(out["checks"])) == (3, 2, 2, 2)
+    text = run(["check-registry", ollama_registry.url + "/bnd"])
+    assert "probed 2 of 3 model tags (at most 2)" in text.stdout
+
+
+def _names_store(root: Path, seed: int) -> list[str]:
+    """Models in a user namespace (mixed case), the library and another host."""
+    make_model(root, "registry.ollama.ai/alice/Foo/Q4", [(MODEL, weights(120_000, seed=seed))])
+    make_model(root, "registry.ollama.ai/library/tiny/latest",
+               [(MODEL, weights(90_000, seed=seed + 1)), (TEMPLATE, b"{{ .Prompt }}")])
+    make_model(root, "hf.co/Org/Repo/Q4_K_M", [(MODEL, weights(60_000, seed=seed + 2))])
+    return ["alice/Foo:Q4", "tiny:latest", "hf.co/Org/Repo:Q4_K_M"]
+
+
+@pytest.mark.parametrize("namespace", ["", "/team"])
+def test_push_then_export_from_the_mirror_is_the_same_bundle(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch, namespace: str) -> None:
+    """README: push, export back with --from-registry --mirror (the same URL, namespace
+    included), get the identical file."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    store = tmp_path / "store"
+    # other content for each variant: the namespaced one must not find the other's models
+    # under their own names
+    names = _names_store(store, seed=20 if namespace else 10)
+    a, b = tmp_path / "a.tar.zst", tmp_path / "b.tar.zst"
+    _export(store, a, keys, *names)
+    url = registry.url + (namespace + "-rt" if namespace else "")
+    doc = _push(a, url, keys)
+    ns = namespace.strip("/") + "-rt" if namespace else None
+    pushed = sorted(m["pushedAs"].split("/", 1)[1] for m in doc["models"])
+    assert pushed == sorted([f"{ns or 'alice'}/foo:Q4", f"{ns or 'library'}/tiny:latest",
+                             f"{ns or 'org'}/repo:Q4_K_M"])
+    r = run(["export", "--from-registry", *names, "--mirror", url, "--key", str(keys.key),
+             "-o", str(b)])
+    assert r.exit_code == 0, r.stderr
+    assert a.read_bytes() == b.read_bytes()
