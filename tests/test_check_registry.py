@@ -12,19 +12,30 @@ import json
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import MODEL, REPO, TEMPLATE, Keys, make_model, run, weights
+from tests.conftest import MODEL, REPO, TEMPLATE, Keys, cli, make_model, run, weights
 from tests.ollama_pull import pull
 from tests.servers import (  # noqa: F401 - fixtures
     OllamaRegistry,
     Registry,
     ollama_registry_fixture,
     registry_fixture,
+    run_nginx,
 )
+from tests.test_push_auth import (  # noqa: F401 - fixture
+    PASSWORD,
+    USER,
+    SecureRegistry,
+    secure_registry_fixture,
+)
+from tests.test_push_token import PASSWORD as TOKEN_PASSWORD
+from tests.test_push_token import USER as TOKEN_USER
+from tests.test_push_token import Issuer, token_registry  # noqa: F401 - fixture
 
 
 def _export(store: Path, out: Path, keys: Keys, *names: str) -> None:
@@ -144,3 +155,84 @@ def test_push_then_export_from_the_mirror_is_the_same_bundle(
              "-o", str(b)])
     assert r.exit_code == 0, r.stderr
     assert a.read_bytes() == b.read_bytes()
+
+
+# --- credentials: what Ollama meets (server/auth.go) ------------------------------------------
+
+WRITER, WRITER_PASSWORD = "writer", "pushes-only-7"
+
+
+def _writes_need_auth(htpasswd: Path) -> Callable[[str], str]:
+    """The recipe with Basic auth for everything but GET and HEAD (nginx limit_except)."""
+    def edit(conf: str) -> str:
+        rule = ("proxy_pass http://docker_registry;\n"
+                f"            limit_except GET HEAD {{ auth_basic \"push\"; "
+                f"auth_basic_user_file {htpasswd}; }}")
+        assert conf.count("proxy_pass http://docker_registry;") == 2
+        return conf.replace("proxy_pass http://docker_registry;", rule)
+    return edit
+
+
+def test_pushing_with_credentials_where_only_writes_need_them_pulls_anonymously(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str],
+        world_dir: Path) -> None:
+    """The push authenticates (Basic, for writes); pulls need nothing, so the check after the
+    push and check-registry say pulls work, and an Ollama-style pull does work."""
+    htpasswd = world_dir / "htpasswd"  # nginx's workers run as nobody
+    htpasswd.write_text(f"{WRITER}:{{PLAIN}}{WRITER_PASSWORD}\n")
+    htpasswd.chmod(0o644)
+    store = tmp_path / "store"
+    make_model(store, "registry.ollama.ai/library/guarded/latest",
+               [(MODEL, weights(150_000, seed=31)), (TEMPLATE, b"{{ .Prompt }}")])
+    bundle = tmp_path / "b.tar.zst"
+    _export(store, bundle, keys)
+    with run_nginx(tmp_path / "nginx", registry.netloc, edit=_writes_need_auth(htpasswd)) as ngx:
+        home = {**env, "DOCKER_CONFIG": str(tmp_path / "docker")}
+        base = ["import", str(bundle), "--to-registry", ngx.url + "/wo", "--trust",
+                str(keys.pub), "--json"]
+        p = cli(*base, env=home)
+        assert p.returncode == 5 and b"401" in p.stderr  # writes do need credentials
+        p = cli(*base, "--username", WRITER, "--password-stdin", env=home,
+                stdin=WRITER_PASSWORD.encode() + b"\n")
+        assert p.returncode == 0, p.stderr
+        doc = json.loads(p.stdout)
+        assert doc["check"]["ok"] is True, doc["check"]
+        assert "anonymous pull" in doc["check"]["findings"][0]
+        p = cli("check-registry", ngx.url + "/wo", "--username", WRITER, "--password-stdin",
+                env=home, stdin=WRITER_PASSWORD.encode() + b"\n")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert b"will work" in p.stdout
+        pull(ngx.url, "wo", "guarded", "latest", tmp_path / "pulled", min_part_size=50_000)
+
+
+def test_basic_auth_for_pulls_is_named_with_a_hint_that_helps(
+        secure_registry: SecureRegistry, bundle_file: Path, keys: Keys, env: dict[str, str],
+        tmp_path: Path) -> None:
+    home = {**env, "DOCKER_CONFIG": str(tmp_path / "docker")}
+    auth = ["--ca-cert", str(secure_registry.ca), "--username", USER, "--password-stdin"]
+    p = cli("import", str(bundle_file), "--to-registry", secure_registry.url + "/basic",
+            "--trust", str(keys.pub), *auth, env=home, stdin=PASSWORD.encode() + b"\n")
+    assert p.returncode == 0, p.stderr
+    p = cli("check-registry", secure_registry.url + "/basic", *auth, env=home,
+            stdin=PASSWORD.encode() + b"\n")
+    assert p.returncode == 5, p.stdout + p.stderr
+    assert b"asks for Basic credentials" in p.stdout and b"never Basic" in p.stdout
+    hint = p.stderr.split(b"hint:")[1]
+    assert b"registry-for-ollama" not in hint  # the recipe adds Location headers, not this
+    assert b"limit_except GET HEAD" in hint
+
+
+def test_a_token_service_on_another_port_is_one_ollama_will_not_ask(
+        token_registry: tuple[str, Issuer],  # noqa: F811 - the fixture
+        bundle_file: Path, keys: Keys, env: dict[str, str], tmp_path: Path) -> None:
+    url, _ = token_registry
+    host = url.removeprefix("http://")
+    home = {**env, "DOCKER_CONFIG": str(tmp_path / "docker")}
+    p = cli("import", str(bundle_file), "--to-registry", url + "/tok2", "--trust",
+            str(keys.pub), "--username", TOKEN_USER, "--password-stdin", env=home,
+            stdin=TOKEN_PASSWORD.encode() + b"\n")
+    assert p.returncode == 0, p.stderr
+    p = cli("check-registry", url, "tok2/tiny:latest", env=home)
+    assert p.returncode == 5, p.stdout + p.stderr
+    assert f"does not match original host '{host}'".encode() in p.stdout, p.stdout
+    assert b"limit_except GET HEAD" in p.stderr
