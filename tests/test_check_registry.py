@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MODEL, REPO, TEMPLATE, Keys, cli, make_model, run, weights
-from tests.ollama_pull import pull
+from tests.ollama_pull import PullError, pull
 from tests.servers import (  # noqa: F401 - fixtures
     OllamaRegistry,
     Registry,
@@ -236,3 +236,34 @@ def test_a_token_service_on_another_port_is_one_ollama_will_not_ask(
     assert p.returncode == 5, p.stdout + p.stderr
     assert f"does not match original host '{host}'".encode() in p.stdout, p.stdout
     assert b"limit_except GET HEAD" in p.stderr
+
+
+# --- tensor models: x/transfer (x/transfer/download.go) ----------------------------------------
+
+TENSOR = "application/vnd.ollama.image.tensor"
+
+
+def test_tensor_models_are_judged_by_the_transfer_path(
+        registry: Registry, tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    """A bare registry (no Location) serves tensor models, which x/transfer fetches with a
+    plain 200, but not GGUF models; check-registry tells them apart by the layers."""
+    store = tmp_path / "store"
+    make_model(store, "registry.ollama.ai/library/mlx/latest",
+               [(TENSOR, weights(40_000, seed=41)), (TENSOR, weights(30_000, seed=42))],
+               config=b'{"model_format":"safetensors"}\n')
+    make_model(store, "registry.ollama.ai/library/gguf/latest", [(MODEL, weights(40_000, seed=43))])
+    bundle = tmp_path / "b.tar.zst"
+    _export(store, bundle, keys)
+    _push(bundle, registry.url + "/tns", keys)
+    r = run(["check-registry", registry.url, "tns/mlx:latest", "tns/gguf:latest", "--json"])
+    assert r.exit_code == 5, r.stdout + r.stderr
+    report, _ = json.JSONDecoder().raw_decode(r.stdout)  # then the error document
+    checks = {c["model"].split("/")[-1]: c for c in report["checks"]}
+    assert (checks["mlx:latest"]["ok"], checks["mlx:latest"]["path"]) == (True, "tensor")
+    assert (checks["gguf:latest"]["ok"], checks["gguf:latest"]["path"]) == (False, "gguf")
+    assert "no Location header" in " ".join(checks["gguf:latest"]["findings"])
+    # and the Ollama-style pull agrees on both
+    result = pull(registry.url, "tns", "mlx", "latest", tmp_path / "pulled")
+    assert result.path == "tensor" and len(result.downloaded) == 3
+    with pytest.raises(PullError, match="no Location header"):
+        pull(registry.url, "tns", "gguf", "latest", tmp_path / "pulled")
