@@ -267,3 +267,35 @@ def test_tensor_models_are_judged_by_the_transfer_path(
     assert result.path == "tensor" and len(result.downloaded) == 3
     with pytest.raises(PullError, match="no Location header"):
         pull(registry.url, "tns", "gguf", "latest", tmp_path / "pulled")
+
+
+# --- case: Ollama asks for the store's spelling (server/routes.go getExistingName) ------------
+
+def test_a_mixed_case_name_is_pulled_lowercase_and_the_other_spelling_is_explained(
+        ollama_registry: OllamaRegistry, tmp_path: Path, keys: Keys,
+        env: dict[str, str]) -> None:
+    store = tmp_path / "store"
+    make_model(store, "registry.ollama.ai/alice/Foo/Q4", [(MODEL, weights(50_000, seed=51))])
+    bundle = tmp_path / "b.tar.zst"
+    _export(store, bundle, keys)
+    host = ollama_registry.netloc
+    r = run(["import", str(bundle), "--to-registry", ollama_registry.url, "--trust",
+             str(keys.pub)])
+    assert r.exit_code == 0, r.stderr
+    assert f"ollama pull --insecure {host}/alice/foo:Q4" in r.stdout
+    # what a colleague who already has alice/Foo:Q4 in the store meets: Ollama asks for
+    # alice/Foo, which Distribution answers with 404
+    note = r.stdout.split(f"note for {host}/alice/foo:Q4: ")[1]
+    assert "'pull model manifest: file does not exist' (HTTP 404)" in note
+    assert "alice/Foo:Q4" in note and "ollama rm" in note
+    with pytest.raises(PullError, match="status 404"):
+        pull(ollama_registry.url, "alice", "Foo", "Q4", tmp_path / "pulled")
+    pull(ollama_registry.url, "alice", "foo", "Q4", tmp_path / "pulled", min_part_size=20_000)
+    # check-registry probes the spelling given, as Ollama would send it
+    r = run(["check-registry", ollama_registry.url, "alice/Foo:Q4"])
+    assert r.exit_code == 5
+    assert "fails with 'pull model manifest: file does not exist'" in r.stdout
+    assert "alice/foo:Q4 is there" in r.stdout
+    assert f"pull it as {host}/alice/foo:Q4" in r.stderr
+    r = run(["check-registry", ollama_registry.url, "alice/foo:Q4"])
+    assert r.exit_code == 0, r.stdout + r.stderr
