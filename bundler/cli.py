@@ -257,7 +257,8 @@ def _open_output(path: str) -> Iterator[Sink]:
                    "a host) instead of a store; no Ollama needed.")
 @click.option("--mirror", metavar="URL",
               help="With --from-registry: fetch from this registry instead of the names' hosts "
-                   "(the names in the bundle stay as given).")
+                   "(a namespace in URL maps names as --to-registry does; the names in the "
+                   "bundle stay as given).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               metavar="DIR", help="With --from-registry: keep downloaded blobs here; a re-run "
                                   "continues partial downloads and skips finished ones.")

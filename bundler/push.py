@@ -319,7 +319,7 @@ def push_signatures(client: Client, repo: str, digest: Digest,
 # ---------------------------------------------------------------------------------------------
 # check-registry: will `ollama pull` work from here? Probed as Ollama pulls: anonymously, the
 # GGUF path of server/download.go or, for tensor models, x/transfer/download.go
-# (formats/ollama-store.md §7).
+# (formats/ollama-store.md §6).
 
 MAX_PROBES = 100  # model tags one check-registry without MODEL probes
 MEDIA_TYPE_TENSOR = "application/vnd.ollama.image.tensor"
