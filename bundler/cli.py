@@ -262,7 +262,8 @@ def _open_output(path: str) -> Iterator[Sink]:
                    "a host) instead of a store; no Ollama needed.")
 @click.option("--mirror", metavar="URL",
               help="With --from-registry: fetch from this registry instead of the names' hosts "
-                   "(the names in the bundle stay as given).")
+                   "(a namespace in URL maps names as --to-registry does; the names in the "
+                   "bundle stay as given).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               metavar="DIR", help="With --from-registry: keep downloaded blobs here; a re-run "
                                   "continues partial downloads and skips finished ones.")
@@ -750,6 +751,9 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
     if result.items:
         result.check = push.check_registry(client, result.items[0].repository,
                                            result.items[0].tag)
+        for item in result.items:
+            if item.renamed(client.target) and (note := push.case_note(client, item)):
+                result.case_notes[item.pull_name(client.target)] = note
     lines = [_signers_text(result.head)]
     lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
               + ("  (renamed: registries want lowercase)" if i.renamed(client.target) else "")
@@ -762,6 +766,7 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
                      f" tags (signers {', '.join(d.keyid[:16] for d in result.head.registry_signatures)})")
     lines += _check_text(result.check)
     lines += ["colleagues pull with:", *(f"  {c}" for c in result.commands)]
+    lines += [f"  note for {n}: {note}" for n, note in result.case_notes.items()]
     out.result("\n".join(lines), result.to_json())
 
 
@@ -771,7 +776,8 @@ def _check_text(check: push.RegistryCheck | None) -> list[str]:
     verdict = ("`ollama pull` will work from here" if check.ok
                else "`ollama pull` will NOT work from here")
     return [f"check {check.model}: {verdict}", *(f"  - {x}" for x in check.findings),
-            *(f"  fix: {x}" for x in check.advice)]
+            *(f"  fix: {x}" for x in check.advice),
+            *([f"  note: {check.note}"] if check.note else [])]
 
 
 @main.command("repair")
@@ -873,20 +879,31 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
 @common
 def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet: bool,
                        **options: Any) -> None:
-    """Probe a registry the way `ollama pull` does and say whether pulls will work.
+    """Probe a registry the way `ollama pull` does (anonymously) and say whether pulls will
+    work.
 
-    MODEL is namespace/model:tag as pushed (default: the tags the registry lists, up to 10).
-    Exit code 0 if every probe passed, 5 otherwise.
+    MODEL is namespace/model:tag spelt as colleagues pull it (a namespace in URL replaces
+    the name's); default: every model tag under URL's namespace (cosign signature tags are
+    not models), at most 100. Exit code 0 if every probed model would pull, 5 otherwise.
     """
     out = _output(json_mode, quiet)
     client = _client(url, out, **options)
-    checks = [push.check_registry(client, repo, tag)
-              for repo, tag in push.check_targets(client, names)]
+    targets, found = push.check_targets(client, names)
+    checks = [push.check_registry(client, repo, tag) for repo, tag in targets]
     text = [line for c in checks for line in _check_text(c)]
+    if not names:
+        bound = f" (at most {push.MAX_PROBES})" if found > len(checks) else ""
+        text.append(f"probed {len(checks)} of {found} model tags{bound} under "
+                    f"{client.target.base}/{client.target.namespace or ''}")
     out.result("\n".join(text), {"registry": client.target.base,
+                                  "namespace": client.target.namespace,
+                                  "modelTags": found, "probed": len(checks),
+                                  "limit": push.MAX_PROBES,
                                   "checks": [c.to_json() for c in checks]})
-    if not all(c.ok for c in checks):
-        raise registry.RegistryError("the registry will not serve `ollama pull` as it is",
-                                     hint=push.NGINX_ADVICE)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise registry.RegistryError(
+            f"`ollama pull` will not work for {len(failed)} of {len(checks)} models as the "
+            "registry is", hint=next((a for c in failed for a in c.advice), None))
 
 

@@ -59,6 +59,17 @@ class Target:
                              "component", hint="Ollama names have exactly namespace/model")
         return cls(scheme, host.lower(), namespace or None)
 
+    def repository(self, namespace: str, model: str) -> str | None:
+        """Where the model namespace/model lives in this registry: the URL's namespace if it
+        has one, else the model's own, lowercased (`repository_name`). The one mapping for
+        `import --to-registry`, `export --from-registry --mirror`, `inventory --registry`
+        (`holds`) and `check-registry`."""
+        return repository_name(self.namespace or namespace, model)
+
+    def holds(self, repository: str) -> bool:
+        """Whether `repository` is one `repository()` can give: under the URL's namespace."""
+        return self.namespace is None or repository.startswith(f"{self.namespace}/")
+
 
 def repository_name(namespace: str, model: str) -> str | None:
     """The Distribution repository for an Ollama namespace/model, lowercased; None if even the
@@ -66,6 +77,12 @@ def repository_name(namespace: str, model: str) -> str | None:
     repo = f"{namespace.lower()}/{model.lower()}"
     ok = all(_REPO_COMPONENT.fullmatch(part) for part in repo.split("/"))
     return repo if ok else None
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """A WWW-Authenticate value as (scheme, {param: value})."""
+    kind, _, params = header.partition(" ")
+    return kind, dict(_CHALLENGE_PARAM.findall(params))
 
 
 def is_valid_tag(tag: str) -> bool:

@@ -212,15 +212,18 @@ def run_registry(directory: Path, port: int | None = None) -> Iterator[Registry]
 
 @contextlib.contextmanager
 def run_nginx(prefix: Path, upstream: str, port: int | None = None,
-              want: int | None = 200) -> Iterator[Nginx]:
+              want: int | None = 200,
+              edit: Callable[[str], str] | None = None) -> Iterator[Nginx]:
     """nginx from the template on 127.0.0.1:port, proxying to upstream (host:port); ready
-    when GET /v2/ through it answers `want` (None: any answer from nginx)."""
+    when GET /v2/ through it answers `want` (None: any answer from nginx). `edit` changes the
+    rendered configuration (e.g. adds auth) before nginx starts."""
     binary = find_binary("nginx")
     port = port or free_port()
     for sub in ("run", "log", "tmp"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     config = prefix / "nginx.conf"
-    config.write_text(render_nginx_conf(f"{HOST}:{port}", upstream, prefix))
+    text = render_nginx_conf(f"{HOST}:{port}", upstream, prefix)
+    config.write_text(edit(text) if edit else text)
     error_log, access_log = prefix / "log" / "nginx-error.log", prefix / "log" / "nginx-access.log"
     stdout_log = prefix / "log" / "nginx-stdout.log"
     proc = _spawn([binary, "-p", str(prefix), "-e", str(error_log), "-c", str(config)], stdout_log)
