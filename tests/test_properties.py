@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
+from bundler.reference import ModelName
 from tests.conftest import Keys, run
 from tests.generated import stores
 from tests.servers import (  # noqa: F401 - fixtures
@@ -327,3 +328,19 @@ def test_kill_9_at_a_random_byte_then_rerun_ends_identical_reading_only_what_is_
 
 
 SLACK = 2 * 1024 * 1024
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+@examples(200)
+@given(spec=stores())
+def test_generated_names_read_as_ollama_reads_them(spec: StoreSpec) -> None:
+    """Every name in a generated store parses back from its full spelling and from its
+    manifest path, and `ollama list` shows it as Ollama's DisplayShortest would."""
+    for name in spec.names:
+        parsed = ModelName.parse(str(name))
+        assert parsed.manifest_parts() == name.parts
+        assert ModelName.from_manifest_path(name.parts) == parsed
+        assert parsed.display_shortest() == name.shortest()
+        assert ModelName.parse(name.shortest()).folded() == name.folded()
