@@ -247,7 +247,8 @@ def test_store_to_registry_and_back_is_the_same_bundle(
 
 # --- kill -9 at a random byte, then the re-run ---------------------------------------------
 
-BIG = Options(weights=(0, 3_000_000), max_models=3, max_tags=2)
+# weights larger than the reader's read-ahead (SLACK), so that reading a blob again shows
+BIG = Options(weights=(0, 24_000_000), max_models=2, max_tags=2)
 
 
 def _rchar() -> int:
@@ -322,12 +323,12 @@ def test_kill_9_at_a_random_byte_then_rerun_ends_identical_reading_only_what_is_
     assert not list(blobs.glob(".bundle-*"))
     # The bundle's head (root, signatures, index, manifests: a few KiB), the staged bytes
     # hashed once, and what was missing, read through the seek table; SLACK covers what the
-    # reader reads ahead past a blob's end (it reads in 1 MiB chunks).
+    # reader reads ahead (as in test_seek: decompression buffers and the reads behind them).
     head = 64 * 1024
     assert read <= head + sum(kept.values()) + missing + SLACK, (read, missing, kept)
 
 
-SLACK = 2 * 1024 * 1024
+SLACK = 11_000_000
 
 
 # --- names -----------------------------------------------------------------------------------

@@ -439,7 +439,7 @@ def test_random_stores_are_reproducible_and_what_ollama_would_list(tmp_path: Pat
     b = run_script(tmp_path / "b", "--random", "7")
     c = run_script(tmp_path / "c", "--random", "8")
     assert a.stdout == b.stdout and tree(tmp_path / "a") == tree(tmp_path / "b")
-    assert tree(tmp_path / "a") != tree(tmp_path / "c")
+    assert tree(tmp_path / "a") != tree(tmp_path / "c") and c.stdout != a.stdout
     spec = draw_store(RandomChooser(7))
     assert ollama_view(tmp_path / "a") == expected_view(spec)
     assert sorted(line.split("  ")[0] for line in a.stdout.splitlines()) == sorted(
