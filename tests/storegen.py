@@ -140,12 +140,15 @@ class Name:
 
 @dataclass(frozen=True)
 class Blob:
-    data: bytes
+    data: bytes = field(repr=False)  # (up to megabytes: a failing example's report shows hex)
     old_spelling: bool = False  # blobs/sha256:<hex>, as Ollama before 0.1.30 named it
 
     @property
     def hex(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Blob(sha256:{self.hex}, {len(self.data)} bytes, old_spelling={self.old_spelling})"
 
     @property
     def file_name(self) -> str:
