@@ -570,15 +570,25 @@ def require_bases(head: Head, models: Sequence[Model], present: set[Digest], whe
     for e in missing[:3]:
         users = sorted({m.name.display_shortest() for m in models
                         if any(b.digest == e.blob.digest for b in m.manifest.blobs)})
+        base = head.root.bases[e.base]
+        had = "listed by the inventory" if base.media_type == MEDIA_TYPE_INVENTORY else "carried by"
         parts.append(f"{e.blob.digest.short} ({format_size(e.blob.size)}, for {', '.join(users)}; "
-                     f"carried by {head.root.bases[e.base].describe()})")
+                     f"{had} {base.describe()})")
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    releases = sorted({head.root.bases[e.base].name for e in missing})
+    # the releases to import, oldest first (a chain of deltas is imported in that order); an
+    # inventory is no release: it only said the target had these blobs
+    bases = sorted({head.root.bases[e.base] for e in missing}, key=lambda b: (b.created, b.name))
+    bundles = [b.name for b in bases if b.media_type != MEDIA_TYPE_INVENTORY]
+    inventories = [b.name for b in bases if b.media_type == MEDIA_TYPE_INVENTORY]
+    steps = [f"import {', then '.join(bundles)} there first"] if bundles else []
+    if inventories:
+        steps.append(f"import the release that brought what {', '.join(inventories)} listed, "
+                     "or use a full bundle (export without --base)")
     raise NotFoundError(
         f"this delta bundle leaves out {plural(len(missing), 'blob')} that {where} does not "
         "have: "
         + "; ".join(parts) + more,
-        hint=f"import {', '.join(releases)} there first, or leave these models out with --only")
+        hint=f"{'; or '.join(steps)}; or leave these models out with --only")
 
 
 # ---------------------------------------------------------------------------------------------
