@@ -178,6 +178,18 @@ class StoreSpec:
     def names(self) -> list[Name]:
         return sorted((n for m in self.models for n in m.names), key=str)
 
+    @property
+    def local_names(self) -> list[Name]:
+        """The names `export --all` carries: every model but remote (cloud) ones, whose config
+        names a remote host (formats/ollama-store.md §6.1)."""
+        return [n for n in self.names if not self.is_remote(n)]
+
+    def is_remote(self, name: Name) -> bool:
+        doc = json.loads(self.manifest_of(name))
+        config = next(b.data for b in self.blobs if "sha256:" + b.hex == doc["config"]["digest"])
+        fields = json.loads(config)
+        return bool(fields.get("remote_host") or fields.get("remote_model"))
+
     def manifest_of(self, name: Name) -> bytes:
         return next(m.manifest for m in self.models if name in m.names)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import HealthCheck, Phase, assume, given, note, settings
 from hypothesis import strategies as st
 
 from bundler.reference import ModelName
@@ -80,6 +80,7 @@ def _source(spec: StoreSpec, work: Path) -> Path:
     root = _fresh(work) / "src"
     write_store(spec, root)
     assert ollama_view(root) == expected_view(spec)  # the generator's own promise
+    assume(spec.local_names)  # `export --all` of only remote models refuses (test_remote_models)
     return root
 
 
@@ -95,8 +96,9 @@ def _import(bundle: Path | str, target: Path, keys: Keys, *extra: str) -> Any:
 
 def assert_store_holds(target: Path, spec: StoreSpec, names: list[Name] | None = None) -> None:
     """Ollama sees exactly these models (all, or `names`), byte for byte, and the store holds
-    nothing else: each referenced blob once, as sha256-<hex>, no stray file."""
-    want = expected_view(spec, names)
+    nothing else: each referenced blob once, as sha256-<hex>, no stray file. All means every
+    model `export --all` carries: remote (cloud) models are left out."""
+    want = expected_view(spec, spec.local_names if names is None else names)
     assert ollama_view(target) == want
     files = {str(p.relative_to(target)) for p in target.rglob("*")
              if p.is_file() and p.name not in OWN_FILES}
@@ -113,9 +115,11 @@ def test_store_bundle_store_is_byte_identical(spec: StoreSpec, work: Path, keys:
     src = _source(spec, work)
     bundle = src.parent / "b.tar.zst"
     doc = _export(src, bundle, keys)
-    assert sorted(m["fullName"] for m in doc["models"]) == sorted(map(str, spec.names))
+    assert sorted(m["fullName"] for m in doc["models"]) == sorted(map(str, spec.local_names))
+    assert sorted(doc["remoteLeftOut"]) == sorted(
+        n.shortest() for n in spec.names if spec.is_remote(n))
     assert {m["name"]: m["id"] for m in doc["models"]} == {
-        n.shortest(): m["id"] for n in spec.names for m in doc["models"]
+        n.shortest(): m["id"] for n in spec.local_names for m in doc["models"]
         if m["fullName"] == str(n)}
     target = src.parent / "target"
     _import(bundle, target, keys)
@@ -132,7 +136,7 @@ def test_only_writes_exactly_that_subset(spec: StoreSpec, data: st.DataObject, w
     src = _source(spec, work)
     bundle = src.parent / "b.tar.zst"
     _export(src, bundle, keys)
-    names = spec.names
+    names = spec.local_names
     chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True), label="only")
     # Ollama's names are case-insensitive: a user may type any case, and short forms
     spelt = [data.draw(st.sampled_from(_spellings(n)), label=f"spelling of {n}") for n in chosen]
@@ -159,7 +163,8 @@ def test_delta_against_an_inventory_then_import_equals_the_full_import(
     direct = src.parent / "direct"
     _import(full, direct, keys)
     # the far side has some of the models (maybe none), from the full bundle
-    have = data.draw(st.lists(st.sampled_from(spec.names), unique=True), label="far side has")
+    have = data.draw(st.lists(st.sampled_from(spec.local_names), unique=True),
+                     label="far side has")
     far = src.parent / "far"
     far.mkdir()
     if have:
@@ -232,15 +237,15 @@ def test_store_to_registry_and_back_is_the_same_bundle(
     url = ollama_registry.url + (f"/{namespace}" if namespace else "")
     pushed = _ok(["import", str(bundle), "--to-registry", url, "--trust", str(keys.pub)])
     host = ollama_registry.netloc
-    want = {str(n): "{}/{}:{}".format(host, *_pushed_as(n, namespace)) for n in spec.names}
+    want = {str(n): "{}/{}:{}".format(host, *_pushed_as(n, namespace)) for n in spec.local_names}
     assert {m["name"]: m["pushedAs"] for m in pushed["models"]} == want
     # check-registry: the namespace's tags as the registry lists them; else the models named
-    models = [] if namespace else ["{}:{}".format(*_pushed_as(n, None)) for n in spec.names]
+    models = [] if namespace else ["{}:{}".format(*_pushed_as(n, None)) for n in spec.local_names]
     checked = _ok(["check-registry", url, *models])
     assert all(c["ok"] for c in checked["checks"]), checked
     assert {c["model"] for c in checked["checks"]} == set(want.values())
     back = src.parent / "b.tar.zst"
-    _ok(["export", "--from-registry", *map(str, spec.names), "--mirror", url, "--key",
+    _ok(["export", "--from-registry", *map(str, spec.local_names), "--mirror", url, "--key",
          str(keys.key), "-o", str(back)])
     assert back.read_bytes() == bundle.read_bytes()
 
@@ -306,7 +311,7 @@ def test_kill_9_at_a_random_byte_then_rerun_ends_identical_reading_only_what_is_
     cut = bundle.stat().st_size * share // 1000
     target = src.parent / "target"
     _kill_after(bundle, target, keys, cut)
-    needed = expected_view(spec)[1]
+    needed = expected_view(spec, spec.local_names)[1]
     blobs = target / "blobs"
     done = {d for d in needed if (blobs / f"sha256-{d[7:]}").is_file()}
     kept = {d: (blobs / f".bundle-{d[7:]}.partial").stat().st_size for d in needed
