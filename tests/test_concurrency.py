@@ -1,4 +1,4 @@
-"""Concurrency (issue 5 §5): two imports into one store at once take turns on the advisory
+"""Concurrency (formats/threat-model.md T23): two imports into one store at once take turns on the advisory
 lock (outside manifests/ and blobs/); readers of a store being imported into never see a
 model without its blobs; an import and a push from the same bundle at once both succeed."""
 

@@ -1,4 +1,4 @@
-"""tests/ollama_pull.py keeps Ollama's rules (reference/ollama.md §3.2): which redirects and
+"""tests/ollama_pull.py keeps Ollama's rules (Ollama's server/download.go and x/transfer; formats/ollama-store.md §8): which redirects and
 statuses the direct-URL step accepts, where ranges go, what ends in a digest mismatch. Checked
 against a scripted stdlib HTTP server on loopback ("localhost" is another hostname than
 "127.0.0.1" for Ollama's same-hostname rule)."""
