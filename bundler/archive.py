@@ -15,13 +15,16 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
+from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
 from bundler.errors import IntegrityError
+from bundler.progress import plural
 from bundler.streams import Prefetch, Sink
 
 BLOCK = 512
@@ -163,7 +166,7 @@ class ArchiveWriter:
                 break
         for extra in pieces:  # lets _checked see the end (and complain about extra bytes)
             if extra:
-                raise IntegrityError(f"{name}: the source gave more than {size} bytes")
+                raise IntegrityError(f"{name}: the source gave more than {plural(size, 'byte')}")
 
     @property
     def frames(self) -> list[tuple[int, int]]:
@@ -191,7 +194,7 @@ def _checked(name: str, size: int, chunks: Iterable[memoryview | bytes],
             break
         yield chunk
     if written != size:
-        raise IntegrityError(f"{name}: source gave {written} bytes, expected {size}")
+        raise IntegrityError(f"{name}: source gave {plural(written, 'byte')}, expected {size}")
     yield bytes(padding(size))
 
 
@@ -425,9 +428,14 @@ class _FileAt:
     fd: int
     start: int
     size: int
+    owned: bool = False  # a descriptor of our own (without os.pread), closed by close()
 
     def pread(self, n: int, offset: int) -> bytes:
-        return os.pread(self.fd, n, self.start + offset)
+        return oscompat.pread(self.fd, n, self.start + offset)
+
+    def close(self) -> None:
+        if self.owned:
+            os.close(self.fd)
 
 
 def _positional(src: BinaryIO) -> Positional | None:
@@ -440,9 +448,25 @@ def _positional(src: BinaryIO) -> Positional | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         start = os.lseek(fd, 0, os.SEEK_CUR)
-        return _FileAt(fd, start, os.fstat(fd).st_size - start)
+        size = os.fstat(fd).st_size - start
+        if oscompat.features().pread:
+            return _FileAt(fd, start, size)
+        return _own_file_at(src, fd, start, size)
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return None
+
+
+def _own_file_at(src: BinaryIO, fd: int, start: int, size: int) -> _FileAt | None:
+    """Without os.pread, a positional read seeks: it must not move the offset of `src`, which
+    the decompressing thread reads. So open the same file again (by name), for ourselves."""
+    name = getattr(src, "name", None)
+    if not isinstance(name, str):
+        return None  # standard input: streamed only
+    own = oscompat.open_fd(Path(name), os.O_RDONLY)
+    if not os.path.samestat(os.fstat(own), os.fstat(fd)):
+        os.close(own)
+        return None
+    return _FileAt(own, start, size, owned=True)
 
 
 def _raw_from(source: Positional, at: int, position: int, count: int,
@@ -494,15 +518,55 @@ def _raw_from(source: Positional, at: int, position: int, count: int,
 
 
 class _PositionalReader:
-    """A Positional read from an offset on."""
+    """A Positional read from an offset on (up to `end`, if given)."""
 
-    def __init__(self, source: Positional, offset: int) -> None:
-        self._source, self._offset = source, offset
+    def __init__(self, source: Positional, offset: int, end: int | None = None) -> None:
+        self._source, self._offset, self._end = source, offset, end
 
     def read(self, n: int = -1) -> bytes:
-        data = self._source.pread(CHUNK_SIZE if n < 0 else n, self._offset)
+        n = CHUNK_SIZE if n < 0 else n
+        if self._end is not None:
+            n = max(0, min(n, self._end - self._offset))
+        data = self._source.pread(n, self._offset) if n else b""
         self._offset += len(data)
         return data
+
+
+def _seek_rows(source: Positional) -> list[tuple[int, int]] | None:
+    if source.size < 17:
+        return None
+    footer = source.pread(9, source.size - 9)
+    if len(footer) != 9 or int.from_bytes(footer[-4:], "little") != SEEKABLE_MAGIC:
+        return None
+    size = 8 + 8 * int.from_bytes(footer[:4], "little") + 9
+    if size > min(source.size, _MAX_SEEK_TABLE):
+        return None
+    return parse_seek_table(source.pread(size, source.size - size), source.size)
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """A stream that can be read at any offset, with the frames its seek table lists."""
+
+    source: Positional
+    rows: list[tuple[int, int]]
+
+    def until(self, end: int) -> BinaryIO:
+        """The stream from its start up to compressed offset `end`: a reader of it reads
+        nothing after (not even ahead)."""
+        return self.between(0, end)
+
+    def between(self, start: int, end: int) -> BinaryIO:
+        """The stream from compressed offset `start` (a frame's start) up to `end`."""
+        return cast("BinaryIO", _PositionalReader(self.source, start, end))
+
+
+def frames(src: BinaryIO) -> Frames | None:
+    """`src` (from its current offset) and its seek table's rows, without reading anything
+    else; None for a pipe or a stream without a valid seek table."""
+    source = _positional(src)
+    rows = None if source is None else _seek_rows(source)
+    return None if source is None or not rows else Frames(source, rows)
 
 
 class _Decompressor:
@@ -573,6 +637,8 @@ class ArchiveReader:
 
     def close(self) -> None:
         self._src.close()
+        if isinstance(self._file, _FileAt):
+            self._file.close()
 
     # -- low level ---------------------------------------------------------------------------
 
@@ -686,16 +752,7 @@ class ArchiveReader:
     def seek_rows(self) -> list[tuple[int, int]] | None:
         """The frames the seek table at the end of the stream lists, if the source can be
         read at any offset and has a valid one."""
-        source = self._file
-        if source is None or source.size < 17:
-            return None
-        footer = source.pread(9, source.size - 9)
-        if len(footer) != 9 or int.from_bytes(footer[-4:], "little") != SEEKABLE_MAGIC:
-            return None
-        size = 8 + 8 * int.from_bytes(footer[:4], "little") + 9
-        if size > min(source.size, _MAX_SEEK_TABLE):
-            return None
-        return parse_seek_table(source.pread(size, source.size - size), source.size)
+        return None if self._file is None else _seek_rows(self._file)
 
     def member_at(self, offset: int, name: str, size: int,
                   ) -> Callable[[int], Iterator[memoryview]] | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from bundler import __version__, cosign, signing
+from bundler import __version__, cosign, modelkind, signing
 from bundler.archive import ArchiveWriter, seek_table
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
@@ -47,8 +47,8 @@ from bundler.layout import (
     plan_contents,
     signature_member,
 )
-from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress
-from bundler.reader import BundleReader, Head, Seekable
+from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress, plural
+from bundler.reader import BundleReader, Head, Seekable, head_only
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
 from bundler.streams import ReadAhead, Sink, SplitOutput
@@ -84,6 +84,7 @@ def model_json(model: Model) -> dict[str, Any]:
         "digest": str(model.manifest.digest),
         "size": model.manifest.total_size,
         "layers": [layer.media_type.rsplit(".", 1)[-1] for layer in model.manifest.layers],
+        "weights": modelkind.weights(model.manifest),
     }
 
 
@@ -122,6 +123,7 @@ class StoreSource:
 class ExportPlan:
     source: BlobSource
     contents: Contents
+    remote_left_out: tuple[ModelName, ...] = ()  # by --all (formats/ollama-store.md §6)
 
     @property
     def total_bytes(self) -> int:
@@ -139,16 +141,44 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
     else:
         picked = pick(names, available, store.location.describe())
     models = [store.read_model(n) for n in picked]
+    remote = {m.name: r for m in models if (r := _remote(store, m)) is not None}
+    if all_models and remote:  # they cannot run behind an air gap (formats/ollama-store.md §6)
+        on_event(f"warning: left out {plural(len(remote), 'remote model')} (run on another "
+                 "host, so not behind an air gap): "
+                 + ", ".join(f"{n.display_shortest()} ({r})" for n, r in remote.items())
+                 + "; name one to export it anyway")
+        models = [m for m in models if m.name not in remote]
+        if not models:
+            raise NotFoundError(f"no local models in {store.location.describe()}, only "
+                                f"{plural(len(remote), 'remote one')}",
+                                hint="name a remote model to export it anyway")
+    else:
+        for n, r in remote.items():
+            on_event(f"warning: {n.display_shortest()} is a remote model ({r}): it has no "
+                     "weights and runs only where that host can be reached")
+    for m in models:
+        if (why := modelkind.marker_tag(m.name)) is not None:
+            on_event(f"warning: {why}")
     for model in models:
         for blob in model.manifest.blobs:
             size = store.blob_size(blob.digest)
             if size != blob.size:
                 problem = "is missing" if size is None else (
-                    f"has {size} bytes, the manifest says {blob.size}")
+                    f"has {plural(size, 'byte')}, the manifest says {blob.size}")
                 raise IntegrityError(
                     f"corrupt store: model {model.name.display_shortest()}: blob {blob.digest} "
                     f"{problem}", hint="re-pull the model, or remove it with 'ollama rm'")
-    return ExportPlan(StoreSource(store), plan_contents(models, have))
+    return ExportPlan(StoreSource(store), plan_contents(models, have),
+                      tuple(remote) if all_models else ())
+
+
+def _remote(store: Store, model: Model) -> str | None:
+    """What modelkind.remote_of says of the model's config blob (None if it is unreadable:
+    the export's own checks then name the problem)."""
+    if store.blob_size(model.manifest.config.digest) != model.manifest.config.size:
+        return None
+    with store.open_blob(model.manifest.config.digest) as f:
+        return modelkind.remote_of(f.read(modelkind.MAX_CONFIG_BYTES))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,10 +242,12 @@ class ExportResult:
     store: str
     contents: Contents | None = None
     tool_file: ToolRef | None = None
+    remote_left_out: tuple[ModelName, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "output": self.output, "store": self.store, "created": self.created,
+            "remoteLeftOut": [n.display_shortest() for n in self.remote_left_out],
             "models": [model_json(m) for m in self.models], "blobs": self.blobs,
             "bytes": self.bytes_in, "signers": list(self.signers),
             **(delta_json(self.contents.bases, self.contents.external)
@@ -281,6 +313,7 @@ def export_bundle(
         bytes_in=sum(b.size for b in contents.blobs), signers=tuple(k for k, _ in sigs),
         created=created, store=plan.source.describe(), contents=contents,
         tool_file=None if tool is None else tool.ref,
+        remote_left_out=plan.remote_left_out,
     )
 
 
@@ -362,8 +395,9 @@ def head_json(head: Head) -> dict[str, Any]:
 
 
 def list_bundle(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:
-    """Read only the head: root, signatures, index.json and manifests."""
-    with BundleReader(src) as reader:
+    """Read only the head: root, signatures, index.json and manifests (and, with a seek
+    table, nothing after them)."""
+    with BundleReader(head_only(src)) as reader:
         return reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
 
 
@@ -421,7 +455,7 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
         if size is None:
             problems.append(f"{path.name} is missing")
         elif size != ref.size:
-            problems.append(f"{path.name} has {size} bytes, not {ref.size}")
+            problems.append(f"{path.name} has {plural(size, 'byte')}, not {ref.size}")
         else:
             present.append((path, ref))
     on_total(sum(ref.size for _, ref in present))
@@ -433,7 +467,8 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
         if source.digest != ref.digest:
             problems.append(f"{path.name} is corrupt (sha256 differs)")
     if problems:
-        raise IntegrityError(f"{len(problems)} of {len(paths) + 1} parts are bad: "
+        verb = "is" if len(problems) == 1 else "are"
+        raise IntegrityError(f"{len(problems)} of {plural(len(paths) + 1, 'part')} {verb} bad: "
                              + "; ".join(problems),
                              hint="copy those parts again from the release medium (or "
                                   "'bundle repair' them if parity files were made)")
@@ -471,6 +506,7 @@ class ImportResult:
     blobs_present: int
     dry_run: bool
     seeking: bool = False  # read only the blobs it wrote, through the seek table
+    old_blob_names: tuple[Digest, ...] = ()  # present only as blobs/sha256:<hex>
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -480,6 +516,7 @@ class ImportResult:
             "models": [c.to_json() for c in self.changes],
             "blobsWritten": self.blobs_written, "bytesWritten": self.bytes_written,
             "blobsPresent": self.blobs_present,
+            "oldBlobNames": [str(d) for d in self.old_blob_names],
         }
 
 
@@ -536,21 +573,32 @@ def import_bundle(
     with lock, BundleReader(src, on_bytes) as reader:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         changes = _plan_changes(head, store, only)
+        for c in changes:
+            store.require_storable(c.target)
         if not allow_downgrade:
             _refuse_downgrade(head, changes, store)
         needed = {b.digest: b.size for c in changes for b in c.model.manifest.blobs}
         present = {d for d, size in needed.items() if store.has_blob(d, size)}
         require_bases(head, [c.model for c in changes], present, store.location.describe())
         to_write = {d: s for d, s in needed.items() if d not in present}
+        old_names = tuple(d for d in needed if d in present
+                          and store.find_blob(d) != store.blob_path(d))
+        if old_names:  # formats/ollama-store.md §4, "Old blob names"
+            on_event(f"warning: {plural(len(old_names), 'blob')} this import uses: in the store "
+                     f"only under the old name blobs/sha256:<hex> (e.g. {old_names[0]}); a running "
+                     "Ollama finds them only after a restart, which renames them to "
+                     "sha256-<hex>: restart Ollama after the import")
         result = ImportResult(head, store.location.describe(), tuple(changes), len(to_write),
-                              sum(to_write.values()), len(present), dry_run)
+                              sum(to_write.values()), len(present), dry_run,
+                              old_blob_names=old_names)
         if dry_run:
             return result
         store.prepare()
         free, want = store.free_bytes(), sum(to_write.values())
         if want + want // 100 + _FREE_SPACE_MARGIN > free:
             raise BundlerError(
-                f"not enough space in {store.root}: {want} bytes to write, {free} free",
+                f"not enough space in {store.root}: {plural(want, 'byte')} to write, "
+                f"{free} free",
                 hint="free space there, or import fewer models with --only")
         everything = sum(b.size for b in head.layer_blobs)
         resumable = any(store.partial_size(d) for d in to_write)  # an interrupted import's
@@ -579,6 +627,8 @@ def import_bundle(
         for change in changes:
             if change.action == "unchanged":
                 continue
+            for b in change.model.manifest.blobs:  # fresh until the manifest names them
+                store.touch_blob(b.digest)
             gone = [b.digest for b in change.model.manifest.blobs
                     if not store.has_blob(b.digest, b.size)]
             if gone:  # another program (ollama rm, a prune) removed it meanwhile
@@ -604,14 +654,25 @@ def require_bases(head: Head, models: Sequence[Model], present: set[Digest], whe
     for e in missing[:3]:
         users = sorted({m.name.display_shortest() for m in models
                         if any(b.digest == e.blob.digest for b in m.manifest.blobs)})
+        base = head.root.bases[e.base]
+        had = "listed by the inventory" if base.media_type == MEDIA_TYPE_INVENTORY else "carried by"
         parts.append(f"{e.blob.digest.short} ({format_size(e.blob.size)}, for {', '.join(users)}; "
-                     f"carried by {head.root.bases[e.base].describe()})")
+                     f"{had} {base.describe()})")
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    releases = sorted({head.root.bases[e.base].name for e in missing})
+    # the releases to import, oldest first (a chain of deltas is imported in that order); an
+    # inventory is no release: it only said the target had these blobs
+    bases = sorted({head.root.bases[e.base] for e in missing}, key=lambda b: (b.created, b.name))
+    bundles = [b.name for b in bases if b.media_type != MEDIA_TYPE_INVENTORY]
+    inventories = [b.name for b in bases if b.media_type == MEDIA_TYPE_INVENTORY]
+    steps = [f"import {', then '.join(bundles)} there first"] if bundles else []
+    if inventories:
+        steps.append(f"import the release that brought what {', '.join(inventories)} listed, "
+                     "or use a full bundle (export without --base)")
     raise NotFoundError(
-        f"this delta bundle leaves out {len(missing)} blob(s) that {where} does not have: "
+        f"this delta bundle leaves out {plural(len(missing), 'blob')} that {where} does not "
+        "have: "
         + "; ".join(parts) + more,
-        hint=f"import {', '.join(releases)} there first, or leave these models out with --only")
+        hint=f"{'; or '.join(steps)}; or leave these models out with --only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -704,14 +765,32 @@ def _stage_seeking(blobs: dict[Digest, Seekable], store: Store, to_write: dict[D
     for digest, size in to_write.items():
         blob = store.stage(digest, resume=True)
         staged.append(blob)
-        if 0 < blob.existing < size:
-            views = blobs[digest].after(blob.existing, store.hash_staged(blob))
+        if 0 < blob.existing <= size:
+            prefix = store.hash_staged(blob)
+            if blob.existing == size and prefix.hexdigest() == digest.hex:
+                _staged_one(store, staged)  # complete: kept, nothing read or written
+                continue
+            views = (blobs[digest].after(blob.existing, prefix) if blob.existing < size
+                     else _restarted(blob, blobs[digest]))
         else:
-            blob.restart()
-            views = blobs[digest](0)
+            views = _restarted(blob, blobs[digest])
         for view in views:
             blob.write(view)
-        blob.finish()
+        _staged_one(store, staged)
+
+
+def _restarted(blob: StagedBlob, body: Seekable) -> Iterator[memoryview]:
+    blob.restart()
+    return body(0)
+
+
+def _staged_one(store: Store, staged: list[StagedBlob]) -> None:
+    """The last staged blob is complete: fsync it, and refresh the mtimes of those staged
+    before it, so that a long import keeps them inside the grace period of Ollama's prune
+    (formats/ollama-store.md §4.1)."""
+    staged[-1].finish()
+    for blob in staged[:-1]:
+        store.touch_staged(blob)
 
 
 def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
@@ -723,8 +802,8 @@ def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
             for _ in body:
                 pass
             continue
-        blob = store.stage(ref.digest)
+        blob = store.stage(ref.digest, resume=True)
         staged.append(blob)
-        for view in body:
+        for view in blob.unchanged(body):  # what an interrupted import left is not rewritten
             blob.write(view)
-        blob.finish()
+        _staged_one(store, staged)

@@ -24,6 +24,9 @@ from bundler import (
     config,
     credentials,
     inventory,
+    modelkind,
+    ollama_local,
+    oscompat,
     parity,
     push,
     registry,
@@ -34,10 +37,11 @@ from bundler import (
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
 from bundler.layout import Base, External, ToolRef, format_created
-from bundler.progress import format_size
+from bundler.oci import Manifest
+from bundler.progress import format_size, plural
 from bundler.reader import Head, open_split
 from bundler.reference import ModelName
-from bundler.store import Store, locate
+from bundler.store import Store
 from bundler.streams import Sink, SplitOutput, check_output, open_output
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -155,7 +159,8 @@ TRUST = click.option(
          "($BUNDLE_TRUST_DIR, default ~/.config/ollama-bundle/trusted).")
 MODELS = click.option(
     "--models", "models_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
-    help="Ollama model store (default: $OLLAMA_MODELS, else ~/.ollama/models).")
+    help="Ollama model store (default: $OLLAMA_MODELS, else the store of the Ollama service "
+         "or desktop app installed here, else ~/.ollama/models).")
 PASSPHRASE_FILE = click.option(
     "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
     help="Read the key passphrase from this file (else $BUNDLE_PASSPHRASE, else a prompt).")
@@ -257,7 +262,8 @@ def _open_output(path: str) -> Iterator[Sink]:
                    "a host) instead of a store; no Ollama needed.")
 @click.option("--mirror", metavar="URL",
               help="With --from-registry: fetch from this registry instead of the names' hosts "
-                   "(the names in the bundle stay as given).")
+                   "(a namespace in URL maps names as --to-registry does; the names in the "
+                   "bundle stay as given).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path, file_okay=False),
               metavar="DIR", help="With --from-registry: keep downloaded blobs here; a re-run "
                                   "continues partial downloads and skips finished ones.")
@@ -325,7 +331,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     else:
         if mirror is not None or cache_dir is not None:
             raise UsageError("--mirror and --cache go with --from-registry")
-        store = Store(locate(models_dir, os.environ, HOME))
+        store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
         plan = bundle.plan_export(store, names, all_models=all_models, have=have,
                                   on_event=out.log)
@@ -352,7 +358,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
              else [Path(output)])
     if parity_percent:
         parity.create(files, parity_percent)
-        out.log(f"wrote par2 repair data ({parity_percent} %) for {len(files)} file(s)")
+        out.log(f"wrote par2 repair data ({parity_percent} %) for {plural(len(files), 'file')}")
     if verify_after_write:
         with _open_bundle(written) as f, out.progress("verify") as bar:
             bundle.verify_bundle(f, [k.public for k in keys], allow_unsigned=not keys,
@@ -362,7 +368,8 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
              f"{format_size(m.manifest.total_size)}" for m in result.models]
     signed = ("signed by " + ", ".join(k[:16] for k in result.signers)
               if result.signers else "UNSIGNED")
-    summary = (f"wrote {output}: {len(result.models)} models, {result.blobs} blobs, "
+    summary = (f"wrote {output}: {plural(len(result.models), 'model')}, "
+               f"{plural(result.blobs, 'blob')}, "
                f"{format_size(result.bytes_in)}, {signed}")
     if part_size is not None:
         summary += "\n" + "\n".join(f"  {p.name}  {format_size(p.size)}  {p.digest}"
@@ -386,7 +393,7 @@ def _delta_text(bases: Sequence[Base], external: Sequence[External]) -> list[str
     if not bases:
         return []
     left_out = format_size(sum(e.blob.size for e in external))
-    head = (f"delta: {len(external)} blobs ({left_out}) left out, which the target must "
+    head = (f"delta: {plural(len(external), 'blob')} ({left_out}) left out, which the target must "
             "already have:")
     lines = [head]
     for i, b in enumerate(bases):
@@ -440,7 +447,7 @@ def _resolve_bundle(args: tuple[str, ...]) -> str:
         return firsts[0]
     if len(found) == 1:
         return found[0]
-    raise UsageError(f"{len(found)} files given; name one bundle",
+    raise UsageError(f"{plural(len(found), 'file')} given; name one bundle",
                      hint="a bundle file, or the first part of a split bundle (NAME.001)")
 
 
@@ -490,7 +497,7 @@ def _trusted(paths: tuple[Path, ...], out: Output) -> list[signing.PublicKey]:
             out.log(f"warning: key {key.keyid[:16]}… ({key.source}) is revoked in "
                     f"{revoked_file}; it is not trusted")
         keys = [k for k in keys if k.keyid not in revoked]
-    out.log(f"trust: {len(keys)} key(s) ({directory}" + (
+    out.log(f"trust: {plural(len(keys), 'key')} ({directory}" + (
         "" if directory.is_dir() else ", absent") + (f", plus {len(paths)} --trust)" if paths else ")"))
     return keys
 
@@ -520,11 +527,12 @@ def _check_trusted_file(path: Path) -> None:
         st = path.stat()
     except OSError as e:
         raise BundlerError(f"cannot read {path}: {e.strerror}") from None
-    if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
+    uid = oscompat.effective_uid()  # None on Windows: no POSIX owner and mode to check
+    if uid is not None and (st.st_mode & 0o022 or st.st_uid not in (0, uid)):
         raise UsageError(
             f"{path} could be changed by another user (owner uid {st.st_uid}, mode "
             f"{st.st_mode & 0o7777:04o}): its keys are not trusted",
-            hint=f"chown {os.geteuid()} {path} && chmod go-w {path}")
+            hint=f"chown {uid} {path} && chmod go-w {path}")
 
 
 def _signers_text(head: Head) -> str:
@@ -538,10 +546,19 @@ def _signers_text(head: Head) -> str:
 def _models_table(head: Head) -> list[str]:
     rows = [f"  {'NAME':40} {'ID':12}  {'SIZE':>9}  LAYERS"]
     for m in head.models:
-        kinds = ",".join(layer.media_type.rsplit(".", 1)[-1] for layer in m.manifest.layers)
+        kinds = _layer_kinds(m.manifest)
         rows.append(f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
                     f"{format_size(m.manifest.total_size):>9}  {kinds}")
     return rows
+
+
+def _layer_kinds(manifest: Manifest) -> str:
+    """The layers' kinds; a tensor model's (hundreds of tensors) counted, and named as one."""
+    kinds = [layer.media_type.rsplit(".", 1)[-1] for layer in manifest.layers]
+    if modelkind.weights(manifest) != "tensor":
+        return ",".join(kinds)
+    others = ",".join(dict.fromkeys(k for k in kinds if k != "tensor"))
+    return f"tensor model: {kinds.count('tensor')} tensors" + (f" + {others}" if others else "")
 
 
 @main.command("ls")
@@ -557,7 +574,8 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
         head = bundle.list_bundle(f, keys)
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
              f"{head.root.tool_version}")
-    total = (f"total: {len(head.models)} models, {len(head.root.blobs)} blobs, "
+    total = (f"total: {plural(len(head.models), 'model')}, "
+             f"{plural(len(head.root.blobs), 'blob')}, "
              f"{format_size(head.root.total_size)}")
     out.result("\n".join([title, _signers_text(head), *_models_table(head), total,
                           *_tool_text(head.root.tool_file),
@@ -589,8 +607,8 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
             checked = bundle.verify_parts(Path(bundle_path), keys, allow_unsigned=allow_unsigned,
                                           on_total=lambda n: bar.reset(total=n),
                                           on_bytes=bar.update, on_event=out.log)
-        out.result(f"OK {bundle_path}: {_signers_text(checked.head)}; {len(checked.parts)} "
-                   "parts, sizes and sha256 as the signed head lists them (blobs not checked)",
+        out.result(f"OK {bundle_path}: {_signers_text(checked.head)}; "
+                   f"{plural(len(checked.parts), 'part')}, sizes and sha256 as the signed head lists them (blobs not checked)",
                    checked.to_json())
         return
     with _open_bundle(bundle_path) as f, out.progress("verify") as bar:
@@ -599,7 +617,8 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
                                       on_event=out.log)
     tool = result.head.root.tool_file
     carried = "" if tool is None else f"; tool {tool.member} verified"
-    out.result(f"OK {bundle_path}: {_signers_text(result.head)}; {result.verified_blobs} blobs, "
+    out.result(f"OK {bundle_path}: {_signers_text(result.head)}; "
+               f"{plural(result.verified_blobs, 'blob')}, "
                f"{format_size(result.verified_bytes)} verified{carried}", result.to_json())
 
 
@@ -624,12 +643,15 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
               show_default=True,
               help="With --to-registry: uploads in flight (blobs read on their own through "
                    "the bundle's seek table; from a pipe, one upload at a time).")
+@click.option("--no-server-check", is_flag=True,
+              help="Do not ask the Ollama server on this machine (OLLAMA_HOST, else "
+                   "127.0.0.1:11434) whether it lists the imported models.")
 @registry_options
 @common
 def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...],
                allow_unsigned: bool, only: tuple[str, ...], dry_run: bool,
-               allow_downgrade: bool, registry_url: str | None, jobs: int, json_mode: bool,
-               quiet: bool,
+               allow_downgrade: bool, registry_url: str | None, jobs: int,
+               no_server_check: bool, json_mode: bool, quiet: bool,
                **options: Any) -> None:
     """Verify a bundle and write its models into an Ollama model store, or push them into a
     registry (--to-registry)."""
@@ -640,7 +662,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
             raise UsageError("--to-registry goes with neither --models nor --dry-run")
         _push(bundle_path, registry_url, keys, allow_unsigned, only, jobs, out, options)
         return
-    store = Store(locate(models_dir, os.environ, HOME))
+    store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
     out.log(f"store: {store.location.describe()}")
     with _open_bundle(bundle_path) as f, out.progress("import") as bar:
         result = bundle.import_bundle(
@@ -649,13 +671,51 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
             on_total=lambda n: bar.reset(total=n), on_bytes=bar.update, on_event=out.log)
     verb = "would write" if dry_run else "wrote"
     lines = [f"{'DRY RUN: ' if dry_run else ''}{_signers_text(result.head)}"]
+    tensor = 0
     for c in result.changes:
         note = f" (was {c.previous.short})" if c.previous else ""
+        if modelkind.weights(c.model.manifest) == "tensor":
+            tensor += 1
+            note += "  tensor model"
         lines.append(f"  {c.action:9} {c.target.display_shortest():40} "
                      f"{c.model.manifest.digest.short}{note}")
-    lines.append(f"{verb} {result.blobs_written} blobs ({format_size(result.bytes_written)}), "
+    lines.append(f"{verb} {plural(result.blobs_written, 'blob')} "
+                 f"({format_size(result.bytes_written)}), "
                  f"{result.blobs_present} already present, into {result.store}")
-    out.result("\n".join(lines), result.to_json())
+    if tensor:
+        lines.append(f"note: {plural(tensor, 'tensor model')} (safetensors): Ollama runs them only "
+                     "where its MLX runtime loads; elsewhere they are listed but do not run")
+    check = None
+    if not (dry_run or no_server_check) and result.changes:
+        check = ollama_local.check_server(os.environ, {
+            c.target.display_shortest(): c.model.manifest.digest.hex for c in result.changes})
+        lines += _server_text(check, out, restart=bool(result.old_blob_names))
+    out.result("\n".join(lines), {**result.to_json(),
+                                  "server": None if check is None else check.to_json()})
+
+
+def _server_text(check: ollama_local.ServerCheck, out: Output, *, restart: bool) -> list[str]:
+    """What the local server's list says of the import (formats/ollama-store.md §1.1)."""
+    if check.seen is None:
+        out.log(f"server check: {check.problem}" + (f" at {check.url}" if check.url else "")
+                + "; not checked")
+        return []
+    s = check.seen
+    if not (s.missing or s.other):
+        return [f"the Ollama server at {check.url} lists the imported models"]
+    why = ("it reads another store (another user's, or OLLAMA_MODELS set for the server), "
+           + ("or it needs a restart to see old blob names, " if restart else "")
+           + "so these models are not where it looks")
+    if s.missing:
+        out.log(f"warning: the Ollama server at {check.url} does not list "
+                f"{', '.join(s.missing)}: {why}")
+    if s.other:
+        out.log(f"warning: the Ollama server at {check.url} lists {', '.join(s.other)} with "
+                f"another manifest: {why}")
+    out.log("hint: import again with --models DIR, DIR being the store that server uses "
+            "(see 'Which store' in the README)")
+    bad, total = len(s.missing) + len(s.other), len(s.listed) + len(s.missing) + len(s.other)
+    return [f"the Ollama server at {check.url} does NOT list {bad} of the {total} models"]
 
 
 def _client(url: str, out: Output, *, plain_http: bool, ca_cert: Path | None,
@@ -713,17 +773,22 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
     if result.items:
         result.check = push.check_registry(client, result.items[0].repository,
                                            result.items[0].tag)
+        for item in result.items:
+            if item.renamed(client.target) and (note := push.case_note(client, item)):
+                result.case_notes[item.pull_name(client.target)] = note
     lines = [_signers_text(result.head)]
     lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
               + ("  (renamed: registries want lowercase)" if i.renamed(client.target) else "")
               for i in result.items]
-    lines.append(f"uploaded {result.uploaded} blobs ({format_size(result.uploaded_bytes)}), "
+    lines.append(f"uploaded {plural(result.uploaded, 'blob')} "
+                 f"({format_size(result.uploaded_bytes)}), "
                  f"{result.present} already there, {result.mounted} mounted")
     if result.head.registry_signatures:
         lines.append(f"cosign signatures: {result.cosign_signatures} added to sha256-<digest>.sig"
                      f" tags (signers {', '.join(d.keyid[:16] for d in result.head.registry_signatures)})")
     lines += _check_text(result.check)
     lines += ["colleagues pull with:", *(f"  {c}" for c in result.commands)]
+    lines += [f"  note for {n}: {note}" for n, note in result.case_notes.items()]
     out.result("\n".join(lines), result.to_json())
 
 
@@ -733,7 +798,8 @@ def _check_text(check: push.RegistryCheck | None) -> list[str]:
     verdict = ("`ollama pull` will work from here" if check.ok
                else "`ollama pull` will NOT work from here")
     return [f"check {check.model}: {verdict}", *(f"  - {x}" for x in check.findings),
-            *(f"  fix: {x}" for x in check.advice)]
+            *(f"  fix: {x}" for x in check.advice),
+            *([f"  note: {check.note}"] if check.note else [])]
 
 
 @main.command("repair")
@@ -789,7 +855,7 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
         client = _client(registry_url, out, **options)
         inv = push.inventory_registry(client, created, on_event=out.log)
     else:
-        store = Store(locate(models_dir, os.environ, HOME))
+        store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
         inv = bundle.inventory_store(store, created, on_event=out.log)
     if output == "-":
@@ -801,7 +867,8 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
         with open_output(Path(output)) as f:
             f.write(inv.to_bytes())
     size = sum(b.size for b in inv.blobs)
-    out.result(f"wrote {output}: {len(inv.models)} models, {len(inv.blobs)} blobs "
+    out.result(f"wrote {output}: {plural(len(inv.models), 'model')}, "
+               f"{plural(len(inv.blobs), 'blob')} "
                f"({format_size(size)}) in {inv.source}",
                {"output": output, "source": inv.source, "created": inv.created,
                 "models": len(inv.models), "blobs": len(inv.blobs), "bytes": size})
@@ -822,7 +889,8 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
     lines += [f"  - {n}  {a.models[n].short}" for n in d.removed]
     lines += [f"  ~ {n}  {a.models[n].short} -> {b.models[n].short}" for n in d.changed]
     lines.append(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
-                 f"{d.unchanged} unchanged; new: {d.new_blobs} blobs, {format_size(d.new_bytes)}")
+                 f"{d.unchanged} unchanged; new: {plural(d.new_blobs, 'blob')}, "
+                 f"{format_size(d.new_bytes)}")
     out.result("\n".join(lines), {"old": a.label, "new": b.label, **d.to_json()})
 
 
@@ -833,20 +901,31 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
 @common
 def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet: bool,
                        **options: Any) -> None:
-    """Probe a registry the way `ollama pull` does and say whether pulls will work.
+    """Probe a registry the way `ollama pull` does (anonymously) and say whether pulls will
+    work.
 
-    MODEL is namespace/model:tag as pushed (default: the tags the registry lists, up to 10).
-    Exit code 0 if every probe passed, 5 otherwise.
+    MODEL is namespace/model:tag spelt as colleagues pull it (a namespace in URL replaces
+    the name's); default: every model tag under URL's namespace (cosign signature tags are
+    not models), at most 100. Exit code 0 if every probed model would pull, 5 otherwise.
     """
     out = _output(json_mode, quiet)
     client = _client(url, out, **options)
-    checks = [push.check_registry(client, repo, tag)
-              for repo, tag in push.check_targets(client, names)]
+    targets, found = push.check_targets(client, names)
+    checks = [push.check_registry(client, repo, tag) for repo, tag in targets]
     text = [line for c in checks for line in _check_text(c)]
+    if not names:
+        bound = f" (at most {push.MAX_PROBES})" if found > len(checks) else ""
+        text.append(f"probed {len(checks)} of {found} model tags{bound} under "
+                    f"{client.target.base}/{client.target.namespace or ''}")
     out.result("\n".join(text), {"registry": client.target.base,
+                                  "namespace": client.target.namespace,
+                                  "modelTags": found, "probed": len(checks),
+                                  "limit": push.MAX_PROBES,
                                   "checks": [c.to_json() for c in checks]})
-    if not all(c.ok for c in checks):
-        raise registry.RegistryError("the registry will not serve `ollama pull` as it is",
-                                     hint=push.NGINX_ADVICE)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise registry.RegistryError(
+            f"`ollama pull` will not work for {len(failed)} of {len(checks)} models as the "
+            "registry is", hint=next((a for c in failed for a in c.advice), None))
 
 

@@ -14,6 +14,7 @@ from bundler.digest import Digest
 from bundler.errors import IntegrityError
 from bundler.layout import Model
 from bundler.oci import MEDIA_TYPE_OCI_MANIFEST, canonical_json, get, load_json
+from bundler.progress import plural
 
 MEDIA_TYPE_DOCUMENT = "application/vnd.ollama-bundle.cosign.v1+json"
 MEDIA_TYPE_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -94,8 +95,8 @@ class Document:
             raise IntegrityError(f"{what}: unknown mediaType {str(obj.get('mediaType'))[:80]!r}")
         entries = get(obj, "signatures", list, what)
         if len(entries) != len(expected):
-            raise IntegrityError(f"{what}: {len(entries)} signatures for {len(expected)} "
-                                 "model manifests")
+            raise IntegrityError(f"{what}: {plural(len(entries), 'signature')} for "
+                                 f"{plural(len(expected), 'model manifest')}")
         out: list[tuple[Subject, bytes]] = []
         for i, (entry, subject) in enumerate(zip(entries, expected, strict=True)):
             where = f"{what} signature {i}"

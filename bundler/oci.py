@@ -13,7 +13,7 @@ from bundler.errors import IntegrityError
 # https://github.com/opencontainers/image-spec/blob/v1.1.1/media-types.md
 MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-# Docker schema2, what Ollama stores and pulls (reference/ollama.md §2.2)
+# Docker schema2, what Ollama stores and pulls (Ollama's manifest/manifest.go; formats/ollama-store.md §2)
 MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_MEDIA_TYPES = (MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_MANIFEST)
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
@@ -155,6 +155,8 @@ class Manifest:
         if media_type not in MANIFEST_MEDIA_TYPES:
             raise IntegrityError(f"{what}: unsupported manifest mediaType {media_type!r}")
         layers = obj.get("layers")
+        if layers is None and "layers" in obj:
+            layers = []  # a nil slice, as Ollama's manifest.WriteManifest writes remote models
         if not isinstance(layers, list):
             raise IntegrityError(f"{what}: 'layers' is missing or not a list")
         return cls(

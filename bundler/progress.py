@@ -24,3 +24,8 @@ def format_size(n: int) -> str:
             return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """A count for people: 1 blob, 0 blobs, 2 blobs (`many` for an irregular plural)."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"

@@ -7,12 +7,12 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from bundler import cosign, signing
 from bundler.bundle import ExportPlan, pick, require_bases
@@ -25,18 +25,23 @@ from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head, Reread
 from bundler.reference import ModelName
 from bundler.registry import (
+    MAX_REDIRECTS,
     MEDIA_TYPE_DOCKER_MANIFEST,
     Client,
+    EmptyBlobError,
     RegistryError,
     Target,
     describe_error,
     is_valid_tag,
+    parse_challenge,
     repository_name,
 )
+from bundler.transport import Response, TlsError, Transport
 
 UPLOAD_CHUNK = 32 * CHUNK_SIZE  # PATCH size for large blobs; smaller blobs go in one PUT
 DEFAULT_JOBS = 4  # uploads in flight
 PARALLEL_MAX = 64 * CHUNK_SIZE  # blobs up to this size may be read twice, for parallel upload
+EMPTY_BLOB = Digest.of(b"")
 
 
 class _Uploads:
@@ -107,7 +112,7 @@ def plan_push(head: Head, target: Target, only: Sequence[str]) -> list[PushItem]
         models = [m for m in models if m.name in wanted]
     items: dict[tuple[str, str], PushItem] = {}
     for m in models:
-        repo = repository_name(target.namespace or m.name.namespace, m.name.model)
+        repo = target.repository(m.name.namespace, m.name.model)
         if repo is None or not is_valid_tag(m.name.tag):
             raise UsageError(f"{m.name} cannot be named in a Distribution registry",
                              hint="import it into a store instead, or rename it with 'ollama cp'")
@@ -133,6 +138,7 @@ class PushResult:
     cosign_signatures: int = 0  # signature layers added to sha256-<hex>.sig tags
     check: RegistryCheck | None = None
     commands: list[str] = field(default_factory=list)
+    case_notes: dict[str, str] = field(default_factory=dict)  # pull name -> `case_note`
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,7 +147,8 @@ class PushResult:
                 "trusted": list(self.head.signatures.trusted)},
             "models": [{"name": str(i.model.name), "pushedAs": i.pull_name(self.target),
                         "digest": str(i.model.manifest.digest),
-                        "renamed": i.renamed(self.target)}
+                        "renamed": i.renamed(self.target),
+                        "caseNote": self.case_notes.get(i.pull_name(self.target))}
                        for i in self.items],
             "blobsUploaded": self.uploaded, "bytesUploaded": self.uploaded_bytes,
             "blobsPresent": self.present, "blobsMounted": self.mounted,
@@ -168,6 +175,7 @@ def push_bundle(
     with BundleReader(src, on_bytes) as reader, _Uploads(client, jobs) as uploads:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         items = plan_push(head, client.target, only)
+        items, refused, refusal = _store_empty_blob(client, items)
         result = PushResult(head, client.target, items)
         needs: dict[Digest, list[str]] = {}
         natural: dict[Digest, str] = {}  # where a blob may already be: the model's own repo
@@ -263,7 +271,37 @@ def push_bundle(
                      f"{item.pull_name(client.target)}")
         insecure = " --insecure" if client.target.scheme == "http" else ""
         result.commands = [f"ollama pull{insecure} {i.pull_name(client.target)}" for i in items]
+    if refusal is not None:
+        names = ", ".join(i.model.name.display_shortest() for i in refused)
+        raise RegistryError(
+            f"pushed {len(items)} of {len(items) + len(refused)} models; not {names}: "
+            f"{refusal.message}", hint=refusal.hint)
     return result
+
+
+def _store_empty_blob(client: Client, items: list[PushItem],
+                      ) -> tuple[list[PushItem], list[PushItem], EmptyBlobError | None]:
+    """Put the zero-length blob, before anything else, into each repository whose model
+    holds one, so that a registry that cannot store it costs only those models. Returns the
+    items to push, the ones left out, and why."""
+    keep: list[PushItem] = []
+    refused: list[PushItem] = []
+    refusal: EmptyBlobError | None = None
+    for item in items:
+        if not any(b.digest == EMPTY_BLOB and b.size == 0 for b in item.model.manifest.blobs) \
+                or client.has_blob(item.repository, EMPTY_BLOB, 0):
+            keep.append(item)
+            continue
+        if refusal is None:
+            try:
+                client.upload(item.repository, EMPTY_BLOB, 0, [b""], chunk_size=UPLOAD_CHUNK)
+            except EmptyBlobError as e:
+                refusal = e
+            else:
+                keep.append(item)
+                continue
+        refused.append(item)
+    return keep, refused, refusal
 
 
 def _check_stored(item: PushItem, client: Client, m: Manifest, reference: str) -> None:
@@ -313,7 +351,12 @@ def push_signatures(client: Client, repo: str, digest: Digest,
 
 
 # ---------------------------------------------------------------------------------------------
-# check-registry: will `ollama pull` work from here? (reference/ollama.md §3.1-§3.2)
+# check-registry: will `ollama pull` work from here? Probed as Ollama pulls: anonymously, the
+# GGUF path of server/download.go or, for tensor models, x/transfer/download.go
+# (formats/ollama-store.md §8).
+
+MAX_PROBES = 100  # model tags one check-registry without MODEL probes
+MEDIA_TYPE_TENSOR = "application/vnd.ollama.image.tensor"
 
 
 @dataclass(slots=True)
@@ -322,89 +365,276 @@ class RegistryCheck:
     ok: bool
     findings: list[str]
     advice: list[str]
+    path: str = ""  # "gguf" (server/download.go) or "tensor" (x/transfer), once the manifest is read
+    note: str = ""  # what a colleague whose store spells the name otherwise will see
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "ok": self.ok, "findings": self.findings,
-                "advice": self.advice}
+                "advice": self.advice, "path": self.path or None, "note": self.note or None}
 
 
 NGINX_ADVICE = ("put the recipe in front of the registry: scripts/registry-for-ollama (nginx "
                  "adds a Location header to blob responses), or use S3-compatible storage with "
                  "redirects on a different hostname")
+ANONYMOUS_ADVICE = ("let anyone pull (GET and HEAD) without credentials and keep them for "
+                    "pushes, e.g. nginx in front with `limit_except GET HEAD { auth_basic ...; }`"
+                    ", or a token service on the registry's own host:port that gives anonymous "
+                    "pull tokens")
+_OLLAMA_AUTH = ("Ollama sends no credentials of yours: on a 401 it speaks only Bearer, to a "
+                "token service on the registry's own host:port, signing the token request with "
+                "its own key (server/auth.go)")
 
 
 def check_registry(client: Client, repository: str, tag: str) -> RegistryCheck:
-    """Probe as current Ollama pulls: manifest with the schema2 Accept, HEAD a blob, GET it
-    stopping at a redirect to another host (only a 307 elsewhere, or a 200 with Location,
-    will do), then a ranged GET on the direct URL without credentials."""
-    name = f"{client.target.host}/{repository}:{tag}"
+    """Probe `repository:tag` (spelt as Ollama asks for it) as `ollama pull` would: without
+    our credentials or client certificate; a token only from a same-host:port Bearer service;
+    the manifest with the schema2 Accept; then the download path the layers choose (GGUF:
+    HEAD, a GET stopping at another host, then Range without auth; tensor: x/transfer)."""
+    target = client.target
+    name = f"{target.host}/{repository}:{tag}"
+    plain = client.transport.anonymous()  # what Ollama's GGUF part downloads carry: nothing
+    manifest_url = client.url(f"/v2/{repository}/manifests/{quote(tag)}")
+    accept = {"Accept": MEDIA_TYPE_DOCKER_MANIFEST}
     findings: list[str] = []
-    resp = client.get_manifest(repository, tag, MEDIA_TYPE_DOCKER_MANIFEST)
+    registry = plain
+    try:
+        resp = plain.request("GET", manifest_url, headers=accept)
+    except TlsError as e:  # Ollama: Go's system roots, no client certificate
+        return RegistryCheck(name, False, [
+            f"without a client certificate {e.message}; `ollama pull` presents none"], [
+            ("serve pulls without client certificates, with a certificate the pulling "
+            "machines' system CA store trusts")])
+    if resp.status == 401:
+        token, said = _token_like_ollama(plain, target, resp, repository)
+        if token is None:
+            return RegistryCheck(name, False, [said], [ANONYMOUS_ADVICE])
+        findings.append(said)
+        registry = plain.with_headers(target.host, {"Authorization": f"Bearer {token}"})
+        resp = registry.request("GET", manifest_url, headers=accept)
     if resp.status != 200:
-        return RegistryCheck(name, False, [f"manifest: HTTP {resp.status}"],
-                             ["push the model first, or check the name"])
-    if client.authenticated:
-        return RegistryCheck(name, False, ["the registry needs credentials to pull"], [
-            "Ollama sends no Basic auth and no Docker credentials: allow anonymous pull"])
-    findings.append("manifest served to the Docker schema2 Accept header")
+        return _manifest_failed(client, plain, repository, tag, resp)
+    findings.append("anonymous pull: the manifest is served to the Docker schema2 Accept header"
+                    if registry is plain else
+                    "the manifest is served with that token to the Docker schema2 Accept header")
     try:
         doc = json.loads(resp.body)
-        layers = [*doc.get("layers", []), doc["config"]]
+        layers = [*(doc.get("layers") or []), doc["config"]]  # null: a remote model
+        tensor = any(d.get("mediaType") == MEDIA_TYPE_TENSOR for d in layers)
         blob = max(layers, key=lambda d: int(d["size"]))
         digest = Digest.parse(blob["digest"])
-    except (ValueError, KeyError, TypeError, IntegrityError):
+    except (ValueError, KeyError, TypeError, AttributeError, IntegrityError):
         return RegistryCheck(name, False, ["the manifest is not a schema2 manifest"], [])
     url = client.url(f"/v2/{repository}/blobs/{digest}")
-    head = client.transport.request("HEAD", url)
-    if head.status != 200 or not head.header("Content-Length"):
-        problem = f"HEAD blob: HTTP {head.status} without Content-Length"
-        return RegistryCheck(name, False, [*findings, problem], [])
-    findings.append("blob HEAD answers with Content-Length")
-    direct = _resolve_like_ollama(client, url)
+    if tensor:
+        return _check_transfer(name, registry, url, findings)
+    probe = Client(registry, target, None)  # Ollama's token (if any) goes to the registry only
+    head = _like_go(probe.transport, "HEAD", url)  # redirects followed, as Ollama's HEAD does
+    if isinstance(head, str) or head.status != 200 or not head.header("Content-Length"):
+        problem = (f"HEAD blob: {head}" if isinstance(head, str)
+                   else f"HEAD blob: HTTP {head.status} without Content-Length")
+        return RegistryCheck(name, False, [*findings, problem], [], "gguf")
+    findings.append("GGUF model: blob HEAD answers with Content-Length" + (
+        f" (from {urlsplit(head.url).netloc}, after a redirect)" if head.url != url else ""))
+    direct = _resolve_like_ollama(probe, url)
     if direct.startswith("error:"):
-        return RegistryCheck(name, False, [*findings, direct[6:].strip()], [NGINX_ADVICE])
+        return RegistryCheck(name, False, [*findings, direct[6:].strip()], [NGINX_ADVICE], "gguf")
     findings.append(f"blob GET gives a direct URL ({direct})")
-    ranged = client.transport.request("GET", direct, headers={"Range": "bytes=0-0"}, stream=True)
-    data = b"".join(ranged.stream(1024))
+    # server/download.go downloadChunk: http.DefaultClient, no Authorization, redirects followed
+    ranged = _like_go(plain, "GET", direct, {"Range": "bytes=0-0"})
+    if isinstance(ranged, str):
+        problem = f"a Range request on the direct URL: {ranged}"
+        return RegistryCheck(name, False, [*findings, problem], [], "gguf")
+    data = ranged.reader().read(2)  # a server that ignores Range would send the whole blob
+    ranged.close()
     if ranged.status != 206 or len(data) != 1:
-        problem = f"a Range request on the direct URL got HTTP {ranged.status}, not 206"
-        return RegistryCheck(name, False, [*findings, problem],
-                             ["serve Range requests on blob URLs"])
-    findings.append("the direct URL serves Range requests")
-    return RegistryCheck(name, True, findings, [])
+        problem = f"a Range request on the direct URL, without credentials (Ollama sends none " \
+                  f"there), got HTTP {ranged.status}, not 206"
+        advice = (ANONYMOUS_ADVICE if ranged.status in (401, 403)
+                  else "serve Range requests on blob URLs")
+        return RegistryCheck(name, False, [*findings, problem], [advice], "gguf")
+    findings.append("the direct URL serves Range requests without credentials")
+    return RegistryCheck(name, True, findings, [], "gguf")
 
 
-def check_targets(client: Client, names: Sequence[str]) -> list[tuple[str, str]]:
-    """(repository, tag) for each MODEL given, else up to 10 tags the registry lists."""
+def _token_like_ollama(plain: Transport, target: Target, resp: Response,
+                       repository: str) -> tuple[str | None, str]:
+    """(token, finding) for a 401 as Ollama meets it (server/auth.go getAuthorizationToken):
+    a Bearer realm on the registry's own host:port only; the token from its `token` field."""
+    kind, params = parse_challenge(resp.header("WWW-Authenticate") or "")
+    if kind.lower() != "bearer":
+        return None, (f"the registry asks for {kind or 'unknown'} credentials to pull; "
+                      f"{_OLLAMA_AUTH}, never Basic, so `ollama pull` fails")
+    realm = params.get("realm", "")
+    where = urlsplit(realm)
+    if where.netloc.lower() != target.host:
+        return None, (f"the registry's token service is {where.netloc or realm!r}, not on the "
+                      f"registry's own host:port {target.host}; {_OLLAMA_AUTH}, so `ollama "
+                      f"pull` fails with 'realm host {where.netloc!r} does not match original "
+                      f"host {target.host!r}'")
+    query = {"service": params.get("service", ""),
+             "scope": params.get("scope") or f"repository:{repository}:pull"}
+    got = plain.request("GET", realm + ("&" if "?" in realm else "?") + urlencode(query))
+    token = None
+    if got.status == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            token = json.loads(got.body).get("token")
+    if not isinstance(token, str) or not token:
+        return None, (f"the token service {realm} gives no token without credentials (HTTP "
+                      f"{got.status}, or no 'token' field); {_OLLAMA_AUTH}, so `ollama pull` "
+                      "fails")
+    return token, (f"the token service {realm} gives an anonymous pull token; Ollama asks it "
+                   "too, signing the request with its own key instead of credentials "
+                   "(server/auth.go); that the service ignores that signature is not checked")
+
+
+def _manifest_failed(client: Client, plain: Transport, repository: str, tag: str,
+                     resp: Response) -> RegistryCheck:
+    name = f"{client.target.host}/{repository}:{tag}"
+    finding = f"manifest: HTTP {resp.status}: `ollama pull {name}` fails with " \
+              f"'{_ollama_manifest_error(resp)}'"
+    lower = repository.lower()
+    if lower != repository and plain.request(
+            "GET", client.url(f"/v2/{lower}/manifests/{quote(tag)}"),
+            headers={"Accept": MEDIA_TYPE_DOCKER_MANIFEST}).status == 200:
+        return RegistryCheck(name, False, [
+            finding, (f"Ollama asks for {repository} as spelt, and the registry keeps "
+                     f"repositories in lower case: {lower}:{tag} is there")], [
+            f"pull it as {client.target.host}/{lower}:{tag}; " + case_advice(repository)])
+    return RegistryCheck(name, False, [finding], ["push the model first, or check the name"])
+
+
+def _ollama_manifest_error(resp: Response) -> str:
+    """What `ollama pull` prints for a failed manifest GET (server/images.go
+    makeRequestWithRetry: a 404 becomes os.ErrNotExist)."""
+    if resp.status == 404:
+        return "pull model manifest: file does not exist"
+    return f"pull model manifest: {resp.status}: {resp.body[:200].decode(errors='replace')}"
+
+
+def case_advice(spelt: str) -> str:
+    return (f"a colleague whose store already holds a model spelt {spelt.split('/')[-1]} (in any "
+            "namespace; Ollama matches each part of a name case-insensitively against the "
+            "store and asks for the stored spelling, server/routes.go getExistingName) gets "
+            "that error even with the lowercase name: 'ollama rm' that copy first")
+
+
+def case_note(client: Client, item: PushItem) -> str:
+    """For a model whose name is not all lower case: what a colleague whose store already has
+    it spelt so sees (probed: the manifest GET Ollama would send)."""
+    spelt = f"{client.target.namespace or item.model.name.namespace}/{item.model.name.model}"
+    if spelt == item.repository:
+        return ""
+    resp = client.transport.anonymous().request(
+        "GET", client.url(f"/v2/{spelt}/manifests/{quote(item.tag)}"),
+        headers={"Accept": MEDIA_TYPE_DOCKER_MANIFEST})
+    if resp.status == 200:
+        return ""
+    return (f"a colleague whose store already holds a model spelt {item.model.name.model} (any "
+            f"namespace) gets '{_ollama_manifest_error(resp)}' (HTTP {resp.status}): Ollama "
+            f"then asks for {spelt}:{item.tag}, matching each part of the name "
+            "case-insensitively against the store (server/routes.go getExistingName); 'ollama "
+            "rm' that copy first")
+
+
+def _check_transfer(name: str, registry: Transport, url: str,
+                    findings: list[str]) -> RegistryCheck:
+    """x/transfer/download.go: resolve (GET, no redirects followed by the client; 200 keeps
+    the URL, a 301/302/307 to another host:port gives the URL, to the same one is followed),
+    then a GET there that must answer 200 or 206 (auth only on the registry's host:port)."""
+    findings = [*findings, ("tensor model (application/vnd.ollama.image.tensor layers): Ollama "
+                           "pulls it through x/transfer and needs its MLX runtime to run it")]
+    resolved = _resolve_like_transfer(registry, url)
+    if resolved.startswith("error:"):
+        return RegistryCheck(name, False, [*findings, resolved[6:].strip()], [], "tensor")
+    resp = registry.request("GET", resolved, stream=True)
+    resp.close()
+    if resp.status not in (200, 206):
+        return RegistryCheck(name, False, [
+            *findings, f"GET {resolved}: HTTP {resp.status} (x/transfer needs 200 or 206)"],
+            [], "tensor")
+    findings.append(f"blob GET {resolved} answers {resp.status}")
+    return RegistryCheck(name, True, findings, [], "tensor")
+
+
+def _resolve_like_transfer(transport: Transport, url: str) -> str:
+    for _ in range(10):
+        resp = transport.request("GET", url, stream=True)
+        resp.close()
+        location = resp.header("Location")
+        if resp.status == 200:
+            return url
+        if resp.status in (301, 302, 307) and location:
+            target = urljoin(url, location)
+            if urlsplit(target).netloc != urlsplit(url).netloc:
+                return target
+            url = target
+            continue
+        return (f"error: blob GET answered HTTP {resp.status} (x/transfer accepts 200, or a "
+                "301, 302 or 307 with Location)")
+    return "error: too many redirects"
+
+
+def check_targets(client: Client, names: Sequence[str]) -> tuple[list[tuple[str, str]], int]:
+    """(repository as Ollama spells it, tag) for each MODEL given (the URL's namespace, else
+    the name's), else for up to MAX_PROBES model tags under the URL's namespace; and how many
+    model tags there are."""
     if names:
         out = []
         for text in names:
             name = ModelName.parse(text)
-            repo = repository_name(client.target.namespace or name.namespace, name.model)
-            if repo is None:
+            if client.target.repository(name.namespace, name.model) is None:
                 raise UsageError(f"{text!r} cannot be a repository name")
-            out.append((repo, name.tag))
-        return out
-    resp = client.send("GET", client.url("/v2/_catalog?n=10"), scope="registry:catalog:*")
-    if resp.status != 200:
-        raise UsageError("the registry does not list its repositories",
-                         hint="name the models to check: namespace/model:tag")
-    found: list[tuple[str, str]] = []
-    for repo in json.loads(resp.body).get("repositories") or []:
-        tags = client.send("GET", client.url(f"/v2/{repo}/tags/list"), scope=f"repository:{repo}:pull")
-        for tag in (json.loads(tags.body).get("tags") or [])[:1] if tags.status == 200 else []:
-            found.append((repo, tag))
+            out.append((f"{client.target.namespace or name.namespace}/{name.model}", name.tag))
+        return out, len(out)
+    try:
+        found = list(model_tags(client))
+    except RegistryError as e:
+        raise UsageError(f"the registry does not list its repositories ({e.message})",
+                         hint="name the models to check: namespace/model:tag") from None
     if not found:
-        raise UsageError("the registry holds no models yet", hint="push some with "
-                         "'bundle import BUNDLE --to-registry URL'")
-    return found[:10]
+        raise UsageError("the registry holds no models yet" + (
+            f" under {client.target.namespace}/" if client.target.namespace else ""),
+            hint="push some with 'bundle import BUNDLE --to-registry URL'")
+    return found[:MAX_PROBES], len(found)
+
+
+def model_tags(client: Client) -> Iterator[tuple[str, str]]:
+    """(repository, tag) of every tag under the URL's namespace that may be a model: not
+    cosign's signatures, attestations and SBOMs (formats/signature-v1.md §6.4)."""
+    for repo in _paged(client, "/v2/_catalog", "repositories", "registry:catalog:*"):
+        if client.target.holds(repo):
+            for tag in _paged(client, f"/v2/{repo}/tags/list", "tags",
+                              f"repository:{repo}:pull"):
+                if not _COSIGN_TAG.fullmatch(tag):
+                    yield repo, tag
+
+
+_COSIGN_TAG = re.compile(r"sha256-[0-9a-f]{64}\.(sig|att|sbom)")
+
+
+def _like_go(transport: Transport, method: str, url: str,
+             headers: Mapping[str, str] | None = None) -> Response | str:
+    """`method url` as Go's default http.Client sends it, which is how Ollama sends the blob
+    HEAD (server/download.go, Prepare, through makeRequest in server/images.go with no
+    CheckRedirect) and each Range part (downloadChunk, http.DefaultClient, no credentials):
+    redirects followed to any host, HEAD and GET keeping their method and headers, "stopped
+    after 10 redirects". A GET's answer is streamed; an error is a string."""
+    for _ in range(MAX_REDIRECTS):
+        resp = transport.request(method, url, headers=headers, stream=method == "GET")
+        location = resp.header("Location")
+        if resp.status not in (301, 302, 303, 307, 308) or not location:
+            return resp
+        resp.close()
+        url = urljoin(url, location)
+    return f"stopped after {MAX_REDIRECTS} redirects"
 
 
 def _resolve_like_ollama(client: Client, url: str) -> str:
-    """reference/ollama.md §3.2 item 3: follow redirects to the same hostname (at most 10);
-    stop at the first to another hostname; accept only 307, or 200 with Location."""
+    """Ollama's server/download.go (blobDownload.run: the CheckRedirect that refuses when
+    len(via) > 10): follow redirects to the same hostname, the port ignored (at
+    most 10); stop at the first to another hostname; accept only 307, or 200 with Location."""
     host = urlsplit(url).hostname
-    for _ in range(10):
+    for _ in range(MAX_REDIRECTS + 1):
         resp = client.transport.request("GET", url, stream=True)
         location = resp.header("Location")
         resp.close()
@@ -433,32 +663,24 @@ def inventory_registry(client: Client, created: str, on_event: OnEvent = no_even
     models: list[ModelEntry] = []
     blobs: dict[Digest, int] = {}
     namespace = client.target.namespace
-    for repo in _paged(client, "/v2/_catalog", "repositories", "registry:catalog:*"):
-        if namespace and not repo.startswith(f"{namespace}/"):
+    for repo, tag in model_tags(client):
+        resp = client.get_manifest(repo, tag, MEDIA_TYPE_DOCKER_MANIFEST)
+        if resp.status != 200:
+            on_event(f"skipped {repo}:{tag}: HTTP {resp.status}")
             continue
-        for tag in _paged(client, f"/v2/{repo}/tags/list", "tags", f"repository:{repo}:pull"):
-            if _COSIGN_TAG.fullmatch(tag):
-                continue  # cosign's signatures, attestations and SBOMs, not models
-            resp = client.get_manifest(repo, tag, MEDIA_TYPE_DOCKER_MANIFEST)
-            if resp.status != 200:
-                on_event(f"skipped {repo}:{tag}: HTTP {resp.status}")
-                continue
-            try:
-                manifest = Manifest.parse(resp.body, f"{repo}:{tag}")
-            except IntegrityError:
-                on_event(f"skipped {repo}:{tag}: not a Docker schema2 manifest")
-                continue
-            models.append(ModelEntry(f"{client.target.host}/{repo}:{tag}", manifest.digest,
-                                     len(resp.body)))
-            for b in manifest.blobs:
-                if b.digest not in blobs and client.has_blob(repo, b.digest, b.size):
-                    blobs[b.digest] = b.size
+        try:
+            manifest = Manifest.parse(resp.body, f"{repo}:{tag}")
+        except IntegrityError:
+            on_event(f"skipped {repo}:{tag}: not a Docker schema2 manifest")
+            continue
+        models.append(ModelEntry(f"{client.target.host}/{repo}:{tag}", manifest.digest,
+                                 len(resp.body)))
+        for b in manifest.blobs:
+            if b.digest not in blobs and client.has_blob(repo, b.digest, b.size):
+                blobs[b.digest] = b.size
     where = client.target.base + (f"/{namespace}" if namespace else "")
     return Inventory(created, f"registry {where}", tuple(models),
                      tuple(BlobRef(d, s) for d, s in blobs.items()))
-
-
-_COSIGN_TAG = re.compile(r"sha256-[0-9a-f]{64}\.(sig|att|sbom)")
 
 
 def _paged(client: Client, path: str, key: str, scope: str) -> Iterator[str]:
@@ -492,6 +714,7 @@ class RegistrySource:
     homes: dict[Digest, tuple[Client, str]]
     where: str
     cache: Path | None = None
+    sizes: dict[Digest, int] = field(default_factory=dict)  # as the manifests say
 
     def describe(self) -> str:
         return self.where
@@ -519,6 +742,12 @@ class RegistrySource:
             return final
         partial = self.cache / f"sha256-{digest.hex}.partial"
         offset = partial.stat().st_size if partial.is_file() else 0
+        size = self.sizes.get(digest)
+        if size is not None and offset == size:  # complete, interrupted before its rename
+            partial.replace(final)
+            return final
+        if size is not None and offset > size:
+            offset = 0
         resp = client.open_blob(repo, digest, offset=offset)
         try:
             mode = "ab" if resp.status == 206 and offset else "wb"
@@ -544,11 +773,13 @@ def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Cl
     bundle a store export of these models would be."""
     models: list[Model] = []
     homes: dict[Digest, tuple[Client, str]] = {}
+    sizes: dict[Digest, int] = {}
     hosts: list[str] = []
     for text in names:
         name = ModelName.parse(text)
         client = clients(name)
-        repo = repository_name(name.namespace, name.model) or f"{name.namespace}/{name.model}"
+        repo = (client.target.repository(name.namespace, name.model)
+                or f"{name.namespace}/{name.model}")
         resp = client.get_manifest(repo, name.tag, MEDIA_TYPE_DOCKER_MANIFEST)
         if resp.status == 404:
             raise NotFoundError(f"model {text!r} not found at {client.target.base}/{repo}")
@@ -558,6 +789,7 @@ def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Cl
         models.append(Model(name, manifest))
         for blob in manifest.blobs:
             homes.setdefault(blob.digest, (client, repo))
+            sizes.setdefault(blob.digest, blob.size)
         if client.target.base not in hosts:
             hosts.append(client.target.base)
     if cache is not None:
@@ -565,5 +797,5 @@ def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Cl
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"cannot use --cache {cache}: {e.strerror}") from None
-    return ExportPlan(RegistrySource(homes, "registry " + ", ".join(hosts), cache),
+    return ExportPlan(RegistrySource(homes, "registry " + ", ".join(hosts), cache, sizes),
                       plan_contents(models, have))

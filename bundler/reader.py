@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bundler import cosign, signing
-from bundler.archive import ArchiveReader, Member, member_offsets
+from bundler.archive import ArchiveReader, Member, frames, member_header, member_offsets, padding
 from bundler.digest import Digest
 from bundler.errors import IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
@@ -32,7 +32,7 @@ from bundler.layout import (
     signature_keyid,
 )
 from bundler.oci import MAX_MANIFEST_BYTES, Index
-from bundler.progress import OnBytes, OnEvent, no_events, no_progress
+from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
 from bundler.streams import PartsReader
 from bundler.volumes import part_name, split_name
 
@@ -140,6 +140,62 @@ def open_split(first: Path) -> PartsReader:
                        trailer if trailer.is_file() else None)
 
 
+_MAX_HEAD_FRAME = 64 * 1024 * 1024  # decompressed: root, signatures, cosign documents, index
+
+
+def head_only(src: BinaryIO) -> BinaryIO:
+    """`src` cut where its head ends (after the manifests), as its seek table and head frames
+    say (formats/bundle-v1.md §7.1), so that reading the head reads nothing after it, not
+    even ahead; `src` itself if that cannot be known (a pipe, no seek table, an odd head: the
+    reader then reports what is wrong). A carried tool (§11) is part of the head."""
+    found = frames(src)
+    if found is None or found.rows[0][1] > _MAX_HEAD_FRAME:
+        return src
+    try:
+        with ArchiveReader(found.until(found.rows[0][0])) as archive:  # the first frame only
+            m = archive.next_member()
+            if m is None or m.name != ROOT_MEMBER or m.size > MAX_ROOT_BYTES:
+                return src
+            root = Root.parse(archive.read_body())
+        count = _head_frames(found.rows, root)
+        if count is None:
+            return src
+        head = sum(d for _, d in found.rows[:count])
+        start = sum(c for c, _ in found.rows[:count - 1]) if count > 1 else 0
+        end = sum(c for c, _ in found.rows[:count])
+        # with a tool, oci-layout and index.json are a frame of their own: the tool is not read
+        with ArchiveReader(found.between(start, end)) as archive:
+            while (m := archive.next_member()) is not None and m.name != INDEX_MEMBER:
+                for _ in archive.body():
+                    pass
+            if m is None or m.size > MAX_INDEX_BYTES:
+                return src
+            index = Index.parse(archive.read_body())
+    except IntegrityError:
+        return src
+    count = len({d.digest for d in index.manifests})
+    offsets = member_offsets(found.rows, [(blob_member(b.digest), b.size) for b in root.blobs],
+                             head)
+    if offsets is None or count >= len(root.blobs):
+        return src
+    return found.until(offsets[blob_member(root.blobs[count].digest)])
+
+
+def _head_frames(rows: list[tuple[int, int]], root: Root) -> int | None:
+    """How many frames the head is (§7): one, or with a carried tool the first frame, the
+    tool's stored frames and one more; None if the rows do not add up."""
+    if root.tool_file is None:
+        return 1
+    tool = root.tool_file
+    content = len(member_header(tool.member, tool.blob.size)) + tool.blob.size \
+        + padding(tool.blob.size)
+    i = 1
+    while content > 0 and i < len(rows):
+        content -= rows[i][1]
+        i += 1
+    return i + 1 if content == 0 and i < len(rows) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Seekable:
     """A blob read on its own through the seek table: from the start, or after `skip` bytes
@@ -238,7 +294,8 @@ class BundleReader:
                 hint="members are missing, reordered or added: this is not an intact bundle",
             )
         if max_size is not None and m.size > max_size:
-            raise IntegrityError(f"{expected} is {m.size} bytes, more than the limit {max_size}")
+            raise IntegrityError(f"{expected} is {plural(m.size, 'byte')}, more than the limit "
+                                 f"{max_size}")
         _require_canonical(m)
         return m
 
@@ -348,7 +405,7 @@ class BundleReader:
     @staticmethod
     def _check_size(m: Member, ref: BlobRef) -> None:
         if m.size != ref.size:
-            raise IntegrityError(f"blob {ref.digest}: the archive says {m.size} bytes, the "
+            raise IntegrityError(f"blob {ref.digest}: the archive says {plural(m.size, 'byte')}, the "
                                  f"signed root {ref.size}")
 
     def blobs(self) -> Iterator[tuple[BlobRef, Iterator[memoryview]]]:

@@ -1,8 +1,8 @@
 """Ollama model names: parse, validate, map to manifest paths, canonicalise case.
 
 Pure (standard library and bundler.errors only, no I/O). The rules are Ollama's
-`types/model/name.go` and `getExistingName` in `server/routes.go`, as described in
-reference/ollama.md §1.3.
+`types/model/name.go` and `getExistingName` in `server/routes.go` (formats/ollama-store.md
+§2).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from string import ascii_letters, digits
 from typing import Final, NamedTuple
 
 from bundler.errors import UsageError
+from bundler.progress import plural
 
 __all__ = [
     "DEFAULT_HOST",
@@ -30,7 +31,7 @@ DEFAULT_NAMESPACE: Final = "library"
 DEFAULT_TAG: Final = "latest"
 
 PART_KINDS: Final = ("host", "namespace", "model", "tag")
-"""The four parts of a name, in manifest-path order (reference/ollama.md §1.3)."""
+"""The four parts of a name, in manifest-path order (types/model/name.go)."""
 
 _MAX_BYTES: Final = {"host": 350, "namespace": 80, "model": 80, "tag": 80}
 _FIRST: Final = frozenset(ascii_letters + digits + "_")
@@ -57,7 +58,7 @@ GRAMMAR_HINT: Final = (
 
 
 class InvalidNameError(UsageError):
-    """A model name that Ollama would reject (reference/ollama.md §1.3); exit code 2."""
+    """A model name that Ollama would reject (types/model/name.go); exit code 2."""
 
     def __init__(self, message: str, *, hint: str | None = GRAMMAR_HINT) -> None:
         super().__init__(message, hint=hint)
@@ -81,7 +82,8 @@ def _part_problem(kind: str, text: str | None) -> str | None:
         return f"the {kind} is empty"
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > _MAX_BYTES[kind]:
-        return f"the {kind} {_short(text)} is {size} bytes long (at most {_MAX_BYTES[kind]})"
+        return (f"the {kind} {_short(text)} is {plural(size, 'byte')} long (at most "
+                f"{_MAX_BYTES[kind]})")
     for index, char in enumerate(text):
         if not char.isascii():
             return f"the {kind} {_short(text)} contains the non-ASCII character {_q(char)}"
@@ -101,7 +103,7 @@ def _part_problem(kind: str, text: str | None) -> str | None:
 def is_valid_part(kind: str, text: str) -> bool:
     """Whether `text` is a valid `kind` part ("host", "namespace", "model" or "tag").
 
-    Ollama's isValidPart (reference/ollama.md §1.3): ASCII only, lengths in bytes.
+    Ollama's isValidPart (types/model/name.go): ASCII only, lengths in bytes.
     """
     if kind not in _MAX_BYTES:
         raise ValueError(f"unknown name part kind {kind!r}; expected one of {PART_KINDS}")
@@ -133,7 +135,7 @@ def _cut_promised(text: str | None, sep: str) -> tuple[str | None, str | None, b
 
 
 def _parse_bare(text: str) -> _Bare:
-    """Split `text` into parts as Ollama's ParseNameBare does (reference/ollama.md §1.3)."""
+    """Split `text` into parts as Ollama's ParseNameBare does (types/model/name.go)."""
     rest: str | None = text
     tag: str | None = ""
     # "/" is illegal in a tag, so a ":" after the last "/" starts the tag.
@@ -155,7 +157,7 @@ def _parse_bare(text: str) -> _Bare:
 
 @dataclass(frozen=True, slots=True)
 class ModelName:
-    """A fully qualified Ollama model name (reference/ollama.md §1.3).
+    """A fully qualified Ollama model name (types/model/name.go).
 
     Every instance is valid: construction checks each part like Ollama's IsFullyQualified.
     Parts keep the case they were given.
@@ -178,7 +180,7 @@ class ModelName:
 
     @classmethod
     def parse(cls, text: str) -> ModelName:
-        """Parse a name as Ollama's ParseName does (reference/ollama.md §1.3).
+        """Parse a name as Ollama's ParseName does (types/model/name.go).
 
         A "scheme://" before the host is dropped; empty host, namespace and tag get the
         defaults registry.ollama.ai, library and latest. An empty side of a ":" or "/"
@@ -210,7 +212,7 @@ class ModelName:
     def from_manifest_path(cls, parts: Sequence[str]) -> ModelName | None:
         """The name for a manifest path relative to manifests/, split into components.
 
-        Ollama's ParseNameFromFilepath (reference/ollama.md §1.3): exactly 4 components
+        Ollama's ParseNameFromFilepath (types/model/name.go): exactly 4 components
         (host, namespace, model, tag), all valid; otherwise None (not a model).
         """
         if isinstance(parts, str):
@@ -246,14 +248,14 @@ class ModelName:
     def folded(self) -> tuple[str, str, str, str]:
         """The parts lower-cased, for case-insensitive comparison.
 
-        Parts are ASCII, so this equals Go's strings.EqualFold (reference/ollama.md §1.3).
+        Parts are ASCII, so this equals Go's strings.EqualFold (types/model/name.go).
         """
         return (self.host.lower(), self.namespace.lower(), self.model.lower(), self.tag.lower())
 
     def canonical(self, existing: Iterable[ModelName]) -> ModelName:
         """This name spelt as the existing manifests spell it (Ollama's getExistingName).
 
-        As in server/routes.go since v0.5.2 (reference/ollama.md §1.3): each part is matched
+        As in Ollama's server/routes.go since v0.5.2: each part is matched
         on its own, case-insensitively, against the same part of every existing name, not
         the whole name. Every match overwrites, so the last matching name in `existing`
         order wins for that part, and parts may come from different existing names. A

@@ -21,6 +21,8 @@ from bundler.transport import Response, TlsError, Transport
 MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MAX_TRIES = 6
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10  # Go's default http.Client: "stopped after 10 redirects"
 # distribution/reference: path components of a repository name
 _REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -57,6 +59,17 @@ class Target:
                              "component", hint="Ollama names have exactly namespace/model")
         return cls(scheme, host.lower(), namespace or None)
 
+    def repository(self, namespace: str, model: str) -> str | None:
+        """Where the model namespace/model lives in this registry: the URL's namespace if it
+        has one, else the model's own, lowercased (`repository_name`). The one mapping for
+        `import --to-registry`, `export --from-registry --mirror`, `inventory --registry`
+        (`holds`) and `check-registry`."""
+        return repository_name(self.namespace or namespace, model)
+
+    def holds(self, repository: str) -> bool:
+        """Whether `repository` is one `repository()` can give: under the URL's namespace."""
+        return self.namespace is None or repository.startswith(f"{self.namespace}/")
+
 
 def repository_name(namespace: str, model: str) -> str | None:
     """The Distribution repository for an Ollama namespace/model, lowercased; None if even the
@@ -64,6 +77,12 @@ def repository_name(namespace: str, model: str) -> str | None:
     repo = f"{namespace.lower()}/{model.lower()}"
     ok = all(_REPO_COMPONENT.fullmatch(part) for part in repo.split("/"))
     return repo if ok else None
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """A WWW-Authenticate value as (scheme, {param: value})."""
+    kind, _, params = header.partition(" ")
+    return kind, dict(_CHALLENGE_PARAM.findall(params))
 
 
 def is_valid_tag(tag: str) -> bool:
@@ -84,6 +103,13 @@ class Credentials:
 
 class RegistryError(NetworkError):
     pass
+
+
+class EmptyBlobError(RegistryError):
+    """The registry cannot store a zero-length blob: Distribution 2.x's S3 storage driver
+    completes a multipart upload with no parts, which S3 refuses as MalformedXML, and answers
+    500 to the final PUT (registry/storage/driver/s3-aws/s3.go, writer.Commit; Distribution 3
+    uploads one empty part instead)."""
 
 
 def describe_error(resp: Response, action: str) -> RegistryError:
@@ -204,8 +230,28 @@ class Client:
 
     # -- the API -----------------------------------------------------------------------------
 
+    def _follow(self, resp: Response, method: str, url: str, scope: str, *,
+                headers: Mapping[str, str] | None = None, stream: bool = False) -> Response:
+        """Follow redirects (HEAD stays HEAD, GET stays GET), at most MAX_REDIRECTS, with
+        credentials only to the registry itself, never to another host or in clear. A
+        registry on S3 storage answers blob HEAD and GET with a 307 to the storage host
+        (Distribution's registry/storage/blobserver.go)."""
+        for _ in range(MAX_REDIRECTS):
+            location = resp.header("Location")
+            if resp.status not in _REDIRECT_STATUS or not location:
+                break
+            resp.close()
+            url = urljoin(url, location)
+            parts = urlsplit(url)
+            same = parts.netloc == self.target.host and parts.scheme == self.target.scheme
+            resp = (self.send(method, url, scope=scope, stream=stream, headers=headers)
+                    if same else self.transport.request(method, url, stream=stream,
+                                                        headers=headers))
+        return resp
+
     def has_blob(self, repo: str, digest: Digest, size: int) -> bool:
-        resp = self.send("HEAD", self.url(f"/v2/{repo}/blobs/{digest}"), scope=_pull(repo))
+        url = self.url(f"/v2/{repo}/blobs/{digest}")
+        resp = self._follow(self.send("HEAD", url, scope=_pull(repo)), "HEAD", url, _pull(repo))
         if resp.status == 200:
             return resp.header("Content-Length") in (None, str(size))
         if resp.status == 404:
@@ -287,6 +333,16 @@ class Client:
                     self._authenticate(resp, scope)
                 elif resp.status in _RETRY_STATUS:
                     failure = resp
+                    if size == 0 and resp.status == 500 and attempt > 1:  # twice: no hiccup
+                        self.cancel_upload(location)
+                        raise EmptyBlobError(
+                            f"the registry cannot store the zero-length blob {digest.short} "
+                            f"(HTTP 500 to its final PUT, {attempt} times), as Distribution "
+                            "2.x on S3 storage cannot: its driver completes a multipart "
+                            "upload with no parts, which S3 refuses as MalformedXML",
+                            hint="run the registry on Distribution 3 (it stores empty blobs "
+                                 "on S3) or on filesystem storage, or re-create the model "
+                                 "without its empty layer")
                 else:
                     self._check_committed(resp, repo, digest, size)
                     return location
@@ -449,18 +505,9 @@ class Client:
         (credentials go only to the registry itself). 200, or 206 for a Range."""
         url = self.url(f"/v2/{repo}/blobs/{digest}")
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        resp = self.send("GET", url, scope=_pull(repo), stream=True, headers=headers)
-        for _ in range(10):
-            location = resp.header("Location")
-            if resp.status not in (301, 302, 303, 307, 308) or not location:
-                break
-            resp.close()
-            url = urljoin(url, location)
-            parts = urlsplit(url)  # credentials only to the registry, never in clear
-            same = parts.netloc == self.target.host and parts.scheme == self.target.scheme
-            resp = (self.send("GET", url, scope=_pull(repo), stream=True, headers=headers)
-                    if same else self.transport.request("GET", url, stream=True,
-                                                        headers=headers))
+        resp = self._follow(self.send("GET", url, scope=_pull(repo), stream=True,
+                                      headers=headers),
+                            "GET", url, _pull(repo), headers=headers, stream=True)
         if resp.status not in (200, 206):
             resp.close()
             raise describe_error(resp, f"downloading blob {digest.short} from {repo}")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from bundler import oscompat
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 
 _ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)  # RFC 6979
@@ -128,7 +129,7 @@ def read_private(path: Path, passphrase: bytes | Callable[[], bytes | None] | No
         ) from None
     except OSError as e:
         raise BundlerError(f"cannot read signing key {path}: {e.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if oscompat.posix_permissions() and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(
             f"signing key {path} is readable by other users (mode {stat.S_IMODE(mode):04o})",
             hint=f"chmod 600 {path}",
@@ -145,7 +146,7 @@ def write_key_pair(prefix: Path, key: PrivateKey, passphrase: bytes | None) -> t
         if p.exists():
             raise UsageError(f"{p} already exists", hint="choose another --out, or remove it")
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = oscompat.open_fd(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem(key, passphrase))
     pub_path.write_bytes(public_pem(key.public))

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
+import shutil
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from bundler import oscompat
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
 from bundler.layout import Model
@@ -115,6 +116,18 @@ class Store:
     def manifest_path(self, name: ModelName) -> Path:
         return self.manifests_dir.joinpath(*name.manifest_parts())
 
+    def require_storable(self, name: ModelName) -> None:
+        """Refuse, before anything is written, a name whose manifest path this OS cannot have
+        (formats/ollama-store.md §7)."""
+        for part in name.manifest_parts():
+            problem = oscompat.file_name_problem(part)
+            if problem is not None:
+                raise BundlerError(
+                    f"{name.display_shortest()} cannot be stored in {self.root}: its manifest "
+                    f"directory would be {part!r}, and {problem}",
+                    hint="Ollama cannot store this name here either; leave it out with --only, "
+                         "or import it --to-registry")
+
     def read_model(self, name: ModelName) -> Model:
         path = self.manifest_path(name)
         try:
@@ -170,47 +183,16 @@ class Store:
     def locked(self, on_event: OnEvent = no_events) -> Iterator[None]:
         """Write as the store's owner, holding the store's advisory lock; removes staged files
         a dead importer left."""
-        with self._as_owner():
+        with oscompat.as_owner_of(self.root), contextlib.ExitStack() as stack:
             self._mkdir(self.root)
             path = self.root / LOCK_NAME
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                stack.enter_context(oscompat.exclusive_lock(path, lambda: on_event(
+                    f"waiting for another import into {self.root} to finish")))
             except OSError as e:
                 raise _os_error("cannot open lock file", path, e) from None
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    on_event(f"waiting for another import into {self.root} to finish")
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                self._remove_stale(on_event)
-                yield
-            finally:
-                os.close(fd)
-
-    @contextlib.contextmanager
-    def _as_owner(self) -> Iterator[None]:
-        """As root, into a store that belongs to another user (the ollama service user): act
-        as that user, so what we create is theirs and a link they planted cannot make root
-        write where they could not (formats/ollama-store.md §4)."""
-        owner = None
-        if os.geteuid() == 0:
-            with contextlib.suppress(OSError):
-                st = self.root.stat()
-                owner = None if st.st_uid == 0 else (st.st_uid, st.st_gid)
-        if owner is None:
+            self._remove_stale(on_event)
             yield
-            return
-        groups = os.getgroups()
-        os.setgroups([owner[1]])
-        os.setegid(owner[1])
-        os.seteuid(owner[0])
-        try:
-            yield
-        finally:
-            os.seteuid(0)
-            os.setegid(0)
-            os.setgroups(groups)
 
     def _remove_stale(self, on_event: OnEvent) -> None:
         for d in (self.blobs_dir, self.manifests_dir, self.root):
@@ -234,32 +216,30 @@ class Store:
         self._mkdir(self.manifests_dir)
 
     def free_bytes(self) -> int:
-        st = os.statvfs(self.blobs_dir if self.blobs_dir.is_dir() else self.root)
-        return st.f_bavail * st.f_frsize
+        return shutil.disk_usage(self.blobs_dir if self.blobs_dir.is_dir() else self.root).free
 
     def stage(self, digest: Digest, *, resume: bool = False) -> StagedBlob:
         """A blob's staging file, blobs/.bundle-<hex>.partial (a name Ollama's prune removes).
         With `resume`, what an interrupted import left there is kept and appended to (the
         caller verifies all of it); otherwise it starts empty."""
         path = self.blobs_dir / f"{_PARTIAL_PREFIX}{digest.hex}{_PARTIAL_SUFFIX}"
-        flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                 | (0 if resume else os.O_TRUNC))
+        flags = os.O_RDWR | os.O_CREAT | oscompat.O_NONBLOCK | (0 if resume else os.O_TRUNC)
         try:
             try:
-                fd = os.open(path, flags, 0o644)
+                fd = oscompat.open_nofollow(path, flags, 0o644)
             except OSError as e:
                 if e.errno != errno.ELOOP:
                     raise
                 os.unlink(path)  # a symbolic link planted there: never followed
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = oscompat.open_fd(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # never write through a link
                 os.close(fd)
                 os.unlink(path)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = oscompat.open_fd(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             raise _os_error("cannot create", path, e) from None
-        os.fchmod(fd, 0o644)
+        oscompat.set_mode(fd, path, 0o644)
         existing = os.lseek(fd, 0, os.SEEK_END)
         return StagedBlob(self, digest, path, os.fdopen(fd, "wb", buffering=0), existing)
 
@@ -283,12 +263,25 @@ class Store:
         return h
 
     def commit_blob(self, staged: StagedBlob) -> None:
-        """Rename a verified, fsynced staged blob to its final name."""
+        """Rename a verified, fsynced staged blob to its final name, its mtime made fresh
+        first: a blob staged long ago (or by an earlier, interrupted import) would otherwise
+        be older than the grace period of Ollama's prune (formats/ollama-store.md §4.1)."""
         final = self.blob_path(staged.digest)
         try:
+            os.utime(staged.path)
             os.replace(staged.path, final)
+        except FileNotFoundError:
+            raise BundlerError(
+                f"staged blob {staged.path} vanished before it was renamed (an Ollama server "
+                "starting meanwhile prunes such files)", hint="run the import again") from None
         except OSError as e:
             raise _os_error("cannot rename", staged.path, e) from None
+
+    def touch_staged(self, staged: StagedBlob) -> None:
+        """Refresh a staged blob's mtime while the import goes on (Ollama's prune spares a
+        file younger than its grace period; formats/ollama-store.md §4.1)."""
+        with contextlib.suppress(OSError):
+            os.utime(staged.path)
 
     def touch_blob(self, digest: Digest) -> None:
         """Refresh an existing blob's mtime, so Ollama's prune grace period covers it."""
@@ -315,7 +308,7 @@ class Store:
         raw = json.dumps({"models": records}, indent=1, sort_keys=True).encode() + b"\n"
         tmp = self.root / f"{_PARTIAL_PREFIX}{secrets.token_hex(8)}{_PARTIAL_SUFFIX}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = oscompat.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 os.write(fd, raw)
                 os.fsync(fd)
@@ -334,22 +327,22 @@ class Store:
             self._mkdir(self.manifests_dir / parent)
         tmp = self.manifests_dir / f"{_PARTIAL_PREFIX}{secrets.token_hex(8)}{_PARTIAL_SUFFIX}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = oscompat.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                os.fchmod(fd, 0o644)
+                oscompat.set_mode(fd, tmp, 0o644)
                 os.write(fd, raw)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            oscompat.fsync_dir(final.parent)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise _os_error("cannot write manifest", final, e) from None
 
     def sync_blobs_dir(self) -> None:
-        _fsync_dir(self.blobs_dir)
+        oscompat.fsync_dir(self.blobs_dir)
 
     def _mkdir(self, path: Path) -> None:
         if path.is_dir():
@@ -388,6 +381,26 @@ class StagedBlob:
             self._f.close()
             self._f = None
 
+    def unchanged(self, views: Iterable[memoryview]) -> Iterator[memoryview]:
+        """The views from where they stop matching what an interrupted import left in the
+        file (compared chunk by chunk, the file cut there), so that only what differs or is
+        missing is written; a file longer than the views is cut to their length."""
+        assert self._f is not None
+        fd, pos, same = self._f.fileno(), 0, self.existing
+        for view in views:
+            if pos < same:
+                if len(view) <= same - pos and oscompat.pread(fd, len(view), pos) == view:
+                    pos += len(view)
+                    continue
+                same = pos  # differs (or the file ends inside this chunk): write from here
+                os.ftruncate(fd, pos)
+                os.lseek(fd, pos, os.SEEK_SET)
+            pos += len(view)
+            yield view
+        if same > pos:
+            os.ftruncate(fd, pos)
+        self.existing = min(same, pos)
+
     def restart(self) -> None:
         """Drop what an interrupted import left: write from the start."""
         assert self._f is not None
@@ -417,12 +430,4 @@ def _entries_at_depth(entries: list[os.DirEntry[str]], depth: int) -> Iterator[o
         except OSError:
             continue
         yield from _entries_at_depth(children, depth - 1)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 

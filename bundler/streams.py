@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import ctypes
 import hashlib
 import io
 import mmap
 import os
 import queue
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
+from bundler import oscompat
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
+from bundler.progress import plural
 from bundler.volumes import Part, part_name, sidecar, sidecar_name
 
 
@@ -124,20 +126,6 @@ _WINDOW = 32 * 1024 * 1024
 _SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE, _SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", fn)
-
-
-_sync_file_range = _load_sync_file_range()
-
-
 class WriteBehind:
     """Writes to an unbuffered file and, every 32 MiB, starts writeback of what was just
     written and waits for (then drops from the cache) the window before it. Durability is
@@ -149,7 +137,7 @@ class WriteBehind:
         self._offset = 0
         self._window = 0  # start of the window not yet handed to writeback
         self._previous: tuple[int, int] | None = None
-        self._range = _sync_file_range
+        self._range = oscompat.features().sync_file_range  # Linux only
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
@@ -174,9 +162,7 @@ class WriteBehind:
             if self._range is not None:
                 self._range(self._fd, p_start, p_length, _SYNC_FILE_RANGE_WAIT_BEFORE
                             | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER)
-            else:
-                os.fdatasync(self._fd)
-            os.posix_fadvise(self._fd, p_start, p_length, os.POSIX_FADV_DONTNEED)
+            oscompat.settle(self._fd, p_start, p_length, written=self._range is not None)
         self._previous = (start, length)
 
 
@@ -192,13 +178,45 @@ def check_output(path: Path) -> None:
 
 
 def _temporary(target: Path, named: Path) -> tuple[Path, BinaryIO]:
-    """A new file `.NAME.<random>.partial` beside `target`, unbuffered (`named` in errors)."""
+    """A new file `.NAME.<random>.partial` beside `target`, unbuffered (`named` in errors),
+    locked while it is open so that `remove_leftovers` knows it is alive."""
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
     try:
-        return tmp, cast("BinaryIO", tmp.open("xb", buffering=0))
+        f = cast("BinaryIO", tmp.open("xb", buffering=0))
     except OSError as e:
         raise BundlerError(f"cannot write {named}: {e.strerror}",
                            hint="check that the directory is writable") from None
+    oscompat.claim(f.fileno())
+    return tmp, f
+
+
+def remove_leftovers(output: Path) -> list[Path]:
+    """Remove the temporary files (`_temporary`) an export to `output` that was killed left
+    beside it: of the file, of split parts OUT.NNN and of OUT.parts.json; never one an
+    export still running holds (formats/threat-model.md G12). Returns those removed."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}(\.[0-9]{{3,}}|\.parts\.json)?"
+                         r"\.[0-9a-f]{8}\.partial")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(output.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not pattern.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = oscompat.open_nofollow(Path(entry.path), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if oscompat.claim(fd):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager
@@ -210,6 +228,7 @@ def open_output(path: Path) -> Iterator[Sink]:
         with target.open("wb", buffering=0) as device:
             yield device
         return
+    remove_leftovers(target)
     tmp, f = _temporary(target, path)
     try:
         with f:
@@ -232,6 +251,8 @@ class SplitOutput:
     until `commit()`. Part 1 is written last, with `head()`."""
 
     def __init__(self, output: Path, size: int) -> None:
+        remove_leftovers(output)
+        self._held: list[BinaryIO] = []
         self._output, self._size = output, size
         self._temps: list[Path] = []
         self._finals: list[Path] = []
@@ -251,7 +272,7 @@ class SplitOutput:
     def _end_part(self) -> None:
         assert self._f is not None
         os.fsync(self._f.fileno())
-        self._f.close()
+        self._held.append(self._f)  # open, so locked, until commit or discard
         number = len(self.parts) + 2
         self.parts.append(Part(Path(part_name(str(self._output), number)).name, self._written,
                                Digest(self._hash.hexdigest())))
@@ -308,6 +329,7 @@ class SplitOutput:
 
     def commit(self) -> None:
         """Rename every part into place, part 1 last, then write the sidecar."""
+        self._release()
         first = Path(part_name(str(self._output), 1))
         for tmp, final in sorted(zip(self._temps, self._finals, strict=True),
                                  key=lambda tf: tf[1] == first):
@@ -319,9 +341,15 @@ class SplitOutput:
         with open_output(Path(sidecar_name(str(self._output)))) as sink:
             sink.write(sidecar(self.parts))
 
+    def _release(self) -> None:
+        for f in self._held:
+            f.close()
+        self._held = []
+
     def discard(self) -> None:
         if self._f is not None:
             self._f.close()
+        self._release()
         for tmp in self._temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -343,12 +371,14 @@ class PartsReader:
                 actual = path.stat().st_size
             except FileNotFoundError:
                 raise NotFoundError(
-                    f"part {path.name} of the split bundle is missing ({len(paths)} parts)",
+                    f"part {path.name} of the split bundle is missing "
+                    f"({plural(len(paths), 'part')})",
                     hint=f"copy {path.name} from the release medium next to {paths[0].name}",
                 ) from None
             if actual != size:
                 raise IntegrityError(
-                    f"part {path.name} has {actual} bytes, the signed head lists {size}: it "
+                    f"part {path.name} has {plural(actual, 'byte')}, the signed head lists "
+                    f"{size}: it "
                     "was not copied completely", hint=f"copy {path.name} again")
         self._i = 0
         self._f: BinaryIO = paths[0].open("rb")
@@ -401,7 +431,7 @@ class _PartsAt:
         self._fds: list[int] = []
         try:
             for path in paths:
-                self._fds.append(os.open(path, os.O_RDONLY))
+                self._fds.append(oscompat.open_fd(path, os.O_RDONLY))
         except OSError:
             self.close()
             raise
@@ -414,7 +444,7 @@ class _PartsAt:
         out = bytearray()
         i = bisect.bisect_right(self._starts, offset) - 1
         while n > 0 and 0 <= i < len(self._fds):
-            data = os.pread(self._fds[i], n, offset - self._starts[i])
+            data = oscompat.pread(self._fds[i], n, offset - self._starts[i])
             if not data:
                 i += 1
                 continue

@@ -3,6 +3,7 @@ environment, timeouts. The only urllib3 user; everything above it sees `Response
 
 from __future__ import annotations
 
+import copy
 import ssl
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
@@ -84,9 +85,22 @@ class Transport:
             kw["cert_file"] = str(tls.client_cert)
             kw["key_file"] = str(tls.client_key) if tls.client_key else None
         self._kw = kw
-        self._read_timeout = read_timeout
+        self._tls, self._read_timeout = tls, read_timeout
         self._direct = urllib3.PoolManager(**kw)  # type: ignore[arg-type]
         self._proxies: dict[str, urllib3.ProxyManager] = {}
+        self._extra: dict[str, dict[str, str]] = {}  # host:port -> headers added to requests
+
+    def anonymous(self) -> Transport:
+        """The same CA and proxy settings without a client certificate: what `ollama pull`
+        presents (its Go client has none)."""
+        return Transport(TlsOptions(self._tls.ca_cert, None, None, self._tls.skip_verify),
+                         read_timeout=self._read_timeout)
+
+    def with_headers(self, netloc: str, headers: Mapping[str, str]) -> Transport:
+        """This transport (same pools) adding `headers` to every request to `netloc`."""
+        other = copy.copy(self)
+        other._extra = {**self._extra, netloc.lower(): dict(headers)}
+        return other
 
     def _pool(self, url: str) -> urllib3.PoolManager:
         """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as the standard library reads them."""
@@ -109,6 +123,9 @@ class Transport:
         # body as long as the read timeout (a registry may stop reading while it writes)
         timeout = (urllib3.Timeout(connect=self._read_timeout, read=self._read_timeout)
                    if body is not None else None)
+        extra = self._extra.get(urlsplit(url).netloc.lower())
+        if extra:
+            headers = {**extra, **(headers or {})}
         try:
             raw = self._pool(url).urlopen(
                 method, url, body=body, headers=dict(headers or {}), redirect=False,
@@ -131,6 +148,28 @@ class Transport:
         if not stream:
             raw.release_conn()
         return resp
+
+
+LOCAL_TIMEOUT = 2.0
+
+
+def get_local(url: str, *, timeout: float = LOCAL_TIMEOUT, limit: int = 16 * 1024 * 1024,
+              ) -> Response:
+    """One GET to a server on this machine (a local Ollama's API): no proxy, no retries,
+    short timeouts, the body cut at `limit` bytes. NetworkError if nothing answers."""
+    pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=timeout,
+                                                                      read=timeout))
+    try:
+        raw = pool.urlopen("GET", url, redirect=False, preload_content=False)
+        try:
+            body = raw.read(limit)
+        finally:
+            raw.release_conn()
+    except Urllib3Error as e:
+        raise NetworkError(f"GET {url} failed: {e}") from None
+    finally:
+        pool.clear()
+    return Response(raw.status, raw.headers, body, url)
 
 
 class _Body:

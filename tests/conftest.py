@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from bundler import signing
+from bundler import oscompat, signing
 from bundler.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,14 +28,22 @@ TEMPLATE = "application/vnd.ollama.image.template"
 PARAMS = "application/vnd.ollama.image.params"
 
 
+def _loopback(host: str) -> bool:
+    """localhost, ::1 or any of 127.0.0.0/8 (the S3 stand-in listens on 127.0.0.2: another
+    host for Ollama's redirect rule, still loopback)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @pytest.fixture(autouse=True)
 def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     real_connect = socket.socket.connect
 
     def connect(self: socket.socket, address: Any) -> None:
         host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and host not in ("127.0.0.1", "::1", "localhost") \
-                and not host.startswith("/"):
+        if isinstance(host, str) and not _loopback(host) and not host.startswith("/"):
             raise AssertionError(f"test tried to reach {address!r}; use a loopback server")
         real_connect(self, address)
 
@@ -128,6 +137,20 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for k in ("OLLAMA_MODELS", "BUNDLE_PASSPHRASE", "SOURCE_DATE_EPOCH"):
         monkeypatch.delenv(k, raising=False)
     return values
+
+
+@pytest.fixture(params=[False, True], ids=["native", "portable"])
+def os_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """The test runs twice: with the OS-specific paths this machine has, then with
+    OLLAMA_BUNDLE_PORTABLE=1 (every one off: the plain paths macOS and Windows take), in this
+    process and in every process it starts. True when portable."""
+    if request.param:
+        monkeypatch.setenv(oscompat.PORTABLE_ENV, "1")
+        assert oscompat.features() == oscompat.PLAIN
+    else:
+        monkeypatch.delenv(oscompat.PORTABLE_ENV, raising=False)
+        assert oscompat.features() != oscompat.PLAIN
+    return bool(request.param)
 
 
 def run(args: Sequence[str], env: Mapping[str, str] | None = None,

@@ -1,5 +1,7 @@
-"""An Ollama-style `pull` for tests: the classic (GGUF) path of Ollama's registry client, as
-described in shared/reference/ollama.md §3.1-§3.2 and §3.6, rebuilt on the standard library.
+"""An Ollama-style `pull` for tests, rebuilt on the standard library from Ollama's
+server/images.go (PullModel), server/download.go and x/transfer/download.go: the classic (GGUF)
+path, and the x/transfer path Ollama takes for models with `application/vnd.ollama.image.tensor`
+layers (safetensors/MLX), see the end of this docstring.
 
 What it copies from Ollama, because that is what a registry must survive:
 
@@ -12,10 +14,17 @@ What it copies from Ollama, because that is what a registry must survive:
   asked) is the direct URL, so a 200 without one fails with "http: no Location header in
   response";
 - the blob is then fetched from the direct URL in parallel `Range: bytes=a-b` parts, without
-  auth, writing each response's first part-size bytes at the part's offset *without checking the
+  auth, following redirects as Go's default client does (Range sent again), writing each response's first part-size bytes at the part's offset *without checking the
   status* (a server that ignores Range corrupts the file and the pull ends in a digest mismatch);
 - sha256 check, rename from `-partial`, and the manifest's raw bytes written last to
   manifests/<host:port>/<namespace>/<model>/<tag>.
+
+The x/transfer path (any layer of media type application/vnd.ollama.image.tensor): a blob is
+skipped if it exists with the expected size; otherwise a GET on the blob URL whose client
+follows no redirect: 200 keeps that URL (so a plain registry works), a 301, 302 or 307 gives the
+Location if its host:port differs, else it is followed (at most 10), anything else fails; then
+one GET of that URL, which must answer 200 or 206; sha256 and size are checked while it is
+written to <blob>.tmp, then renamed. No HEAD and no Range parts.
 
 Differences: no auth (the registries here have none), no retries or resume, and parts are sized
 so that there are at most `parts` of them (Ollama's Total/16 can give a 17th tail part). Sizes
@@ -38,7 +47,9 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_TYPE_TENSOR = "application/vnd.ollama.image.tensor"
 USER_AGENT = "ollama/0.0.0-test (amd64 linux) Go/go1.24"
+TRANSFER_USER_AGENT = "ollama-transfer/1.0"
 DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
@@ -71,6 +82,7 @@ class PullResult:
     skipped: list[str] = field(default_factory=list)
     parts: dict[str, int] = field(default_factory=dict)
     exchanges: list[Exchange] = field(default_factory=list)
+    path: str = "gguf"  # or "tensor": x/transfer
 
     def ranged(self, digest: str | None = None) -> list[Exchange]:
         """The ranged GETs (optionally for one blob, by its digest in the URL)."""
@@ -162,8 +174,18 @@ def plan_parts(total: int, parts: int = NUM_PARTS, min_size: int = MIN_PART_SIZE
 
 
 def _download_part(client: _Client, url: str, fd: int, offset: int, size: int) -> None:
-    # No Authorization and no Ollama User-Agent go to the direct URL.
-    conn, resp = client.open("GET", url, {"Range": f"bytes={offset}-{offset + size - 1}"})
+    # No Authorization and no Ollama User-Agent go to the direct URL. http.DefaultClient
+    # follows up to 10 redirects anywhere, sending the Range header again each time.
+    headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
+    for _ in range(MAX_REDIRECTS + 1):
+        conn, resp = client.open("GET", url, headers)
+        location = resp.getheader("Location")
+        if resp.status not in REDIRECTS or not location:
+            break
+        conn.close()
+        url = urljoin(url, location)
+    else:
+        raise PullError(f"GET {url}: stopped after {MAX_REDIRECTS} redirects")
     try:
         done = 0
         while done < size:  # the status is not checked, as in Ollama (io.CopyN)
@@ -192,6 +214,62 @@ def _check_component(kind: str, value: str) -> None:
         raise PullError(f"invalid {kind} {value!r}")
 
 
+def _transfer_resolve(client: _Client, url: str) -> str:
+    """x/transfer/download.go resolve: a GET whose client follows no redirect; 200 keeps the
+    URL, a 301, 302 or 307 to another host:port is the download URL, to the same host:port it
+    is followed (at most 10); anything else fails. The body is drained (read and dropped)."""
+    for _ in range(MAX_REDIRECTS):
+        conn, resp = client.open("GET", url, {"User-Agent": TRANSFER_USER_AGENT})
+        try:
+            resp.read()
+        finally:
+            conn.close()
+        location = resp.getheader("Location")
+        if resp.status == 200:
+            return url
+        if resp.status in (301, 302, 307):
+            if not location:
+                raise PullError(f"GET {url}: {resp.status} without Location")
+            target = urljoin(url, location)
+            if urlsplit(target).netloc != urlsplit(url).netloc:
+                return target
+            url = target
+            continue
+        raise PullError(f"GET {url}: status {resp.status}")
+    raise PullError("too many redirects")
+
+
+def _transfer_blob(client: _Client, blob_url: str, final: Path, digest: str,
+                   size: int) -> None:
+    """x/transfer/download.go downloadOnce and save: one GET of the resolved URL (no Range
+    for a fresh download), 200 or 206 required, sha256 and size checked, then the rename."""
+    url = _transfer_resolve(client, blob_url)
+    conn, resp = client.open("GET", url, {"User-Agent": TRANSFER_USER_AGENT})
+    tmp = final.parent / (final.name + ".tmp")
+    try:
+        if resp.status not in (200, 206):
+            raise PullError(f"GET {url}: status {resp.status}")
+        h = hashlib.sha256()
+        written = 0
+        with open(tmp, "wb") as out:
+            while chunk := resp.read(COPY_CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                written += len(chunk)
+    except (OSError, http.client.HTTPException) as e:
+        tmp.unlink(missing_ok=True)
+        raise PullError(f"GET {url}: {e}") from e
+    finally:
+        conn.close()
+    if "sha256:" + h.hexdigest() != digest:
+        tmp.unlink()
+        raise PullError("digest mismatch")
+    if written != size:
+        tmp.unlink()
+        raise PullError("size mismatch")
+    tmp.replace(final)
+
+
 def pull(base_url: str, namespace: str, model: str, tag: str, store_dir: Path | str, *,
          parts: int = NUM_PARTS, min_part_size: int = MIN_PART_SIZE,
          max_part_size: int = MAX_PART_SIZE, workers: int = NUM_PARTS,
@@ -218,10 +296,12 @@ def pull(base_url: str, namespace: str, model: str, tag: str, store_dir: Path | 
         manifest: Any = json.loads(raw)
         descriptors = [*manifest["layers"], manifest["config"]]
         digests = [str(d["digest"]) for d in descriptors]
-    except (ValueError, KeyError, TypeError) as e:
+        sizes = {str(d["digest"]): int(d["size"]) for d in descriptors}
+        tensor = any(d.get("mediaType") == MEDIA_TYPE_TENSOR for d in descriptors)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise PullError(f"GET {url}: not a manifest: {e}") from e
     result = PullResult(raw, store / "manifests" / base.netloc / namespace / model / tag,
-                        exchanges=client.exchanges)
+                        exchanges=client.exchanges, path="tensor" if tensor else "gguf")
 
     blobs = store / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
@@ -230,10 +310,17 @@ def pull(base_url: str, namespace: str, model: str, tag: str, store_dir: Path | 
         if not match:
             raise PullError(f"invalid digest {digest!r} in manifest")
         final = blobs / f"sha256-{match.group(1)}"
+        blob_url = f"{root}/v2/{namespace}/{model}/blobs/{digest}"
+        if tensor:  # server/images.go PullModel: hasTensorLayers -> pullWithTransfer
+            if final.exists() and final.stat().st_size == sizes[digest]:
+                result.skipped.append(digest)
+            else:
+                _transfer_blob(client, blob_url, final, digest, sizes[digest])
+                result.downloaded.append(digest)
+            continue
         if final.exists():
             result.skipped.append(digest)
             continue
-        blob_url = f"{root}/v2/{namespace}/{model}/blobs/{digest}"
         status, head, _, url = client.fetch("HEAD", blob_url, headers)
         if status != 200:
             raise PullError(f"HEAD {url}: status {status}")

@@ -15,7 +15,8 @@ Both are session-scoped; `ollama_registry` fronts the same registry (same storag
 `registry`, so a model pushed to one can be pulled from the other. Use your own repository names
 per test. A server that does not come up fails the test with its log; every process is stopped
 when the session ends, whatever the tests did. The context managers `run_registry` and
-`run_nginx` do the same outside fixtures.
+`run_nginx` do the same outside fixtures; `run_moto` starts moto's S3 server (the S3 stand-in)
+on another loopback address, 127.0.0.2, with a bucket made.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -210,15 +212,18 @@ def run_registry(directory: Path, port: int | None = None) -> Iterator[Registry]
 
 @contextlib.contextmanager
 def run_nginx(prefix: Path, upstream: str, port: int | None = None,
-              want: int | None = 200) -> Iterator[Nginx]:
+              want: int | None = 200,
+              edit: Callable[[str], str] | None = None) -> Iterator[Nginx]:
     """nginx from the template on 127.0.0.1:port, proxying to upstream (host:port); ready
-    when GET /v2/ through it answers `want` (None: any answer from nginx)."""
+    when GET /v2/ through it answers `want` (None: any answer from nginx). `edit` changes the
+    rendered configuration (e.g. adds auth) before nginx starts."""
     binary = find_binary("nginx")
     port = port or free_port()
     for sub in ("run", "log", "tmp"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     config = prefix / "nginx.conf"
-    config.write_text(render_nginx_conf(f"{HOST}:{port}", upstream, prefix))
+    text = render_nginx_conf(f"{HOST}:{port}", upstream, prefix)
+    config.write_text(edit(text) if edit else text)
     error_log, access_log = prefix / "log" / "nginx-error.log", prefix / "log" / "nginx-access.log"
     stdout_log = prefix / "log" / "nginx-stdout.log"
     proc = _spawn([binary, "-p", str(prefix), "-e", str(error_log), "-c", str(config)], stdout_log)
@@ -266,5 +271,54 @@ def run_registry_with(directory: Path, extra_config: str,
                 pytest.fail(f"docker-registry did not start:\n{_tail(log)}", pytrace=False)
             time.sleep(0.1)
         yield port
+    finally:
+        stop_process(proc)
+
+
+S3_HOST = "127.0.0.2"  # another loopback address: another hostname than the registry's
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """moto's server mode (PyPI moto[server]), the S3-compatible stand-in, with one bucket."""
+
+    url: str
+    host: str
+    port: int
+    bucket: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def run_moto(directory: Path, bucket: str = "models", host: str = S3_HOST) -> Iterator[S3Server]:
+    """moto_server on host:PORT with `bucket` made (a plain PUT /bucket); stopped on exit."""
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    if not Path(binary).exists():
+        pytest.fail("moto_server is not installed: run scripts/setup (dev extras: moto[server])")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port = int(s.getsockname()[1])
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "moto.log"
+    proc = _spawn([binary, "-H", host, "-p", str(port)], log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            try:
+                conn.request("PUT", f"/{bucket}")
+                status = conn.getresponse().status
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    stop_process(proc)
+                    pytest.fail(f"moto_server on {host}:{port} did not start\n{_tail(log)}",
+                                pytrace=False)
+                time.sleep(0.1)
+            finally:
+                conn.close()
+        assert status == 200, f"moto_server would not make bucket {bucket}: HTTP {status}"
+        yield S3Server(f"http://{host}:{port}", host, port, bucket, log, proc)
     finally:
         stop_process(proc)

@@ -1,4 +1,4 @@
-"""Concurrency (issue 5 §5): two imports into one store at once take turns on the advisory
+"""Concurrency (formats/threat-model.md T23): two imports into one store at once take turns on the advisory
 lock (outside manifests/ and blobs/); readers of a store being imported into never see a
 model without its blobs; an import and a push from the same bundle at once both succeed."""
 
@@ -71,7 +71,7 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes, pieces: int = 1,
     return thread
 
 
-def test_two_imports_into_one_store_take_turns(tmp_path: Path, keys: Keys,
+def test_two_imports_into_one_store_take_turns(tmp_path: Path, os_paths: bool, keys: Keys,
                                                env: dict[str, str]) -> None:
     """Both start at once, reading the bundle from stdin: the first takes the lock and waits
     for its bundle, the second says it waits for the first. Then both get the bundle: both

@@ -55,7 +55,7 @@ def _import_cmd(bundle: Path, target: Path, keys: Keys) -> list[str]:
             "--trust", str(keys.pub), "-q"]
 
 
-def test_kill_9_at_random_points_then_resume(tmp_path: Path, keys: Keys,
+def test_kill_9_at_random_points_then_resume(tmp_path: Path, os_paths: bool, keys: Keys,
                                              env: dict[str, str]) -> None:
     store = _big_store(tmp_path / "src")
     bundle = tmp_path / "b.tar.zst"
@@ -163,7 +163,7 @@ def test_kill_9_during_an_import_from_split_parts_then_resume_reads_only_what_is
 
 
 def test_a_blob_cut_off_by_kill_9_is_continued_not_restarted(
-        tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+        tmp_path: Path, os_paths: bool, keys: Keys, env: dict[str, str]) -> None:
     """The re-run keeps what the killed import wrote of a 64 MB blob, reads from the bundle
     only the rest (its bytes read, less the partial file it hashes, counted by the kernel),
     and ends byte-identical to an uninterrupted import."""
@@ -279,7 +279,7 @@ def test_kill_9_during_a_push_never_leaves_a_tag_without_its_blobs(
 
 
 def test_kill_9_during_an_export_never_leaves_a_file_that_looks_complete(
-        tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+        tmp_path: Path, os_paths: bool, keys: Keys, env: dict[str, str]) -> None:
     store = _big_store(tmp_path / "src")
     out = tmp_path / "out" / "b.tar.zst"
     out.parent.mkdir()

@@ -183,3 +183,25 @@ def test_delta_root_is_checked(scene: Scene, tmp_path: Path) -> None:
     assert "both carried and left out" in scene.refused(edited(both))
     assert "not in 'bases'" in scene.refused(edited(dangling))
     assert "not referenced" in scene.refused(edited(unused))
+
+
+def test_a_delta_against_an_inventory_names_no_inventory_to_import(
+        train: dict[str, Path], tmp_path: Path, keys: Keys) -> None:
+    """An inventory cannot be imported: a delta made against one, refused where the blobs it
+    left out are missing, says that the inventory listed them and what to do instead; a
+    chain of bundles is named oldest first, as they must be imported."""
+    far = tmp_path / "far"
+    _import(train["m1"], far, keys)
+    inv = tmp_path / "far.inventory.json"
+    _ok(["inventory", "--models", str(far), "-o", str(inv)])
+    delta = tmp_path / "d.tar.zst"
+    _export(train["store"], delta, keys, inv)
+    r = run(["import", str(delta), "--models", str(tmp_path / "empty"), "--trust",
+             str(keys.pub)])
+    assert r.exit_code == 4, r.output
+    assert_clean_error(r.stderr)
+    assert "import far.inventory.json" not in r.stderr
+    assert "far.inventory.json" in r.stderr and "full bundle" in r.stderr, r.stderr
+    r = run(["import", str(train["m3"]), "--models", str(tmp_path / "empty2"), "--trust",
+             str(keys.pub)])
+    assert r.exit_code == 4 and "import m1.tar.zst, then m2.tar.zst" in r.stderr, r.stderr

@@ -1,4 +1,4 @@
-"""Faults (issue 5 §4): a full disk during import and export, a read-only store, a store the
+"""Faults (formats/threat-model.md): a full disk during import and export, a read-only store, a store the
 user may not write, and registries that lie about what they stored. Each ends in success with
 exactly the right content or in one clean error line, with nothing half-written and the
 previous state intact (formats/ollama-store.md §4).

@@ -27,7 +27,7 @@ LLAMA_ID = "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"
 
 
 def test_llama32_manifest_id_and_size() -> None:
-    """reference/ollama.md §5.1: the real manifest hashes to the `ollama list` ID."""
+    """The real manifest (a public llama3.2 manifest) hashes to the `ollama list` ID."""
     raw = (DATA / "llama3.2-latest.manifest").read_bytes()
     manifest = Manifest.parse(raw, "llama3.2")
     assert str(manifest.digest) == f"sha256:{LLAMA_ID}"

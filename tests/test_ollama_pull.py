@@ -1,4 +1,4 @@
-"""tests/ollama_pull.py keeps Ollama's rules (reference/ollama.md §3.2): which redirects and
+"""tests/ollama_pull.py keeps Ollama's rules (Ollama's server/download.go and x/transfer; formats/ollama-store.md §8): which redirects and
 statuses the direct-URL step accepts, where ranges go, what ends in a digest mismatch. Checked
 against a scripted stdlib HTTP server on loopback ("localhost" is another hostname than
 "127.0.0.1" for Ollama's same-hostname rule)."""
@@ -33,7 +33,16 @@ MANIFEST = go_json({"schemaVersion": 2, "mediaType": MANIFEST_V2,
                                "digest": digest_of(CONFIG), "size": len(CONFIG)},
                     "layers": [{"mediaType": "application/vnd.ollama.image.model",
                                 "digest": digest_of(BLOB), "size": len(BLOB)}]})
-BLOBS = {digest_of(BLOB): BLOB, digest_of(CONFIG): CONFIG}
+TENSOR = weights(50_000, seed=8)
+TENSOR_CONFIG = go_json({"model_format": "safetensors"}) + b"\n"
+TENSOR_MANIFEST = go_json({
+    "schemaVersion": 2, "mediaType": MANIFEST_V2,
+    "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+               "digest": digest_of(TENSOR_CONFIG), "size": len(TENSOR_CONFIG)},
+    "layers": [{"mediaType": "application/vnd.ollama.image.tensor",
+                "digest": digest_of(TENSOR), "size": len(TENSOR)}]})
+BLOBS = {digest_of(BLOB): BLOB, digest_of(CONFIG): CONFIG, digest_of(TENSOR): TENSOR,
+         digest_of(TENSOR_CONFIG): TENSOR_CONFIG}
 
 
 @dataclass
@@ -54,6 +63,7 @@ class Fake:
     port: int = 0
     resolve: Handler | None = None
     ignore_range: bool = False
+    storage: bool = False  # /direct/<digest> answers 302 to /storage/direct/<digest>
     seen: list[Seen] = field(default_factory=list)
 
     def url(self, host: str = "127.0.0.1") -> str:
@@ -82,9 +92,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def handle_any(self, method: str) -> None:
         fake = self.server.fake
         fake.seen.append(Seen(method, self.path, dict(self.headers.items())))
-        if self.path == "/v2/ns/m/manifests/t":
-            return self.reply(200, MANIFEST, {"Content-Type": MANIFEST_V2}, method == "HEAD")
-        m = re.fullmatch(r"/(?:v2/ns/m/blobs|direct)/(sha256:[0-9a-f]{64})", self.path)
+        if self.path in ("/v2/ns/m/manifests/t", "/v2/ns/tm/manifests/t"):
+            body = MANIFEST if "/m/" in self.path else TENSOR_MANIFEST
+            return self.reply(200, body, {"Content-Type": MANIFEST_V2}, method == "HEAD")
+        if fake.storage and self.path.startswith("/direct/"):  # the storage moved: one more hop
+            return self.reply(302, headers={"Location": "/storage" + self.path})
+        m = re.fullmatch(r"/(?:v2/ns/t?m/blobs|direct|storage/direct)/(sha256:[0-9a-f]{64})",
+                         self.path)
         if m is None or m.group(1) not in BLOBS:
             if fake.resolve and method == "GET" and self.path.startswith("/hop"):
                 return fake.resolve(self, method)
@@ -245,3 +259,64 @@ def test_parts(total: int, min_size: int, count: int) -> None:
     assert len(parts) == count
     assert sum(size for _, size in parts) == total
     assert all(off == sum(s for _, s in parts[:i]) for i, (off, _) in enumerate(parts))
+
+
+def test_range_parts_follow_redirects_as_gos_default_client_does(fake: Fake,
+                                                                 tmp_path: Path) -> None:
+    # server/download.go downloadChunk uses http.DefaultClient: a part that meets a redirect
+    # follows it, and the Range header goes along
+    fake.resolve = redirect(307, lambda p: f"http://localhost:{fake.port}/direct/"
+                            + p.rsplit("/", 1)[1])
+    fake.storage = True
+    result = do_pull(fake, tmp_path)
+    assert (tmp_path / "blobs" / f"sha256-{digest_of(BLOB)[7:]}").read_bytes() == BLOB
+    stored = [s for s in fake.seen if s.path.startswith("/storage/")]
+    assert len(stored) == 10 + 1 and all("Range" in s.headers for s in stored)
+    assert {e.status for e in result.ranged() if "/storage/" not in e.url} == {302}
+
+
+def pull_tensor(fake: Fake, store: Path) -> Any:
+    return pull(fake.url(), "ns", "tm", "t", store, timeout=10)
+
+
+def test_tensor_model_takes_the_transfer_path_a_plain_200_will_do(fake: Fake,
+                                                                  tmp_path: Path) -> None:
+    """x/transfer: a 200 without Location keeps the blob URL (the GGUF path would fail), one
+    GET each, no HEAD and no Range; blobs of the right size are skipped, others fetched."""
+    fake.resolve = lambda h, m: h.reply(200, BLOBS[h.path.rsplit("/", 1)[1]])
+    result = pull_tensor(fake, tmp_path)
+    assert result.path == "tensor"
+    assert result.downloaded == [digest_of(TENSOR), digest_of(TENSOR_CONFIG)]
+    assert (tmp_path / "blobs" / f"sha256-{digest_of(TENSOR)[7:]}").read_bytes() == TENSOR
+    blob_requests = [s for s in fake.seen if "/blobs/" in s.path]
+    assert {s.method for s in blob_requests} == {"GET"}
+    assert not any("Range" in s.headers for s in blob_requests)
+    assert len(blob_requests) == 4  # resolve (body drained), then the download, per blob
+    assert (tmp_path / "manifests" / f"127.0.0.1:{fake.port}" / "ns" / "tm" / "t"
+            ).read_bytes() == TENSOR_MANIFEST
+    # a blob of the wrong size is fetched again; one of the right size is trusted
+    (tmp_path / "blobs" / f"sha256-{digest_of(TENSOR)[7:]}").write_bytes(b"short")
+    again = pull_tensor(fake, tmp_path)
+    assert again.downloaded == [digest_of(TENSOR)]
+    assert again.skipped == [digest_of(TENSOR_CONFIG)]
+
+
+def test_tensor_path_redirects(fake: Fake, tmp_path: Path) -> None:
+    # a 307 to another host:port (localhost is another host) is the download URL
+    fake.resolve = redirect(307, lambda p: f"http://localhost:{fake.port}/direct/"
+                            + p.rsplit("/", 1)[1])
+    result = pull_tensor(fake, tmp_path)
+    assert len(result.downloaded) == 2
+    assert any(s.path.startswith("/direct/") and s.headers["Host"].startswith("localhost:")
+               for s in fake.seen)
+    # a 303 is not among the redirects x/transfer accepts
+    fake.resolve = redirect(303, f"http://localhost:{fake.port}/direct/x")
+    with pytest.raises(PullError, match=r"status 303$"):
+        pull_tensor(fake, tmp_path / "other")
+    # where the download URL redirects again, x/transfer's client does not follow
+    fake.resolve = redirect(307, lambda p: f"http://localhost:{fake.port}/direct/"
+                            + p.rsplit("/", 1)[1])
+    fake.storage = True
+    with pytest.raises(PullError, match=r"status 302$"):
+        pull_tensor(fake, tmp_path / "third")
+    assert not list((tmp_path / "third" / "blobs").iterdir())

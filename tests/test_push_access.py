@@ -67,7 +67,11 @@ def test_client_certificate(mtls_registry: MtlsRegistry, bundle_file: Path, keys
     p = cli(*base, "--client-cert", str(d / "client.pem"), "--client-key",
             str(d / "client.key"), env=home)
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["blobsUploaded"] > 0
+    doc = json.loads(p.stdout)
+    assert doc["blobsUploaded"] > 0
+    # `ollama pull` presents no client certificate: the probe says so
+    assert doc["check"]["ok"] is False
+    assert "client certificate" in " ".join(doc["check"]["findings"])
 
 
 HELPER = """#!/bin/sh

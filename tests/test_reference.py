@@ -1,4 +1,4 @@
-"""Tests for bundler.reference: Ollama model names (reference/ollama.md §1.3).
+"""Tests for bundler.reference: Ollama model names (Ollama's types/model/name.go).
 
 Vectors marked "name_test.go", "manifest_test.go" or "routes.go" are ported from ollama/ollama
 at fb30760996871fa9460115c753afd2c60d4ab0f7 (types/model/name_test.go,

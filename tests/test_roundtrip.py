@@ -30,8 +30,9 @@ def export(store: Path, out: Path, keys: Keys, *extra: str) -> None:
     assert r.exit_code == 0, r.stderr
 
 
-def test_round_trip_is_byte_identical(tmp_path: Path, store: Path, bundle_file: Path,
-                                      keys: Keys, env: dict[str, str]) -> None:
+def test_round_trip_is_byte_identical(tmp_path: Path, os_paths: bool, store: Path,
+                                      bundle_file: Path, keys: Keys, env: dict[str, str],
+                                      ) -> None:
     target = tmp_path / "target"
     r = run(["import", str(bundle_file), "--models", str(target), "--trust", str(keys.pub)])
     assert r.exit_code == 0, r.stderr
@@ -141,8 +142,8 @@ def test_skopeo_sees_the_layout_but_skips_schema2_entries(tmp_path: Path,
     assert r.returncode != 0 and "no descriptor found" in r.stderr
 
 
-def test_import_from_stdin(tmp_path: Path, store: Path, bundle_file: Path, keys: Keys,
-                           env: dict[str, str]) -> None:
+def test_import_from_stdin(tmp_path: Path, os_paths: bool, store: Path, bundle_file: Path,
+                           keys: Keys, env: dict[str, str]) -> None:
     target = tmp_path / "t"
     r = run(["import", "-", "--models", str(target), "--trust", str(keys.pub)],
             input=bundle_file.read_bytes())

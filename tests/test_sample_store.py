@@ -424,3 +424,25 @@ def test_quantized_weights_compress_like_q4_0_and_random_ones_do_not(tmp_path: P
     r_saving = zstd1_saving(random.blob(random.layer("tiny:latest", MODEL)["digest"]))
     assert 0.02 < q_saving < 0.08, q_saving
     assert r_saving < 0.005, r_saving
+
+
+def test_random_stores_are_reproducible_and_what_ollama_would_list(tmp_path: Path) -> None:
+    """--random SEED writes the generated store for SEED (tests/storegen.py), the same every
+    time; its listing is what `ollama list` would show of it."""
+    from tests.storegen import RandomChooser, draw_store, expected_view, ollama_view
+
+    def tree(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+                if p.is_file()}
+
+    a = run_script(tmp_path / "a", "--random", "7")
+    b = run_script(tmp_path / "b", "--random", "7")
+    c = run_script(tmp_path / "c", "--random", "8")
+    assert a.stdout == b.stdout and tree(tmp_path / "a") == tree(tmp_path / "b")
+    assert tree(tmp_path / "a") != tree(tmp_path / "c") and c.stdout != a.stdout
+    spec = draw_store(RandomChooser(7))
+    assert ollama_view(tmp_path / "a") == expected_view(spec)
+    assert sorted(line.split("  ")[0] for line in a.stdout.splitlines()) == sorted(
+        n.shortest() for n in spec.names)
+    bad = run_script(tmp_path / "d", "--random", "7", "--size", "1MiB", check=False)
+    assert bad.returncode == 2 and "--random takes no" in bad.stderr

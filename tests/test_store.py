@@ -14,7 +14,7 @@ from bundler.digest import Digest
 from bundler.store import Store, StoreLocation
 from tests.conftest import Keys, run, tree
 
-# reference/ollama.md §1.9: prune keeps a file only if its name, with '-' replaced by ':',
+# Ollama's server/images.go PruneLayers (formats/ollama-store.md §4.1): prune keeps a file only if its name, with '-' replaced by ':',
 # matches this; everything else in blobs/ is deleted once it is an hour old.
 OLLAMA_BLOB_NAME = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 
