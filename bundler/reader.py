@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bundler import cosign, signing
-from bundler.archive import ArchiveReader, Member, frames, member_offsets
+from bundler.archive import ArchiveReader, Member, member_spans
 from bundler.digest import Digest
 from bundler.errors import IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
@@ -139,38 +139,6 @@ def open_split(first: Path) -> PartsReader:
                        trailer if trailer.is_file() else None)
 
 
-_MAX_HEAD_FRAME = 64 * 1024 * 1024  # decompressed: root, signatures, cosign documents, index
-
-
-def head_only(src: BinaryIO) -> BinaryIO:
-    """`src` cut where its head ends (after the manifests), as its seek table and head frame
-    say (formats/bundle-v1.md §7.1), so that reading the head reads nothing after it, not
-    even ahead; `src` itself if that cannot be known (a pipe, no seek table, an odd head: the
-    reader then reports what is wrong)."""
-    found = frames(src)
-    if found is None or found.rows[0][1] > _MAX_HEAD_FRAME:
-        return src
-    try:
-        with ArchiveReader(found.until(found.rows[0][0])) as archive:  # the head frame only
-            m = archive.next_member()
-            if m is None or m.name != ROOT_MEMBER or m.size > MAX_ROOT_BYTES:
-                return src
-            root = Root.parse(archive.read_body())
-            while (m := archive.next_member()) is not None and m.name != INDEX_MEMBER:
-                for _ in archive.body():
-                    pass
-            if m is None or m.size > MAX_INDEX_BYTES:
-                return src
-            index = Index.parse(archive.read_body())
-    except IntegrityError:
-        return src
-    count = len({d.digest for d in index.manifests})
-    offsets = member_offsets(found.rows, [(blob_member(b.digest), b.size) for b in root.blobs])
-    if offsets is None or count >= len(root.blobs):
-        return src
-    return found.until(offsets[blob_member(root.blobs[count].digest)])
-
-
 @dataclass(frozen=True, slots=True)
 class Seekable:
     """A blob read on its own through the seek table: from the start, or after `skip` bytes
@@ -252,6 +220,8 @@ class BundleReader:
         self._current: tuple[BlobRef, Member] | None = None
         self._parts = src.listed if isinstance(src, PartsReader) else None
         self._head_frame = -1
+        self._spans: dict[str, tuple[int, int]] | None = None  # members' frames (§7.1)
+        self._seeking = False
 
     def __enter__(self) -> BundleReader:
         return self
@@ -335,8 +305,16 @@ class BundleReader:
             raise IntegrityError("index.json: digest differs from the signed root's",
                                  hint="the bundle was altered")
         named = index_models(root, Index.parse(index_raw))
+        rows = self._archive.seek_rows()
+        self._spans = None if rows is None else member_spans(
+            rows, [(blob_member(b.digest), b.size) for b in root.blobs])
+        manifests = len({d.digest for _, d in named})
+        if self._spans is not None and manifests < len(root.blobs):  # formats/bundle-v1.md §7.1
+            # the head ends where the first config or layer starts: read no further ahead, so
+            # that reading on through the seek table (seekable()) reads nothing twice
+            self._archive.read_ahead_until(self._spans[blob_member(root.blobs[manifests].digest)][0])
         raws: dict[Digest, bytes] = {}
-        for ref in root.blobs[: len({d.digest for _, d in named})]:
+        for ref in root.blobs[:manifests]:
             m = self._member(blob_member(ref.digest), MAX_MANIFEST_BYTES)
             if not raws:
                 self._head_frame = m.offset  # members 1-4 end here
@@ -376,19 +354,16 @@ class BundleReader:
         (every byte still verified). None if the bundle cannot be read that way."""
         assert self._head is not None
         rows = self._archive.seek_rows()
-        if rows is None or rows[0][1] != self._head_frame:
-            return None
-        members = [(blob_member(b.digest), b.size) for b in self._head.root.blobs]
-        offsets = member_offsets(rows, members)
-        if offsets is None:
+        if rows is None or rows[0][1] != self._head_frame or self._spans is None:
             return None
         out: dict[Digest, Seekable] = {}
         for ref in self._head.layer_blobs:
             name = blob_member(ref.digest)
-            body = self._archive.member_at(offsets[name], name, ref.size)
+            body = self._archive.member_at(self._spans[name], name, ref.size)
             if body is None:
                 return None
             out[ref.digest] = Seekable(ref, body, self._on_bytes)
+        self._seeking = True
         return out
 
     def reread(self) -> Reread | None:
@@ -407,7 +382,12 @@ class BundleReader:
         return body
 
     def finish(self) -> None:
-        """Require the end-of-archive marker after the last blob."""
+        """Require the end-of-archive marker after the last blob: next in the stream, or
+        after `seekable()`, where the seek table puts the end of the last blob's frames."""
+        if self._seeking:
+            assert self._head is not None and self._spans is not None
+            self._archive.check_end_at(max(end for _, end in self._spans.values()))
+            return
         m = self._archive.next_member()
         if m is not None:
             raise IntegrityError(f"bundle member {m.name[:200]!r} is not listed in the root",

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bundler import cosign, signing
-from bundler.archive import FrameWalker, member_offsets, parse_seek_table, seek_table
+from bundler.archive import FrameWalker, member_spans, parse_seek_table, seek_table
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, UsageError
 from bundler.inventory import Inventory
@@ -166,9 +166,9 @@ def test_seek_tables(rows: list[tuple[int, int]], noise: bytes, total: int) -> N
     got = parse_seek_table(noise, total)  # any bytes: a table only if it adds up to `total`
     if got is not None:
         assert sum(c for c, _ in got) + 8 + 8 * len(got) + 9 == total
-    offsets = member_offsets(rows, [(f"blobs/sha256/{i:064x}", n % 5000)
-                                    for i, (n, _) in enumerate(rows[:3])])
-    assert offsets is None or all(v >= rows[0][0] for v in offsets.values())
+    spans = member_spans(rows, [(f"blobs/sha256/{i:064x}", n % 5000)
+                                for i, (n, _) in enumerate(rows[:3])])
+    assert spans is None or all(rows[0][0] <= s <= e for s, e in spans.values())
 
 
 @pytest.fixture(scope="module")
