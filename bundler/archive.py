@@ -224,11 +224,11 @@ def parse_seek_table(tail: bytes, total: int) -> list[tuple[int, int]] | None:
     return rows if sum(c for c, _ in rows) + size == total else None
 
 
-def member_offsets(rows: list[tuple[int, int]], members: Iterable[tuple[str, int]],
-                   head: int) -> dict[str, int] | None:
-    """Where each member after the head frames (the first `head` decompressed bytes) starts in
-    the compressed stream, from the seek table's rows (formats/bundle-v1.md §7.1); None if the
-    framing is not the writer's."""
+def member_spans(rows: list[tuple[int, int]], members: Iterable[tuple[str, int]],
+                 head: int) -> dict[str, tuple[int, int]] | None:
+    """Where each member after the head frames (the first `head` decompressed bytes) starts
+    and where its last frame ends in the compressed stream, from the seek table's rows
+    (formats/bundle-v1.md §7.1); None if the framing is not the writer's."""
     offset, i, done = 0, 0, 0
     while done < head and i < len(rows):  # one frame, or more with a carried tool (§7)
         offset += rows[i][0]
@@ -239,13 +239,14 @@ def member_offsets(rows: list[tuple[int, int]], members: Iterable[tuple[str, int
     out = {}
     for name, size in members:
         content = len(member_header(name, size)) + size + padding(size)
-        out[name] = offset
+        start = offset
         while content > 0 and i < len(rows):
             content -= rows[i][1]
             offset += rows[i][0]
             i += 1
         if content != 0:
             return None
+        out[name] = (start, offset)
     return out
 
 
@@ -274,6 +275,11 @@ class FrameWalker:
         self.sizes: list[tuple[int, int]] | None = []
         self._seek_table = False
         self.table: bytes | None = None  # the seek table's body, if the stream has one
+
+    @property
+    def between_frames(self) -> bool:
+        """True if every frame fed so far is complete (nothing of a next one fed yet)."""
+        return self._state == "magic" and not self._buf and not self._skip
 
     def feed(self, data: bytes) -> None:
         view, pos, n = memoryview(data), 0, len(data)
@@ -401,15 +407,23 @@ class FrameWalker:
 
 
 class _WalkedSource:
-    """The compressed source as the decompressor reads it, shown to a FrameWalker."""
+    """The compressed source as the decompressor reads it, shown to a FrameWalker; it ends
+    early at `limit` (a compressed offset), if one is set."""
 
     def __init__(self, src: BinaryIO, walker: FrameWalker) -> None:
         self._src, self._walker = src, walker
+        self.offset = 0  # compressed bytes read so far
+        self.limit: int | None = None
 
     def read(self, n: int = -1) -> bytes:
+        if self.limit is not None:
+            n = min(CHUNK_SIZE if n < 0 else n, self.limit - self.offset)
+            if n <= 0:
+                return b""
         data = self._src.read(n)
         if data:
             self._walker.feed(data)
+            self.offset += len(data)
         return data
 
 
@@ -544,46 +558,52 @@ def _seek_rows(source: Positional) -> list[tuple[int, int]] | None:
     return parse_seek_table(source.pread(size, source.size - size), source.size)
 
 
-@dataclass(frozen=True, slots=True)
-class Frames:
-    """A stream that can be read at any offset, with the frames its seek table lists."""
-
-    source: Positional
-    rows: list[tuple[int, int]]
-
-    def until(self, end: int) -> BinaryIO:
-        """The stream from its start up to compressed offset `end`: a reader of it reads
-        nothing after (not even ahead)."""
-        return self.between(0, end)
-
-    def between(self, start: int, end: int) -> BinaryIO:
-        """The stream from compressed offset `start` (a frame's start) up to `end`."""
-        return cast("BinaryIO", _PositionalReader(self.source, start, end))
-
-
-def frames(src: BinaryIO) -> Frames | None:
-    """`src` (from its current offset) and its seek table's rows, without reading anything
-    else; None for a pipe or a stream without a valid seek table."""
-    source = _positional(src)
-    rows = None if source is None else _seek_rows(source)
-    return None if source is None or not rows else Frames(source, rows)
-
-
 class _Decompressor:
-    """Decompresses `src` in a second thread (streams.Prefetch) while its frames are walked."""
+    """Decompresses `src` in a second thread (streams.Prefetch) while its frames are walked.
+
+    Read-ahead stops at a compressed offset given with `stop_at` (a frame boundary, from the
+    seek table): the thread decompresses up to there and ends; only when the consumer wants
+    more does a new one continue from there. So a reader that wants only what comes before
+    that offset (the head of a bundle) reads nothing after it."""
 
     def __init__(self, src: BinaryIO) -> None:
-        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         self._walker = FrameWalker()
         self._source = _WalkedSource(src, self._walker)
-        self._reader = dctx.stream_reader(
+        self._stop: int | None = None
+        self._paused = False
+        self.frame_starts = self._walker.starts
+        self._prefetch: Prefetch | None = None
+
+    def stop_at(self, offset: int) -> None:
+        """Read no further ahead than `offset` until the consumer needs what is there. Takes
+        effect when decompression starts or continues (at a stop), not in the middle."""
+        self._stop = offset
+
+    def _start(self) -> None:
+        stop, self._stop = self._stop, None
+        self._source.limit = stop if stop is not None and stop > self._source.offset else None
+        self._reader = self._dctx.stream_reader(
             cast("BinaryIO", self._source), read_size=CHUNK_SIZE, read_across_frames=True,
             closefd=False,
         )
         self._prefetch = Prefetch(self._fill, name="decompress")
-        self.next = self._prefetch.next
-        self.close = self._prefetch.close
-        self.frame_starts = self._walker.starts
+
+    def next(self) -> memoryview | None:
+        if self._prefetch is None:
+            self._start()
+        while True:
+            assert self._prefetch is not None
+            item = self._prefetch.next()
+            if item is not None or not self._paused:
+                return item
+            self._prefetch.close()  # (its thread has ended)
+            self._paused = False
+            self._start()
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
 
     def _fill(self, buffer: memoryview) -> int:
         n = 0
@@ -595,7 +615,12 @@ class _Decompressor:
                 n += got
         except zstandard.ZstdError as e:
             raise IntegrityError(f"bundle is not a valid zstd stream: {e}") from None
-        if n == 0:  # the end: the whole source must have been complete frames
+        if n == 0 and self._source.limit is not None and self._source.offset == self._source.limit:
+            if not self._walker.between_frames:  # the stop came from the seek table
+                raise IntegrityError("bundle: the seek table does not describe the frames "
+                                     "before it", hint="the file was altered or damaged")
+            self._paused = True  # (seen by next() after this thread's end-of-stream)
+        elif n == 0:  # the end: the whole source must have been complete frames
             while self._source.read(CHUNK_SIZE):
                 pass
             self._walker.finish()
@@ -620,7 +645,10 @@ class ArchiveReader:
 
     def __init__(self, src: BinaryIO) -> None:
         self._file = _positional(src)  # (before the decompressing thread starts reading)
+        self._rows = None if self._file is None else _seek_rows(self._file)
         self._src = _Decompressor(src)
+        if self._rows:  # read no further ahead than the head frame (formats/bundle-v1.md §7.1)
+            self._src.stop_at(self._rows[0][0])
         self._chunk: memoryview = memoryview(b"")
         self._pos = 0
         self._offset = 0  # decompressed bytes consumed
@@ -752,28 +780,64 @@ class ArchiveReader:
     def seek_rows(self) -> list[tuple[int, int]] | None:
         """The frames the seek table at the end of the stream lists, if the source can be
         read at any offset and has a valid one."""
-        return None if self._file is None else _seek_rows(self._file)
+        return self._rows
 
-    def member_at(self, offset: int, name: str, size: int,
+    def check_end_at(self, offset: int) -> None:
+        """The frames from compressed offset `offset` up to the seek table hold the
+        end-of-archive marker and nothing else, complete (what `next_member()` requires at the
+        end, §3): for a reader that reached the end through the seek table."""
+        assert self._file is not None and self._rows
+        end = sum(c for c, _ in self._rows)
+        if not 0 < end - offset <= CHUNK_SIZE:
+            raise IntegrityError("bundle: data after the end of the archive",
+                                 hint="this is not an intact bundle")
+        data = self._file.pread(end - offset, offset)
+        walker = FrameWalker()
+        walker.feed(data)
+        walker.finish()
+        limit = 2 * BLOCK + _MAX_TRAILING_ZEROS
+        try:
+            out = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(
+                io.BytesIO(data), read_across_frames=True).read(limit + 1)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"bundle is not a valid zstd stream: {e}") from None
+        if len(out) < 2 * BLOCK or len(out) > limit or out.strip(b"\0"):
+            raise IntegrityError("bundle: malformed end-of-archive marker",
+                                 hint="this is not an intact bundle")
+
+    def read_ahead_until(self, offset: int) -> None:
+        """Read nothing at or after compressed offset `offset` (a frame boundary) until the
+        stream before it has been consumed and more is wanted: for a caller that may stop
+        there and read on through the seek table instead. Effective while the stream is still
+        before the head frame's end, where it stops anyway."""
+        self._src.stop_at(offset)
+
+    def member_at(self, span: tuple[int, int], name: str, size: int,
                   ) -> Callable[[int], Iterator[memoryview]] | None:
-        """Like `reopener`, for a member not read yet, found through the seek table."""
+        """Like `reopener`, for a member not read yet, whose frames the seek table puts at
+        `span` (compressed start and end offsets): nothing outside them is read."""
         if self._file is None:
             return None
-        return self._body_at(self._file, offset, Member(name, size, member_header(name, size)))
+        member = Member(name, size, member_header(name, size))
+        return self._body_at(self._file, span[0], member, lambda: span[1])
 
     def reopener(self, member: Member) -> Callable[[int], Iterator[memoryview]] | None:
         """For a member read from a regular file in which a zstd frame starts at its header
         (every member of a bundle as export writes it): a function that reads the member's
         body again from a given offset on, independently of this reader (each view is valid
         until the next). None otherwise."""
-        at = self._src.frame_starts.get(member.offset)
+        starts = self._src.frame_starts
+        at = starts.get(member.offset)
         if self._file is None or at is None:
             return None
-        return self._body_at(self._file, at, member)
+        after = member.offset + len(member.header) + member.size + padding(member.size)
+        return self._body_at(self._file, at, member, lambda: starts.get(after))
 
     @staticmethod
-    def _body_at(source: Positional, at: int, member: Member,
+    def _body_at(source: Positional, at: int, member: Member, end: Callable[[], int | None],
                  ) -> Callable[[int], Iterator[memoryview]]:
+        """`end()`: where the member's last frame ends, if known (then nothing after it is
+        read, not even ahead)."""
         def body(skip: int) -> Iterator[memoryview]:
             if skip:
                 raw = _raw_from(source, at, len(member.header) + skip, member.size - skip)
@@ -781,8 +845,10 @@ class ArchiveReader:
                     yield from raw
                     return
             dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-            reader = dctx.stream_reader(cast("BinaryIO", _PositionalReader(source, at)),
-                                        read_size=CHUNK_SIZE, read_across_frames=True)
+            stop = end()
+            reader = dctx.stream_reader(
+                cast("BinaryIO", _PositionalReader(source, at, stop)), read_size=CHUNK_SIZE,
+                read_across_frames=True)
             buffer = memoryview(bytearray(CHUNK_SIZE))
             todo, pos = len(member.header) + member.size, 0
             header = bytearray()
@@ -804,6 +870,14 @@ class ArchiveReader:
                 if pos + len(view) > skip:
                     yield view[max(0, skip - pos) :]
                 pos += len(view)
+            if stop is not None:  # the rest of its frames: the padding, the frame checksum
+                try:
+                    rest = reader.read(BLOCK + 1)
+                except zstandard.ZstdError as e:
+                    raise IntegrityError(f"bundle: re-reading {member.name}: {e}") from None
+                if rest != bytes(padding(member.size)):
+                    raise IntegrityError(f"bundle: {member.name} does not end where the seek "
+                                         "table puts the end of its frames")
 
         return body
 

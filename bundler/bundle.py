@@ -48,7 +48,7 @@ from bundler.layout import (
     signature_member,
 )
 from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress, plural
-from bundler.reader import BundleReader, Head, Seekable, head_only
+from bundler.reader import BundleReader, Head, Seekable
 from bundler.reference import ModelName
 from bundler.store import StagedBlob, Store
 from bundler.streams import ReadAhead, Sink, SplitOutput
@@ -396,8 +396,8 @@ def head_json(head: Head) -> dict[str, Any]:
 
 def list_bundle(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:
     """Read only the head: root, signatures, index.json and manifests (and, with a seek
-    table, nothing after them)."""
-    with BundleReader(head_only(src)) as reader:
+    table, nothing after them: BundleReader reads no further ahead)."""
+    with BundleReader(src) as reader:
         return reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
 
 
@@ -610,9 +610,9 @@ def import_bundle(
         try:
             if seekable is None:
                 _stage_all(reader, store, to_write, staged)
-                reader.finish()  # (reading through the seek table, the end is not reached)
             else:
                 _stage_seeking(seekable, store, to_write, staged)
+            reader.finish()
             if set(to_write) - {blob.digest for blob in staged}:
                 raise IntegrityError("a referenced blob is not carried")  # check_manifests
             for digest in present:  # fresh mtimes: Ollama's prune spares them now

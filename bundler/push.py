@@ -235,6 +235,7 @@ def push_bundle(
                 if ref.digest in uploading:
                     uploads.submit(homes[ref.digest][0], ref.digest, ref.size,
                                    seekable[ref.digest])
+            reader.finish()  # the end of the archive, where the seek table puts it
         else:
             on_total(everything)
             for ref, body in reader.blobs():

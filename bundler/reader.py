@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bundler import cosign, signing
-from bundler.archive import ArchiveReader, Member, frames, member_header, member_offsets, padding
+from bundler.archive import ArchiveReader, Member, member_header, member_spans, padding
 from bundler.digest import Digest
 from bundler.errors import IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
@@ -140,47 +140,6 @@ def open_split(first: Path) -> PartsReader:
                        trailer if trailer.is_file() else None)
 
 
-_MAX_HEAD_FRAME = 64 * 1024 * 1024  # decompressed: root, signatures, cosign documents, index
-
-
-def head_only(src: BinaryIO) -> BinaryIO:
-    """`src` cut where its head ends (after the manifests), as its seek table and head frames
-    say (formats/bundle-v1.md §7.1), so that reading the head reads nothing after it, not
-    even ahead; `src` itself if that cannot be known (a pipe, no seek table, an odd head: the
-    reader then reports what is wrong). A carried tool (§11) is part of the head."""
-    found = frames(src)
-    if found is None or found.rows[0][1] > _MAX_HEAD_FRAME:
-        return src
-    try:
-        with ArchiveReader(found.until(found.rows[0][0])) as archive:  # the first frame only
-            m = archive.next_member()
-            if m is None or m.name != ROOT_MEMBER or m.size > MAX_ROOT_BYTES:
-                return src
-            root = Root.parse(archive.read_body())
-        count = _head_frames(found.rows, root)
-        if count is None:
-            return src
-        head = sum(d for _, d in found.rows[:count])
-        start = sum(c for c, _ in found.rows[:count - 1]) if count > 1 else 0
-        end = sum(c for c, _ in found.rows[:count])
-        # with a tool, oci-layout and index.json are a frame of their own: the tool is not read
-        with ArchiveReader(found.between(start, end)) as archive:
-            while (m := archive.next_member()) is not None and m.name != INDEX_MEMBER:
-                for _ in archive.body():
-                    pass
-            if m is None or m.size > MAX_INDEX_BYTES:
-                return src
-            index = Index.parse(archive.read_body())
-    except IntegrityError:
-        return src
-    count = len({d.digest for d in index.manifests})
-    offsets = member_offsets(found.rows, [(blob_member(b.digest), b.size) for b in root.blobs],
-                             head)
-    if offsets is None or count >= len(root.blobs):
-        return src
-    return found.until(offsets[blob_member(root.blobs[count].digest)])
-
-
 def _head_frames(rows: list[tuple[int, int]], root: Root) -> int | None:
     """How many frames the head is (§7): one, or with a carried tool the first frame, the
     tool's stored frames and one more; None if the rows do not add up."""
@@ -277,6 +236,9 @@ class BundleReader:
         self._current: tuple[BlobRef, Member] | None = None
         self._parts = src.listed if isinstance(src, PartsReader) else None
         self._head_frame = -1
+        self._head_bytes = -1  # decompressed size of the head frames, from the seek table
+        self._spans: dict[str, tuple[int, int]] | None = None  # members' frames (§7.1)
+        self._seeking = False
 
     def __enter__(self) -> BundleReader:
         return self
@@ -386,8 +348,19 @@ class BundleReader:
             raise IntegrityError("index.json: digest differs from the signed root's",
                                  hint="the bundle was altered")
         named = index_models(root, Index.parse(index_raw))
+        rows = self._archive.seek_rows()
+        heads = None if rows is None else _head_frames(rows, root)
+        self._head_bytes = -1 if rows is None or heads is None else sum(
+            d for _, d in rows[:heads])
+        self._spans = None if rows is None or heads is None else member_spans(
+            rows, [(blob_member(b.digest), b.size) for b in root.blobs], self._head_bytes)
+        manifests = len({d.digest for _, d in named})
+        if self._spans is not None and manifests < len(root.blobs):  # formats/bundle-v1.md §7.1
+            # the head ends where the first config or layer starts: read no further ahead, so
+            # that reading on through the seek table (seekable()) reads nothing twice
+            self._archive.read_ahead_until(self._spans[blob_member(root.blobs[manifests].digest)][0])
         raws: dict[Digest, bytes] = {}
-        for ref in root.blobs[: len({d.digest for _, d in named})]:
+        for ref in root.blobs[:manifests]:
             m = self._member(blob_member(ref.digest), MAX_MANIFEST_BYTES)
             if not raws:
                 self._head_frame = m.offset  # members 1-4 (the head frames) end here
@@ -427,19 +400,16 @@ class BundleReader:
         (every byte still verified). None if the bundle cannot be read that way."""
         assert self._head is not None
         rows = self._archive.seek_rows()
-        if rows is None:
-            return None
-        members = [(blob_member(b.digest), b.size) for b in self._head.root.blobs]
-        offsets = member_offsets(rows, members, self._head_frame)
-        if offsets is None:
+        if rows is None or self._spans is None or self._head_bytes != self._head_frame:
             return None
         out: dict[Digest, Seekable] = {}
         for ref in self._head.layer_blobs:
             name = blob_member(ref.digest)
-            body = self._archive.member_at(offsets[name], name, ref.size)
+            body = self._archive.member_at(self._spans[name], name, ref.size)
             if body is None:
                 return None
             out[ref.digest] = Seekable(ref, body, self._on_bytes)
+        self._seeking = True
         return out
 
     def reread(self) -> Reread | None:
@@ -458,7 +428,12 @@ class BundleReader:
         return body
 
     def finish(self) -> None:
-        """Require the end-of-archive marker after the last blob."""
+        """Require the end-of-archive marker after the last blob: next in the stream, or
+        after `seekable()`, where the seek table puts the end of the last blob's frames."""
+        if self._seeking:
+            assert self._head is not None and self._spans is not None
+            self._archive.check_end_at(max(end for _, end in self._spans.values()))
+            return
         m = self._archive.next_member()
         if m is not None:
             raise IntegrityError(f"bundle member {m.name[:200]!r} is not listed in the root",

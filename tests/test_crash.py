@@ -126,6 +126,9 @@ def _rchar() -> int:
     raise AssertionError("no rchar")
 
 
+SLACK = 256 * 1024  # the head and the frames around the blobs read (see tests/test_seek.py)
+
+
 def test_kill_9_during_an_import_from_split_parts_then_resume_reads_only_what_is_missing(
         tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
     store = _big_store(tmp_path / "src")
@@ -157,7 +160,7 @@ def test_kill_9_during_an_import_from_split_parts_then_resume_reads_only_what_is
     assert r.exit_code == 0, r.output
     assert tree(target) == tree(direct)  # byte-identical to an uninterrupted import
     if json.loads(r.stdout)["readOnlyWhatWasNeeded"]:
-        assert read < missing + 11_000_000, (read, missing)
+        assert read < missing + SLACK, (read, missing)
     else:  # the kill came before any blob was committed: everything is read once
         assert missing == sum(p.stat().st_size for p in (direct / "blobs").glob("sha256-*"))
 
@@ -203,7 +206,7 @@ def test_a_blob_cut_off_by_kill_9_is_continued_not_restarted(
     read = _rchar() - before - kept  # the partial file is read once, to hash it
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["readOnlyWhatWasNeeded"] is True
-    assert read < size - kept + 11_000_000, (read, size, kept)
+    assert read < size - kept + SLACK, (read, size, kept)
     for name, digest in tree(direct).items():
         assert tree(target)[name] == digest
     assert not list((target / "blobs").glob(".bundle-*"))

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bundler import cosign, signing
-from bundler.archive import FrameWalker, member_offsets, parse_seek_table, seek_table
+from bundler.archive import FrameWalker, member_spans, parse_seek_table, seek_table
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, UsageError
 from bundler.inventory import Inventory
@@ -167,9 +167,9 @@ def test_seek_tables(rows: list[tuple[int, int]], noise: bytes, total: int) -> N
     if got is not None:
         assert sum(c for c, _ in got) + 8 + 8 * len(got) + 9 == total
     head = sum(d for _, d in rows[:noise[0] % 3]) if noise else 0  # 0-2 head frames
-    offsets = member_offsets(rows, [(f"blobs/sha256/{i:064x}", n % 5000)
-                                    for i, (n, _) in enumerate(rows[:3])], head)
-    assert offsets is None or all(v >= rows[0][0] for v in offsets.values())
+    spans = member_spans(rows, [(f"blobs/sha256/{i:064x}", n % 5000)
+                                for i, (n, _) in enumerate(rows[:3])], head)
+    assert spans is None or all(rows[0][0] <= s <= e for s, e in spans.values())
 
 
 @pytest.fixture(scope="module")
