@@ -11,13 +11,13 @@ and the cause, the other models pushed. Beside them, a fake storage host whose s
 redirect once more (which moto cannot do) checks that the probe's HEAD and Range request
 follow redirects as Ollama's do.
 
-Blob size: the issue asks for a multi-GiB blob. Measured on the 2-core CI machine with a 2 GiB
-blob: the streamed PATCH took 33 s, but the final PUT took 185 s with moto at a 9 GB peak: the
-registry moves the finished upload with S3 UploadPartCopy in 32 MiB parts (Distribution's
-multipartcopychunksize), and moto reads the whole object for each part. moto's ranged GET also
-reads the whole object for each range, so eight pulls of 2 GiB in 16 parts each would read
-256 GiB. So the blob is the smallest that still exercises what matters: five multipart parts
-of Distribution's S3 chunksize (10 MiB) with an odd tail, and above its 32 MiB
+Blob size: a multi-GiB blob would be the realistic case. Measured on the 2-core CI machine with
+a 2 GiB blob: the streamed PATCH took 33 s, but the final PUT took 185 s with moto at a 9 GB
+peak: the registry moves the finished upload with S3 UploadPartCopy in 32 MiB parts
+(Distribution's multipartcopychunksize), and moto reads the whole object for each part. moto's
+ranged GET also reads the whole object for each range, so eight pulls of 2 GiB in 16 parts each
+would read 256 GiB. So the blob is the smallest that still exercises what matters: five
+multipart parts of Distribution's S3 chunksize (10 MiB) with an odd tail, and above its 32 MiB
 multipartcopythresholdsize, so that the move is a multipart copy too.
 """
 

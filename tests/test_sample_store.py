@@ -1,7 +1,8 @@
 """scripts/make-sample-store builds an Ollama model store laid out byte for byte as Ollama does.
 
-Reference: the project reference notes, ollama.md §1.2-§1.6 (layout, names, modes), §2.1-§2.3
-(manifest and config formats) and §5 (real, hash-checked examples).
+Reference: formats/ollama-store.md §2 (layout, names) and §4 (modes); Ollama's
+manifest/manifest.go and types/model/config.go (manifest and config formats); tests/data (real,
+hash-checked llama3.2 bytes).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ SYSTEM = "application/vnd.ollama.image.system"
 PARAMS = "application/vnd.ollama.image.params"
 LICENSE = "application/vnd.ollama.image.license"
 
-# `ollama list` name -> manifest path under manifests/ (§1.3), in the order the script prints.
+# `ollama list` name -> manifest path under manifests/ (formats/ollama-store.md §2), in the
+# order the script prints.
 MANIFEST_PATHS = {
     "tiny:latest": "registry.ollama.ai/library/tiny/latest",
     "tiny:chat": "registry.ollama.ai/library/tiny/chat",
@@ -61,7 +63,8 @@ CONFIG_KEYS = [
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 BLOB_NAME_RE = re.compile(r"sha256-[0-9a-f]{64}")
 
-# The llama3.2 params blob (§5.1, 96 bytes): the stop tokens as Ollama's json.Encoder writes them.
+# The params blob of llama3.2:latest (96 bytes; tests/data/llama3.2-latest.manifest names it):
+# the stop tokens as Ollama's json.Encoder writes them.
 LLAMA3_PARAMS_DIGEST = "56bb8bd477a519ffa694fc449c2413c6f0e1d3b1c88fa7e3c9d88d3ae49d4dcb"
 
 
@@ -130,7 +133,7 @@ def tiny_weights_size(built: Built) -> int:
 
 
 def test_go_json_helper_reproduces_real_ollama_bytes() -> None:
-    """Sanity-check the comparison helper against §5.1's hash-checked llama3.2 bytes."""
+    """Sanity-check the comparison helper against llama3.2:latest's real bytes (tests/data)."""
     params = {"stop": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
     raw_params = go_json(params) + b"\n"
     assert len(raw_params) == 96
@@ -206,7 +209,7 @@ def test_manifest_descriptors_match_blobs(store: Built) -> None:
             assert DIGEST_RE.fullmatch(descriptor["digest"]), descriptor
             assert len(store.blob(descriptor["digest"])) == descriptor["size"]
             referenced.add(descriptor["digest"].replace(":", "-"))
-    # No orphans: Ollama's start-up prune would delete them (§1.9).
+    # No orphans: Ollama's start-up prune would delete them (formats/ollama-store.md §4.1).
     assert referenced == {p.name for p in (store.root / "blobs").iterdir()}
 
 

@@ -1,9 +1,11 @@
-"""The README's first command and the benchmark's smoke mode run as written."""
+"""The README's first command and the benchmark's smoke mode run as written; every Python script
+is linted and type-checked."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -27,3 +29,19 @@ def test_bench_quick_prints_ratios(tmp_path: Path) -> None:
     for op in ("export", "import", "verify"):
         assert f"| {op} | quantized |" in r.stdout and f"| {op} | random |" in r.stdout
     assert out.stat().st_size > 0
+
+
+def test_every_python_script_is_linted_and_type_checked() -> None:
+    """scripts/test runs `ruff check .` and `mypy` from pyproject.toml alone, and the scripts
+    have no .py suffix: each one with a python shebang must be named in both lists."""
+    shebangs = {p.name: p.read_bytes().split(b"\n", 1)[0]
+                for p in (REPO / "scripts").iterdir() if p.is_file()}
+    python_scripts = {f"scripts/{name}" for name, line in shebangs.items()
+                      if line.startswith(b"#!") and b"python" in line}
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    ruff = {f for f in config["tool"]["ruff"]["extend-include"] if f.startswith("scripts/")}
+    mypy = {f for f in config["tool"]["mypy"]["files"] if f.startswith("scripts/")}
+    assert {"scripts/bench", "scripts/make-sample-store"} <= python_scripts
+    assert ruff == python_scripts, "list them in [tool.ruff] extend-include"
+    assert mypy == python_scripts, "list them in [tool.mypy] files"
+    assert config["tool"]["mypy"]["scripts_are_modules"] is True
