@@ -269,6 +269,11 @@ class BundleReader:
         self._member(ROOT_MEMBER, MAX_ROOT_BYTES)
         root_raw = self._archive.read_body()
         root = Root.parse(root_raw)
+        if root.tool_file is not None:  # a head of several frames (formats/bundle-v1.md §7):
+            rows = self._archive.seek_rows()  # read ahead no further than its end
+            heads = None if rows is None else _head_frames(rows, root)
+            if rows is not None and heads is not None:
+                self._archive.read_ahead_until(sum(c for c, _ in rows[:heads]))
         if self._parts is not None and [(p.size, p.digest) for p in root.parts] != self._parts:
             raise IntegrityError("the split bundle's part 1 changed while it was read")
         carried: dict[str, bytes] = {}
