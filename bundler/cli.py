@@ -20,18 +20,19 @@ from tqdm import tqdm
 
 from bundler import (
     __version__,
-    bundle,
     config,
-    credentials,
+    export,
     inventory,
     modelkind,
     ollama_local,
     oscompat,
     parity,
+    pullcheck,
     push,
-    registry,
+    releases,
     signing,
-    transport,
+    store_import,
+    verify,
     volumes,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
@@ -41,6 +42,8 @@ from bundler.oci import Manifest
 from bundler.progress import format_size, plural
 from bundler.reader import Head, open_split
 from bundler.reference import ModelName
+from bundler.registry import client as registry
+from bundler.registry import credentials, transport
 from bundler.store import Store
 from bundler.streams import Sink, SplitOutput, check_output, open_output
 
@@ -320,20 +323,20 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     keys = [] if unsigned else _signing_keys(key_path, passphrase_file)
     tool = None
     if with_tool is not None:
-        tool = bundle.carried_tool(Path(with_tool) if with_tool
-                                   else bundle.default_tool(os.environ))
-    have = bundle.read_bases(bases, [])
+        tool = export.carried_tool(Path(with_tool) if with_tool
+                                   else export.default_tool(os.environ))
+    have = releases.read_bases(bases, [])
     if from_registry:
         if all_models or models_dir is not None:
             raise UsageError("--from-registry takes model names, not --all or --models")
-        plan = push.plan_registry_export(names, _clients_for(names, mirror, out, options),
+        plan = export.plan_registry_export(names, _clients_for(names, mirror, out, options),
                                          cache=cache_dir, have=have)
     else:
         if mirror is not None or cache_dir is not None:
             raise UsageError("--mirror and --cache go with --from-registry")
         store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
-        plan = bundle.plan_export(store, names, all_models=all_models, have=have,
+        plan = export.plan_export(store, names, all_models=all_models, have=have,
                                   on_event=out.log)
     created = config.source_date_epoch(os.environ)
     written = output
@@ -341,7 +344,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         split = SplitOutput(Path(output), part_size)
         try:
             with out.progress("export", plan.total_bytes) as bar:
-                result = bundle.export_bundle(plan, split, keys=keys, level=level,
+                result = export.export_bundle(plan, split, keys=keys, level=level,
                                               created_epoch=created, on_bytes=bar.update,
                                               tool=tool)
             split.commit()
@@ -351,7 +354,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         written = str(Path(output).with_name(split.parts[0].name))
     else:
         with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
-            result = bundle.export_bundle(plan, f, keys=keys, level=level,
+            result = export.export_bundle(plan, f, keys=keys, level=level,
                                           created_epoch=created, on_bytes=bar.update,
                                           tool=tool)
     files = ([Path(output).with_name(p.name) for p in split.parts] if part_size is not None
@@ -361,7 +364,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         out.log(f"wrote par2 repair data ({parity_percent} %) for {plural(len(files), 'file')}")
     if verify_after_write:
         with _open_bundle(written) as f, out.progress("verify") as bar:
-            bundle.verify_bundle(f, [k.public for k in keys], allow_unsigned=not keys,
+            verify.verify_bundle(f, [k.public for k in keys], allow_unsigned=not keys,
                                  on_total=lambda n: bar.reset(total=n), on_bytes=bar.update)
         out.log(f"verified {written} after writing")
     lines = [f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
@@ -571,7 +574,7 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
     out = _output(json_mode, quiet)
     keys = _trusted(trust, out)
     with _open_bundle(bundle_path, whole=False) as f:  # the head is in part 1
-        head = bundle.list_bundle(f, keys)
+        head = verify.list_bundle(f, keys)
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
              f"{head.root.tool_version}")
     total = (f"total: {plural(len(head.models), 'model')}, "
@@ -580,7 +583,7 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
     out.result("\n".join([title, _signers_text(head), *_models_table(head), total,
                           *_tool_text(head.root.tool_file),
                           *_delta_text(head.root.bases, head.root.external)]),
-               bundle.head_json(head))
+               head.to_json())
 
 
 @main.command("verify")
@@ -604,7 +607,7 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
     keys = _trusted(trust, out)
     if parts_only:
         with out.progress("parts") as bar:
-            checked = bundle.verify_parts(Path(bundle_path), keys, allow_unsigned=allow_unsigned,
+            checked = verify.verify_parts(Path(bundle_path), keys, allow_unsigned=allow_unsigned,
                                           on_total=lambda n: bar.reset(total=n),
                                           on_bytes=bar.update, on_event=out.log)
         out.result(f"OK {bundle_path}: {_signers_text(checked.head)}; "
@@ -612,7 +615,7 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
                    checked.to_json())
         return
     with _open_bundle(bundle_path) as f, out.progress("verify") as bar:
-        result = bundle.verify_bundle(f, keys, allow_unsigned=allow_unsigned,
+        result = verify.verify_bundle(f, keys, allow_unsigned=allow_unsigned,
                                       on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                       on_event=out.log)
     tool = result.head.root.tool_file
@@ -665,7 +668,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
     out.log(f"store: {store.location.describe()}")
     with _open_bundle(bundle_path) as f, out.progress("import") as bar:
-        result = bundle.import_bundle(
+        result = store_import.import_bundle(
             f, store, keys, allow_unsigned=allow_unsigned, only=only, dry_run=dry_run,
             allow_downgrade=allow_downgrade,
             on_total=lambda n: bar.reset(total=n), on_bytes=bar.update, on_event=out.log)
@@ -771,10 +774,10 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
                                   on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                   on_event=out.log)
     if result.items:
-        result.check = push.check_registry(client, result.items[0].repository,
+        result.check = pullcheck.check_registry(client, result.items[0].repository,
                                            result.items[0].tag)
         for item in result.items:
-            if item.renamed(client.target) and (note := push.case_note(client, item)):
+            if item.renamed(client.target) and (note := pullcheck.case_note(client, item)):
                 result.case_notes[item.pull_name(client.target)] = note
     lines = [_signers_text(result.head)]
     lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
@@ -792,7 +795,7 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
     out.result("\n".join(lines), result.to_json())
 
 
-def _check_text(check: push.RegistryCheck | None) -> list[str]:
+def _check_text(check: pullcheck.RegistryCheck | None) -> list[str]:
     if check is None:
         return []
     verdict = ("`ollama pull` will work from here" if check.ok
@@ -853,11 +856,11 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
         if models_dir is not None:
             raise UsageError("--registry and --models exclude each other")
         client = _client(registry_url, out, **options)
-        inv = push.inventory_registry(client, created, on_event=out.log)
+        inv = releases.inventory_registry(client, created, on_event=out.log)
     else:
         store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
-        inv = bundle.inventory_store(store, created, on_event=out.log)
+        inv = releases.inventory_store(store, created, on_event=out.log)
     if output == "-":
         out.to_stderr = True
         sys.stdout.buffer.write(inv.to_bytes())
@@ -882,7 +885,7 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
     """Compare two releases (bundles or inventories): models added, removed and changed,
     and the bytes a delta of NEW against OLD would carry."""
     out = _output(json_mode, quiet)
-    a, b = bundle.release_of(old, []), bundle.release_of(new, [])
+    a, b = releases.release_of(old, []), releases.release_of(new, [])
     d = inventory.diff(a, b)
     lines = [f"{a.label} -> {b.label}"]
     lines += [f"  + {n}  {b.models[n].short}" for n in d.added]
@@ -910,17 +913,17 @@ def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet:
     """
     out = _output(json_mode, quiet)
     client = _client(url, out, **options)
-    targets, found = push.check_targets(client, names)
-    checks = [push.check_registry(client, repo, tag) for repo, tag in targets]
+    targets, found = pullcheck.check_targets(client, names)
+    checks = [pullcheck.check_registry(client, repo, tag) for repo, tag in targets]
     text = [line for c in checks for line in _check_text(c)]
     if not names:
-        bound = f" (at most {push.MAX_PROBES})" if found > len(checks) else ""
+        bound = f" (at most {pullcheck.MAX_PROBES})" if found > len(checks) else ""
         text.append(f"probed {len(checks)} of {found} model tags{bound} under "
                     f"{client.target.base}/{client.target.namespace or ''}")
     out.result("\n".join(text), {"registry": client.target.base,
                                   "namespace": client.target.namespace,
                                   "modelTags": found, "probed": len(checks),
-                                  "limit": push.MAX_PROBES,
+                                  "limit": pullcheck.MAX_PROBES,
                                   "checks": [c.to_json() for c in checks]})
     failed = [c for c in checks if not c.ok]
     if failed:

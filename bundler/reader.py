@@ -28,8 +28,10 @@ from bundler.layout import (
     Root,
     blob_member,
     check_manifests,
+    delta_json,
     index_models,
     signature_keyid,
+    tool_json,
 )
 from bundler.oci import MAX_MANIFEST_BYTES, Index
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
@@ -71,6 +73,23 @@ class Head:
     def layer_blobs(self) -> tuple[BlobRef, ...]:
         """The blobs after the manifests: configs and layers, in archive order."""
         return self.root.blobs[self.manifest_count :]
+
+    def signers_json(self) -> dict[str, Any]:
+        return {"carried": list(self.signatures.carried),
+                "trusted": list(self.signatures.trusted),
+                "cosign": [d.keyid for d in self.registry_signatures]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "created": self.root.created,
+            "tool": f"{self.root.tool_name} {self.root.tool_version}",
+            "models": [m.to_json() for m in self.models],
+            "blobs": len(self.root.blobs),
+            "bytes": self.root.total_size,
+            "signatures": self.signers_json(),
+            **delta_json(self.root.bases, self.root.external),
+            **tool_json(self.root.tool_file),
+        }
 
 
 def decide_trust(
