@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
@@ -41,11 +42,11 @@ from bundler.layout import Base, External, ToolRef, format_created
 from bundler.oci import Manifest
 from bundler.progress import format_size, plural
 from bundler.reader import Head, open_split
-from bundler.reference import ModelName
 from bundler.registry import client as registry
-from bundler.registry import credentials, transport
+from bundler.registry import connect, transport
+from bundler.registry.connect import RegistryOptions
 from bundler.store import Store
-from bundler.streams import Sink, SplitOutput, check_output, open_output
+from bundler.streams import Sink, check_output, open_output
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,7 +130,18 @@ def _output(json_mode: bool, quiet: bool) -> Output:
     return out
 
 
-def registry_options(f: F) -> F:
+def registry_options(f: Callable[..., None]) -> Callable[..., None]:
+    """The shared registry options, handed to the command as one `options: RegistryOptions`."""
+
+    @functools.wraps(f)
+    def command(*args: Any, plain_http: bool, ca_cert: Path | None,
+                insecure_skip_tls_verify: bool, client_cert: Path | None,
+                client_key: Path | None, username: str | None, password_stdin: bool,
+                timeout: float, **kwargs: Any) -> None:
+        f(*args, options=RegistryOptions(
+            plain_http, ca_cert, insecure_skip_tls_verify, client_cert, client_key, username,
+            password_stdin, timeout), **kwargs)
+
     for option in reversed([
         click.option("--plain-http", is_flag=True,
                      help="Use plain HTTP (as Ollama's --insecure does); implied by http://."),
@@ -151,8 +163,8 @@ def registry_options(f: F) -> F:
                      help="Seconds of silence from the registry before a request is given up "
                           "(and retried)."),
     ]):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
 TRUST = click.option(
@@ -235,13 +247,9 @@ def keygen(prefix: Path | None, no_passphrase: bool, passphrase_file: Path | Non
 
 
 @contextlib.contextmanager
-def _open_output(path: str) -> Iterator[Sink]:
-    if path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-    else:
-        with open_output(Path(path)) as f:
-            yield f
+def _stdout() -> Iterator[Sink]:
+    yield sys.stdout.buffer
+    sys.stdout.buffer.flush()
 
 
 @main.command("export")
@@ -298,7 +306,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
                split_size: str | None, parity_percent: int | None, verify_after_write: bool,
                bases: tuple[Path, ...], with_tool: str | None,
                passphrase_file: Path | None, json_mode: bool, quiet: bool,
-               **options: Any) -> None:
+               options: RegistryOptions) -> None:
     """Export models from an Ollama store (or a registry) into one signed bundle file.
 
     MODEL is an Ollama name (tiny, tiny:chat, hf.co/org/repo:Q4_K_M); or pass --all.
@@ -329,7 +337,9 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     if from_registry:
         if all_models or models_dir is not None:
             raise UsageError("--from-registry takes model names, not --all or --models")
-        plan = export.plan_registry_export(names, _clients_for(names, mirror, out, options),
+        plan = export.plan_registry_export(names, connect.clients_for(
+            names, mirror, options, read_password=_read_password, env=os.environ, home=HOME,
+            on_event=out.log),
                                          cache=cache_dir, have=have)
     else:
         if mirror is not None or cache_dir is not None:
@@ -338,35 +348,16 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         out.log(f"store: {store.location.describe()}")
         plan = export.plan_export(store, names, all_models=all_models, have=have,
                                   on_event=out.log)
-    created = config.source_date_epoch(os.environ)
-    written = output
-    if part_size is not None:
-        split = SplitOutput(Path(output), part_size)
-        try:
-            with out.progress("export", plan.total_bytes) as bar:
-                result = export.export_bundle(plan, split, keys=keys, level=level,
-                                              created_epoch=created, on_bytes=bar.update,
-                                              tool=tool)
-            split.commit()
-        except BaseException:
-            split.discard()
-            raise
-        written = str(Path(output).with_name(split.parts[0].name))
+    settings = export.WriteOptions(
+        tuple(keys), level, config.source_date_epoch(os.environ), tool, part_size,
+        parity_percent, verify_after_write)
+    if output == "-":
+        with _stdout() as f:
+            written = export.write_bundle(plan, f, settings, meters=out.progress)
     else:
-        with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
-            result = export.export_bundle(plan, f, keys=keys, level=level,
-                                          created_epoch=created, on_bytes=bar.update,
-                                          tool=tool)
-    files = ([Path(output).with_name(p.name) for p in split.parts] if part_size is not None
-             else [Path(output)])
-    if parity_percent:
-        parity.create(files, parity_percent)
-        out.log(f"wrote par2 repair data ({parity_percent} %) for {plural(len(files), 'file')}")
-    if verify_after_write:
-        with _open_bundle(written) as f, out.progress("verify") as bar:
-            verify.verify_bundle(f, [k.public for k in keys], allow_unsigned=not keys,
-                                 on_total=lambda n: bar.reset(total=n), on_bytes=bar.update)
-        out.log(f"verified {written} after writing")
+        written = export.write_bundle(plan, output, settings, meters=out.progress,
+                                      on_event=out.log)
+    result = written.result
     lines = [f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
              f"{format_size(m.manifest.total_size)}" for m in result.models]
     signed = ("signed by " + ", ".join(k[:16] for k in result.signers)
@@ -374,15 +365,12 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     summary = (f"wrote {output}: {plural(len(result.models), 'model')}, "
                f"{plural(result.blobs, 'blob')}, "
                f"{format_size(result.bytes_in)}, {signed}")
-    if part_size is not None:
+    if written.parts:
         summary += "\n" + "\n".join(f"  {p.name}  {format_size(p.size)}  {p.digest}"
-                                     for p in split.parts)
-    parts = ({"parts": [{"name": p.name, "size": p.size, "digest": str(p.digest)}
-                        for p in split.parts]} if part_size is not None else {})
+                                     for p in written.parts)
     out.result("\n".join([summary, *lines, *_tool_text(result.tool_file),
                           *_delta_text(plan.contents.bases, plan.contents.external)]),
-               {**result.to_json(), "output": output, **parts,
-                "verifiedAfterWrite": verify_after_write})
+               written.to_json())
 
 
 def _tool_text(tool: ToolRef | None) -> list[str]:
@@ -655,7 +643,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
                allow_unsigned: bool, only: tuple[str, ...], dry_run: bool,
                allow_downgrade: bool, registry_url: str | None, jobs: int,
                no_server_check: bool, json_mode: bool, quiet: bool,
-               **options: Any) -> None:
+               options: RegistryOptions) -> None:
     """Verify a bundle and write its models into an Ollama model store, or push them into a
     registry (--to-registry)."""
     out = _output(json_mode, quiet)
@@ -721,53 +709,19 @@ def _server_text(check: ollama_local.ServerCheck, out: Output, *, restart: bool)
     return [f"the Ollama server at {check.url} does NOT list {bad} of the {total} models"]
 
 
-def _client(url: str, out: Output, *, plain_http: bool, ca_cert: Path | None,
-            insecure_skip_tls_verify: bool, client_cert: Path | None, client_key: Path | None,
-            username: str | None, password_stdin: bool, timeout: float) -> registry.Client:
-    target = registry.Target.parse(url, plain_http=plain_http)
-    if insecure_skip_tls_verify:
-        out.log("warning: --insecure-skip-tls-verify: the registry's identity is not checked")
-    if (client_key is None) != (client_cert is None):
-        raise UsageError("--client-cert and --client-key go together")
-    if password_stdin and not username:
-        raise UsageError("--password-stdin needs --username")
-    creds = None
-    if username:
-        if not password_stdin:
-            raise UsageError("pass the password with --password-stdin, never on the command line")
-        creds = registry.Credentials(username, sys.stdin.readline().rstrip("\r\n"))
-    else:
-        creds = credentials.from_docker_config(target.host, os.environ, HOME)
-    tls = transport.TlsOptions(ca_cert, client_cert, client_key, insecure_skip_tls_verify)
-    out.log(f"registry: {target.base}" + (f" (namespace {target.namespace})"
-                                          if target.namespace else "")
-            + (f", as {creds.username}" if creds else ", anonymous"))
-    return registry.Client(transport.Transport(tls, read_timeout=timeout), target, creds,
-                           on_event=out.log)
+def _client(url: str, out: Output, options: RegistryOptions) -> registry.Client:
+    return connect.connect(url, options, read_password=_read_password, env=os.environ,
+                           home=HOME, on_event=out.log)
 
 
-def _clients_for(names: tuple[str, ...], mirror: str | None, out: Output,
-                 options: dict[str, Any]) -> Callable[[ModelName], registry.Client]:
-    """One client per registry host (or the mirror for all); --username only for one host."""
-    hosts = {ModelName.parse(n).host.lower() for n in names}
-    if options.get("username") and mirror is None and len(hosts) > 1:
-        raise UsageError("--username applies to one registry; these models come from "
-                         f"{len(hosts)}", hint="use docker login for each, or --mirror")
-    clients: dict[str, registry.Client] = {}
-    scheme = "http://" if options.get("plain_http") else ""
-
-    def client(name: ModelName) -> registry.Client:
-        url = mirror or scheme + name.host
-        if url not in clients:
-            clients[url] = _client(url, out, **options)
-        return clients[url]
-
-    return client
+def _read_password() -> str:
+    """--password-stdin: the first line of stdin."""
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsigned: bool,
-          only: tuple[str, ...], jobs: int, out: Output, options: dict[str, Any]) -> None:
-    client = _client(url, out, **options)
+          only: tuple[str, ...], jobs: int, out: Output, options: RegistryOptions) -> None:
+    client = _client(url, out, options)
     with _open_bundle(bundle_path) as f, out.progress("push") as bar:
         result = push.push_bundle(f, client, keys, allow_unsigned=allow_unsigned, only=only,
                                   jobs=jobs,
@@ -843,7 +797,7 @@ def repair_cmd(bundle_path: str, json_mode: bool, quiet: bool) -> None:
 @registry_options
 @common
 def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str,
-                  json_mode: bool, quiet: bool, **options: Any) -> None:
+                  json_mode: bool, quiet: bool, options: RegistryOptions) -> None:
     """Write what a store (or registry) holds, to carry back out for delta bundles
     (export --base FILE).
 
@@ -855,7 +809,7 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
     if registry_url is not None:
         if models_dir is not None:
             raise UsageError("--registry and --models exclude each other")
-        client = _client(registry_url, out, **options)
+        client = _client(registry_url, out, options)
         inv = releases.inventory_registry(client, created, on_event=out.log)
     else:
         store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
@@ -903,7 +857,7 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
 @registry_options
 @common
 def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet: bool,
-                       **options: Any) -> None:
+                       options: RegistryOptions) -> None:
     """Probe a registry the way `ollama pull` does (anonymously) and say whether pulls will
     work.
 
@@ -912,7 +866,7 @@ def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet:
     not models), at most 100. Exit code 0 if every probed model would pull, 5 otherwise.
     """
     out = _output(json_mode, quiet)
-    client = _client(url, out, **options)
+    client = _client(url, out, options)
     targets, found = pullcheck.check_targets(client, names)
     checks = [pullcheck.check_registry(client, repo, tag) for repo, tag in targets]
     text = [line for c in checks for line in _check_text(c)]

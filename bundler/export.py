@@ -12,9 +12,9 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
-from bundler import __version__, cosign, modelkind, signing
+from bundler import __version__, cosign, modelkind, parity, signing
 from bundler.archive import ArchiveWriter, seek_table
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
@@ -41,11 +41,22 @@ from bundler.layout import (
     tool_json,
 )
 from bundler.oci import Manifest
-from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
+from bundler.progress import (
+    Meters,
+    OnBytes,
+    OnEvent,
+    no_events,
+    no_meters,
+    no_progress,
+    plural,
+)
+from bundler.reader import open_split
 from bundler.reference import ModelName, pick
 from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client, describe_error
 from bundler.store import Store
-from bundler.streams import ReadAhead, Sink, SplitOutput
+from bundler.streams import ReadAhead, Sink, SplitOutput, open_output
+from bundler.verify import verify_bundle
+from bundler.volumes import Part, split_name
 
 TOOL_NAME = "ollama-bundle"
 
@@ -277,6 +288,95 @@ def export_bundle(
         tool_file=None if tool is None else tool.ref,
         remote_left_out=plan.remote_left_out,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOptions:
+    """How `write_bundle` writes: signers, compression, time, carried tool, and for a file
+    the split, parity data and verification after writing (README "export")."""
+
+    keys: tuple[signing.PrivateKey, ...] = ()
+    level: int | None = None
+    created_epoch: int | None = None
+    tool: CarriedTool | None = None
+    part_size: int | None = None  # split into parts of at most this many bytes
+    parity_percent: int | None = None
+    verify_after_write: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    result: ExportResult
+    output: str  # as given: OUT, or - for stdout
+    written: str  # the bundle as 'bundle verify' opens it: OUT, or its part 1
+    parts: tuple[Part, ...] = ()  # of a split bundle, part 1 first
+    verified: bool = False  # read back and verified after writing
+
+    def to_json(self) -> dict[str, Any]:
+        parts = ({"parts": [{"name": p.name, "size": p.size, "digest": str(p.digest)}
+                            for p in self.parts]} if self.parts else {})
+        return {**self.result.to_json(), "output": self.output, **parts,
+                "verifiedAfterWrite": self.verified}
+
+
+def write_bundle(plan: ExportPlan, output: str | Sink, options: WriteOptions, *,
+                 meters: Meters = no_meters, on_event: OnEvent = no_events) -> Written:
+    """Export to `output` (a file path, or a sink such as stdout: then neither split, parity
+    nor verification), split into parts when asked (all renamed into place only when
+    complete), then write parity data and read everything back, when asked."""
+    if not isinstance(output, str):
+        with meters("export", plan.total_bytes) as bar:
+            return Written(_export(plan, output, options, bar.update), "-", "-")
+    written = output
+    parts: tuple[Part, ...] = ()
+    if options.part_size is not None:
+        split = SplitOutput(Path(output), options.part_size)
+        try:
+            with meters("export", plan.total_bytes) as bar:
+                result = _export(plan, split, options, bar.update)
+            split.commit()
+        except BaseException:
+            split.discard()
+            raise
+        parts = tuple(split.parts)
+        written = str(Path(output).with_name(parts[0].name))
+    else:
+        with open_output(Path(output)) as f, meters("export", plan.total_bytes) as bar:
+            result = _export(plan, f, options, bar.update)
+    files = ([Path(output).with_name(p.name) for p in parts] if options.part_size is not None
+             else [Path(output)])
+    if options.parity_percent:
+        parity.create(files, options.parity_percent)
+        on_event(f"wrote par2 repair data ({options.parity_percent} %) for "
+                 f"{plural(len(files), 'file')}")
+    if options.verify_after_write:
+        with _open_written(written) as f, meters("verify", None) as bar:
+            verify_bundle(f, [k.public for k in options.keys],
+                          allow_unsigned=not options.keys,
+                          on_total=lambda n: bar.reset(n), on_bytes=bar.update)
+        on_event(f"verified {written} after writing")
+    return Written(result, output, written, parts, options.verify_after_write)
+
+
+def _export(plan: ExportPlan, out: Sink | SplitOutput, options: WriteOptions,
+            on_bytes: OnBytes) -> ExportResult:
+    return export_bundle(plan, out, keys=options.keys, level=options.level,
+                         created_epoch=options.created_epoch, on_bytes=on_bytes,
+                         tool=options.tool)
+
+
+@contextlib.contextmanager
+def _open_written(path: str) -> Iterator[BinaryIO]:
+    """What was written, as 'bundle verify' opens it: a name NAME.001 as a split bundle."""
+    if (split_name(Path(path).name) or ("", 0))[1] == 1:
+        reader = open_split(Path(path))
+        try:
+            yield cast("BinaryIO", reader)
+        finally:
+            reader.close()
+        return
+    with Path(path).open("rb", buffering=0) as f:
+        yield f
 
 
 def _write_tool(writer: ArchiveWriter, tool: CarriedTool) -> None:
