@@ -26,7 +26,6 @@ from bundler import (
     inventory,
     modelkind,
     ollama_local,
-    oscompat,
     parity,
     pullcheck,
     push,
@@ -47,6 +46,7 @@ from bundler.registry import connect, transport
 from bundler.registry.connect import RegistryOptions
 from bundler.store import Store
 from bundler.streams import Sink, check_output, open_output
+from bundler.trust import trusted_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -474,58 +474,6 @@ def _open_bundle(path: str, *, whole: bool = True) -> Iterator[BinaryIO]:
         yield f
 
 
-def _trusted(paths: tuple[Path, ...], out: Output) -> list[signing.PublicKey]:
-    keys = [signing.read_public(p) for p in paths]
-    directory = config.trust_dir(os.environ, HOME)
-    if directory.is_dir():
-        files = sorted(directory.glob("*.pub"))
-        revoked_file = directory / "revoked"
-        for path in [directory, *files, *([revoked_file] if revoked_file.exists() else [])]:
-            _check_trusted_file(path)
-        keys += [signing.read_public(p) for p in files]
-        revoked = _revoked(revoked_file) if revoked_file.exists() else set()
-        for key in [k for k in keys if k.keyid in revoked]:
-            out.log(f"warning: key {key.keyid[:16]}… ({key.source}) is revoked in "
-                    f"{revoked_file}; it is not trusted")
-        keys = [k for k in keys if k.keyid not in revoked]
-    out.log(f"trust: {plural(len(keys), 'key')} ({directory}" + (
-        "" if directory.is_dir() else ", absent") + (f", plus {len(paths)} --trust)" if paths else ")"))
-    return keys
-
-
-def _revoked(path: Path) -> set[str]:
-    """Key ids in the trust directory's `revoked` file: one per line, # comments."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    ids = set()
-    for n, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if text and not re.fullmatch(r"[0-9a-f]{64}", text):
-            raise UsageError(f"{path} line {n}: not a key id (64 lowercase hex characters)",
-                             hint="key id: openssl pkey -pubin -in KEY.pub -outform DER | "
-                                  "sha256sum")
-        if text:
-            ids.add(text)
-    return ids
-
-
-def _check_trusted_file(path: Path) -> None:
-    """The trust directory and its keys decide what gets in: refuse them if someone other
-    than this user (or root) owns them or could change them."""
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
-    uid = oscompat.effective_uid()  # None on Windows: no POSIX owner and mode to check
-    if uid is not None and (st.st_mode & 0o022 or st.st_uid not in (0, uid)):
-        raise UsageError(
-            f"{path} could be changed by another user (owner uid {st.st_uid}, mode "
-            f"{st.st_mode & 0o7777:04o}): its keys are not trusted",
-            hint=f"chown {uid} {path} && chmod go-w {path}")
-
-
 def _signers_text(head: Head) -> str:
     s = head.signatures
     if not s.carried:
@@ -560,7 +508,7 @@ def _layer_kinds(manifest: Manifest) -> str:
 def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bool) -> None:
     """List a bundle's models, signers and totals (reads only the head of the file)."""
     out = _output(json_mode, quiet)
-    keys = _trusted(trust, out)
+    keys = trusted_keys(trust, os.environ, HOME, out.log)
     with _open_bundle(bundle_path, whole=False) as f:  # the head is in part 1
         head = verify.list_bundle(f, keys)
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
@@ -592,7 +540,7 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
     or their directory.
     """
     out = _output(json_mode, quiet)
-    keys = _trusted(trust, out)
+    keys = trusted_keys(trust, os.environ, HOME, out.log)
     if parts_only:
         with out.progress("parts") as bar:
             checked = verify.verify_parts(Path(bundle_path), keys, allow_unsigned=allow_unsigned,
@@ -647,7 +595,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     """Verify a bundle and write its models into an Ollama model store, or push them into a
     registry (--to-registry)."""
     out = _output(json_mode, quiet)
-    keys = _trusted(trust, out)
+    keys = trusted_keys(trust, os.environ, HOME, out.log)
     if registry_url is not None:
         if models_dir is not None or dry_run:
             raise UsageError("--to-registry goes with neither --models nor --dry-run")
