@@ -4,15 +4,15 @@ from another repository), manifests byte for byte and tags last."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from bundler import cosign, signing
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import IntegrityError, UsageError
-from bundler.layout import Model
+from bundler.layout import BlobRef, External, Model
 from bundler.oci import MEDIA_TYPE_OCI_MANIFEST, Manifest
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head, Reread
@@ -171,88 +171,20 @@ def push_bundle(
         items = plan_push(head, client.target, only)
         items, refused, refusal = _store_empty_blob(client, items)
         result = PushResult(head, client.target, items)
-        needs: dict[Digest, list[str]] = {}
-        natural: dict[Digest, str] = {}  # where a blob may already be: the model's own repo
-        for item in items:
-            for blob in item.model.manifest.blobs:
-                repos = needs.setdefault(blob.digest, [])
-                if item.repository not in repos:
-                    repos.append(item.repository)
-                own = repository_name(item.model.name.namespace, item.model.name.model)
-                if own is not None and own != item.repository:
-                    natural.setdefault(blob.digest, own)
-        homes: dict[Digest, tuple[str, list[str], int]] = {}
-        present: set[Digest] = set()
-        for e in head.root.external:  # left out of a delta bundle: must be there already
-            repos = needs.get(e.blob.digest, [])
-            home = next((r for r in repos if client.has_blob(r, e.blob.digest, e.blob.size)),
-                        None)
-            source = natural.get(e.blob.digest)
-            if home is None and repos and source and client.mount(repos[0], e.blob.digest,
-                                                                  source):
-                home = repos[0]
-                result.mounted += 1
-            if home is not None:
-                homes[e.blob.digest] = (home, repos, e.blob.size)
-                present.add(e.blob.digest)
-                result.present += 1
-        require_bases(head, [i.model for i in items], present,
+        placement = Placement.of(items)
+        placement.find_external(head.root.external, client)
+        require_bases(head, [i.model for i in items], placement.found_external,
                       f"the registry {client.target.base}")
-        uploading: set[Digest] = set()
-        for ref in head.layer_blobs:  # where each blob is, or goes
-            repos = needs.get(ref.digest, [])
-            if not repos:
-                continue
-            home = next((r for r in repos if client.has_blob(r, ref.digest, ref.size)), None)
-            source = natural.get(ref.digest)
-            if home is not None:
-                result.present += 1
-            elif source and client.mount(repos[0], ref.digest, source):
-                home = repos[0]  # already in the registry under the model's own name
-                result.mounted += 1
-            if home is None:
-                home = repos[0]
-                uploading.add(ref.digest)
-                result.uploaded += 1
-                result.uploaded_bytes += ref.size
-            homes[ref.digest] = (home, repos, ref.size)
-        everything = sum(b.size for b in head.layer_blobs)
-        large = sum(1 for b in head.layer_blobs if b.digest in uploading and b.size > PARALLEL_MAX)
-        seekable = (reader.seekable() if result.uploaded_bytes < everything
-                    or (jobs > 1 and large > 1) else None)
-        if seekable is not None:
-            # each blob to upload is read on its own through the seek table, up to `jobs` at
-            # a time; nothing else is read
-            on_total(result.uploaded_bytes)
-            uploads.widen()
-            for ref in head.layer_blobs:
-                if ref.digest in uploading:
-                    uploads.submit(homes[ref.digest][0], ref.digest, ref.size,
-                                   seekable[ref.digest])
-        else:
-            on_total(everything)
-            for ref, body in reader.blobs():
-                if ref.digest in uploading:
-                    home = homes[ref.digest][0]
-                    reread = reader.reread()
-                    if reread is not None and ref.size <= PARALLEL_MAX and uploads.parallel:
-                        uploads.submit(home, ref.digest, ref.size, reread)  # read again there
-                    elif reread is not None and ref.size > chunk_size:
-                        # one streamed request; a failure reads the file again
-                        client.upload_streamed(home, ref.digest, ref.size, body, reread)
-                    else:  # from a pipe: chunks kept in memory until the registry has them
-                        client.upload(home, ref.digest, ref.size, body, chunk_size=chunk_size)
-                for _ in body:  # verified all the same (the rest of it, after a retry)
-                    pass
-            reader.finish()
-        uploads.wait()
-        for digest, (home, repos, size) in homes.items():
-            for repo in repos:
-                if repo != home and not client.has_blob(repo, digest, size):
-                    if not client.mount(repo, digest, home):
-                        raise RegistryError(f"the registry would not mount blob "
-                                            f"{digest.short} from {home} into {repo}")
-                    result.mounted += 1
+        placement.place(head.layer_blobs, client)
+        result.present, result.mounted = placement.present, placement.mounted
+        result.uploaded, result.uploaded_bytes = placement.uploaded, placement.uploaded_bytes
+        _transfer(reader, head, placement, client, uploads, on_total=on_total,
+                  chunk_size=chunk_size, jobs=jobs)
+        for digest, repo, home in placement.cross_mounts(client):
+            if not client.mount(repo, digest, home):
+                raise RegistryError(f"the registry would not mount blob "
+                                    f"{digest.short} from {home} into {repo}")
+            result.mounted += 1
         for item in items:  # tags last: a model appears only once all its blobs are in
             m = item.model.manifest
             layers = head.cosign_layers(item.model)
@@ -271,6 +203,127 @@ def push_bundle(
             f"pushed {len(items)} of {len(items) + len(refused)} models; not {names}: "
             f"{refusal.message}", hint=refusal.hint)
     return result
+
+
+class BlobRegistry(Protocol):
+    """What placing blobs asks of a registry (a Client; a stub in the unit tests)."""
+
+    def has_blob(self, repo: str, digest: Digest, size: int) -> bool: ...
+
+    def mount(self, repo: str, digest: Digest, source: str) -> bool: ...
+
+
+@dataclass(slots=True)
+class Placement:
+    """Where each blob is, or goes: every repository whose model names it needs it; its home
+    is the first of those that has it, else one it is mounted into from the model's own
+    repository, else the first, to be uploaded there; the others get it by a mount from the
+    home after the uploads. Built from the items alone (`of`); `find_external` and `place`
+    ask the registry, in archive order."""
+
+    needs: dict[Digest, list[str]]  # repositories that need the blob, in push order
+    natural: dict[Digest, str]  # where a blob may already be: its model's own repository
+    homes: dict[Digest, tuple[str, list[str], int]] = field(default_factory=dict)
+    found_external: set[Digest] = field(default_factory=set)  # left out, and there
+    uploading: set[Digest] = field(default_factory=set)
+    present: int = 0
+    mounted: int = 0
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+
+    @classmethod
+    def of(cls, items: Sequence[PushItem]) -> Placement:
+        needs: dict[Digest, list[str]] = {}
+        natural: dict[Digest, str] = {}
+        for item in items:
+            for blob in item.model.manifest.blobs:
+                repos = needs.setdefault(blob.digest, [])
+                if item.repository not in repos:
+                    repos.append(item.repository)
+                own = repository_name(item.model.name.namespace, item.model.name.model)
+                if own is not None and own != item.repository:
+                    natural.setdefault(blob.digest, own)
+        return cls(needs, natural)
+
+    def find_external(self, external: Sequence[External], registry: BlobRegistry) -> None:
+        """The blobs a delta bundle leaves out: they must be there already (or mountable)."""
+        for e in external:
+            repos = self.needs.get(e.blob.digest, [])
+            home = next((r for r in repos if registry.has_blob(r, e.blob.digest, e.blob.size)),
+                        None)
+            source = self.natural.get(e.blob.digest)
+            if home is None and repos and source and registry.mount(repos[0], e.blob.digest,
+                                                                    source):
+                home = repos[0]
+                self.mounted += 1
+            if home is not None:
+                self.homes[e.blob.digest] = (home, repos, e.blob.size)
+                self.found_external.add(e.blob.digest)
+                self.present += 1
+
+    def place(self, blobs: Sequence[BlobRef], registry: BlobRegistry) -> None:
+        """The carried blobs: present, mounted from the model's own repository, or to upload."""
+        for ref in blobs:
+            repos = self.needs.get(ref.digest, [])
+            if not repos:
+                continue
+            home = next((r for r in repos if registry.has_blob(r, ref.digest, ref.size)), None)
+            source = self.natural.get(ref.digest)
+            if home is not None:
+                self.present += 1
+            elif source and registry.mount(repos[0], ref.digest, source):
+                home = repos[0]  # already in the registry under the model's own name
+                self.mounted += 1
+            if home is None:
+                home = repos[0]
+                self.uploading.add(ref.digest)
+                self.uploaded += 1
+                self.uploaded_bytes += ref.size
+            self.homes[ref.digest] = (home, repos, ref.size)
+
+    def cross_mounts(self, registry: BlobRegistry) -> Iterator[tuple[Digest, str, str]]:
+        """(blob, repository, home) for each other repository that needs a blob and lacks
+        it, once the uploads are done: to be mounted from the home."""
+        for digest, (home, repos, size) in self.homes.items():
+            for repo in repos:
+                if repo != home and not registry.has_blob(repo, digest, size):
+                    yield digest, repo, home
+
+
+def _transfer(reader: BundleReader, head: Head, placement: Placement, client: Client,
+              uploads: _Uploads, *, on_total: OnBytes, chunk_size: int, jobs: int) -> None:
+    """Upload the blobs `placement` marks, each to its home (see push_bundle)."""
+    uploading, homes = placement.uploading, placement.homes
+    everything = sum(b.size for b in head.layer_blobs)
+    large = sum(1 for b in head.layer_blobs if b.digest in uploading and b.size > PARALLEL_MAX)
+    seekable = (reader.seekable() if placement.uploaded_bytes < everything
+                or (jobs > 1 and large > 1) else None)
+    if seekable is not None:
+        # each blob to upload is read on its own through the seek table, up to `jobs` at
+        # a time; nothing else is read
+        on_total(placement.uploaded_bytes)
+        uploads.widen()
+        for ref in head.layer_blobs:
+            if ref.digest in uploading:
+                uploads.submit(homes[ref.digest][0], ref.digest, ref.size,
+                               seekable[ref.digest])
+    else:
+        on_total(everything)
+        for ref, body in reader.blobs():
+            if ref.digest in uploading:
+                home = homes[ref.digest][0]
+                reread = reader.reread()
+                if reread is not None and ref.size <= PARALLEL_MAX and uploads.parallel:
+                    uploads.submit(home, ref.digest, ref.size, reread)  # read again there
+                elif reread is not None and ref.size > chunk_size:
+                    # one streamed request; a failure reads the file again
+                    client.upload_streamed(home, ref.digest, ref.size, body, reread)
+                else:  # from a pipe: chunks kept in memory until the registry has them
+                    client.upload(home, ref.digest, ref.size, body, chunk_size=chunk_size)
+            for _ in body:  # verified all the same (the rest of it, after a retry)
+                pass
+        reader.finish()
+    uploads.wait()
 
 
 def _store_empty_blob(client: Client, items: list[PushItem],
