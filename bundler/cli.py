@@ -12,7 +12,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -45,7 +44,7 @@ from bundler.registry import client as registry
 from bundler.registry import connect, transport
 from bundler.registry.connect import RegistryOptions
 from bundler.store import Store
-from bundler.streams import Sink, check_output, open_output
+from bundler.streams import Sink, check_output
 from bundler.trust import trusted_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -675,12 +674,7 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
                                   jobs=jobs,
                                   on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                   on_event=out.log)
-    if result.items:
-        result.check = pullcheck.check_registry(client, result.items[0].repository,
-                                           result.items[0].tag)
-        for item in result.items:
-            if item.renamed(client.target) and (note := pullcheck.case_note(client, item)):
-                result.case_notes[item.pull_name(client.target)] = note
+    pullcheck.check_pushed(client, result)
     lines = [_signers_text(result.head)]
     lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
               + ("  (renamed: registries want lowercase)" if i.renamed(client.target) else "")
@@ -721,11 +715,7 @@ def repair_cmd(bundle_path: str, json_mode: bool, quiet: bool) -> None:
     out = _output(json_mode, quiet)
     if bundle_path == "-":
         raise UsageError("repair works on files, not stdin")
-    first = Path(bundle_path)
-    stem, number = volumes.split_name(first.name) or ("", 0)
-    files = ([f for f in sorted(first.parent.glob(f"{glob_escape(stem)}.[0-9][0-9][0-9]*"))
-              if volumes.split_name(f.name)] if number == 1 else [first])
-    results = parity.repair(files)
+    results = parity.repair(parity.bundle_files(Path(bundle_path)))
     out.result("\n".join(f"  {r.name:40} {r.state}" for r in results),
                {"files": [{"name": r.name, "state": r.state} for r in results]})
     damaged = [r.name for r in results if r.state == "beyond repair"]
@@ -768,9 +758,7 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
         sys.stdout.buffer.write(inv.to_bytes())
         sys.stdout.flush()
     else:
-        check_output(Path(output))
-        with open_output(Path(output)) as f:
-            f.write(inv.to_bytes())
+        releases.write_inventory(inv, Path(output))
     size = sum(b.size for b in inv.blobs)
     out.result(f"wrote {output}: {plural(len(inv.models), 'model')}, "
                f"{plural(len(inv.blobs), 'blob')} "

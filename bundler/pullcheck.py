@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from bundler.digest import Digest
 from bundler.errors import IntegrityError, UsageError
-from bundler.push import PushItem
+from bundler.push import PushItem, PushResult
 from bundler.reference import ModelName
 from bundler.registry.client import (
     MAX_REDIRECTS,
@@ -180,6 +180,17 @@ def _ollama_manifest_error(resp: Response) -> str:
     if resp.status == 404:
         return "pull model manifest: file does not exist"
     return f"pull model manifest: {resp.status}: {resp.body[:200].decode(errors='replace')}"
+
+
+def check_pushed(client: Client, result: PushResult) -> None:
+    """After a push: probe the first model as `ollama pull` would (`check_registry`), and note
+    for each renamed model what a colleague whose store spells it otherwise sees (`case_note`)."""
+    if result.items:
+        result.check = check_registry(client, result.items[0].repository,
+                                      result.items[0].tag)
+        for item in result.items:
+            if item.renamed(client.target) and (note := case_note(client, item)):
+                result.case_notes[item.pull_name(client.target)] = note
 
 
 def case_advice(spelt: str) -> str:

@@ -23,6 +23,7 @@ from bundler.reader import Head
 from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client
 from bundler.registry.listing import model_tags
 from bundler.store import Store
+from bundler.streams import check_output, open_output
 from bundler.verify import list_bundle
 
 
@@ -120,6 +121,14 @@ def release_of(path: Path, trusted: Sequence[signing.PublicKey]) -> Release:
     blobs = {b.digest: b.size for b in release.layer_blobs}
     blobs.update((e.blob.digest, e.blob.size) for e in release.root.external)
     return Release(path.name, {str(m.name): m.manifest.digest for m in release.models}, blobs)
+
+
+def write_inventory(inventory: Inventory, output: Path) -> None:
+    """The inventory file, renamed into place when complete (a device or FIFO written
+    directly)."""
+    check_output(output)
+    with open_output(output) as f:
+        f.write(inventory.to_bytes())
 
 
 def inventory_store(store: Store, created: str, on_event: OnEvent = no_events) -> Inventory:
