@@ -336,10 +336,9 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     if from_registry:
         if all_models or models_dir is not None:
             raise UsageError("--from-registry takes model names, not --all or --models")
-        plan = export.plan_registry_export(names, connect.clients_for(
-            names, mirror, options, read_password=_read_password, env=os.environ, home=HOME,
-            on_event=out.log),
-                                         cache=cache_dir, have=have)
+        clients = connect.clients_for(names, mirror, options, read_password=_read_password,
+                                      env=os.environ, home=HOME, on_event=out.log)
+        plan = export.plan_registry_export(names, clients, cache=cache_dir, have=have)
     else:
         if mirror is not None or cache_dir is not None:
             raise UsageError("--mirror and --cache go with --from-registry")
