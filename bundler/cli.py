@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -20,18 +20,18 @@ from tqdm import tqdm
 
 from bundler import (
     __version__,
-    bundle,
     config,
-    credentials,
+    export,
     inventory,
     modelkind,
     ollama_local,
-    oscompat,
     parity,
+    pullcheck,
     push,
-    registry,
+    releases,
     signing,
-    transport,
+    store_import,
+    verify,
     volumes,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
@@ -40,9 +40,12 @@ from bundler.layout import Base, External, ToolRef, format_created
 from bundler.oci import Manifest
 from bundler.progress import format_size, plural
 from bundler.reader import Head, open_split
-from bundler.reference import ModelName
+from bundler.registry import client as registry
+from bundler.registry import connect, transport
+from bundler.registry.connect import RegistryOptions
 from bundler.store import Store
-from bundler.streams import Sink, SplitOutput, check_output, open_output
+from bundler.streams import Sink, check_output
+from bundler.trust import trusted_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -126,7 +129,18 @@ def _output(json_mode: bool, quiet: bool) -> Output:
     return out
 
 
-def registry_options(f: F) -> F:
+def registry_options(f: Callable[..., None]) -> Callable[..., None]:
+    """The shared registry options, handed to the command as one `options: RegistryOptions`."""
+
+    @functools.wraps(f)
+    def command(*args: Any, plain_http: bool, ca_cert: Path | None,
+                insecure_skip_tls_verify: bool, client_cert: Path | None,
+                client_key: Path | None, username: str | None, password_stdin: bool,
+                timeout: float, **kwargs: Any) -> None:
+        f(*args, options=RegistryOptions(
+            plain_http, ca_cert, insecure_skip_tls_verify, client_cert, client_key, username,
+            password_stdin, timeout), **kwargs)
+
     for option in reversed([
         click.option("--plain-http", is_flag=True,
                      help="Use plain HTTP (as Ollama's --insecure does); implied by http://."),
@@ -148,8 +162,8 @@ def registry_options(f: F) -> F:
                      help="Seconds of silence from the registry before a request is given up "
                           "(and retried)."),
     ]):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
 TRUST = click.option(
@@ -232,13 +246,9 @@ def keygen(prefix: Path | None, no_passphrase: bool, passphrase_file: Path | Non
 
 
 @contextlib.contextmanager
-def _open_output(path: str) -> Iterator[Sink]:
-    if path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-    else:
-        with open_output(Path(path)) as f:
-            yield f
+def _stdout() -> Iterator[Sink]:
+    yield sys.stdout.buffer
+    sys.stdout.buffer.flush()
 
 
 @main.command("export")
@@ -295,7 +305,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
                split_size: str | None, parity_percent: int | None, verify_after_write: bool,
                bases: tuple[Path, ...], with_tool: str | None,
                passphrase_file: Path | None, json_mode: bool, quiet: bool,
-               **options: Any) -> None:
+               options: RegistryOptions) -> None:
     """Export models from an Ollama store (or a registry) into one signed bundle file.
 
     MODEL is an Ollama name (tiny, tiny:chat, hf.co/org/repo:Q4_K_M); or pass --all.
@@ -320,50 +330,32 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     keys = [] if unsigned else _signing_keys(key_path, passphrase_file)
     tool = None
     if with_tool is not None:
-        tool = bundle.carried_tool(Path(with_tool) if with_tool
-                                   else bundle.default_tool(os.environ))
-    have = bundle.read_bases(bases, [])
+        tool = export.carried_tool(Path(with_tool) if with_tool
+                                   else export.default_tool(os.environ))
+    have = releases.read_bases(bases, [])
     if from_registry:
         if all_models or models_dir is not None:
             raise UsageError("--from-registry takes model names, not --all or --models")
-        plan = push.plan_registry_export(names, _clients_for(names, mirror, out, options),
-                                         cache=cache_dir, have=have)
+        clients = connect.clients_for(names, mirror, options, read_password=_read_password,
+                                      env=os.environ, home=HOME, on_event=out.log)
+        plan = export.plan_registry_export(names, clients, cache=cache_dir, have=have)
     else:
         if mirror is not None or cache_dir is not None:
             raise UsageError("--mirror and --cache go with --from-registry")
         store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
-        plan = bundle.plan_export(store, names, all_models=all_models, have=have,
+        plan = export.plan_export(store, names, all_models=all_models, have=have,
                                   on_event=out.log)
-    created = config.source_date_epoch(os.environ)
-    written = output
-    if part_size is not None:
-        split = SplitOutput(Path(output), part_size)
-        try:
-            with out.progress("export", plan.total_bytes) as bar:
-                result = bundle.export_bundle(plan, split, keys=keys, level=level,
-                                              created_epoch=created, on_bytes=bar.update,
-                                              tool=tool)
-            split.commit()
-        except BaseException:
-            split.discard()
-            raise
-        written = str(Path(output).with_name(split.parts[0].name))
+    settings = export.WriteOptions(
+        tuple(keys), level, config.source_date_epoch(os.environ), tool, part_size,
+        parity_percent, verify_after_write)
+    if output == "-":
+        with _stdout() as f:
+            written = export.write_bundle(plan, f, settings, meters=out.progress)
     else:
-        with _open_output(output) as f, out.progress("export", plan.total_bytes) as bar:
-            result = bundle.export_bundle(plan, f, keys=keys, level=level,
-                                          created_epoch=created, on_bytes=bar.update,
-                                          tool=tool)
-    files = ([Path(output).with_name(p.name) for p in split.parts] if part_size is not None
-             else [Path(output)])
-    if parity_percent:
-        parity.create(files, parity_percent)
-        out.log(f"wrote par2 repair data ({parity_percent} %) for {plural(len(files), 'file')}")
-    if verify_after_write:
-        with _open_bundle(written) as f, out.progress("verify") as bar:
-            bundle.verify_bundle(f, [k.public for k in keys], allow_unsigned=not keys,
-                                 on_total=lambda n: bar.reset(total=n), on_bytes=bar.update)
-        out.log(f"verified {written} after writing")
+        written = export.write_bundle(plan, output, settings, meters=out.progress,
+                                      on_event=out.log)
+    result = written.result
     lines = [f"  {m.name.display_shortest():40} {m.manifest.digest.short}  "
              f"{format_size(m.manifest.total_size)}" for m in result.models]
     signed = ("signed by " + ", ".join(k[:16] for k in result.signers)
@@ -371,15 +363,12 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     summary = (f"wrote {output}: {plural(len(result.models), 'model')}, "
                f"{plural(result.blobs, 'blob')}, "
                f"{format_size(result.bytes_in)}, {signed}")
-    if part_size is not None:
+    if written.parts:
         summary += "\n" + "\n".join(f"  {p.name}  {format_size(p.size)}  {p.digest}"
-                                     for p in split.parts)
-    parts = ({"parts": [{"name": p.name, "size": p.size, "digest": str(p.digest)}
-                        for p in split.parts]} if part_size is not None else {})
+                                     for p in written.parts)
     out.result("\n".join([summary, *lines, *_tool_text(result.tool_file),
                           *_delta_text(plan.contents.bases, plan.contents.external)]),
-               {**result.to_json(), "output": output, **parts,
-                "verifiedAfterWrite": verify_after_write})
+               written.to_json())
 
 
 def _tool_text(tool: ToolRef | None) -> list[str]:
@@ -483,58 +472,6 @@ def _open_bundle(path: str, *, whole: bool = True) -> Iterator[BinaryIO]:
         yield f
 
 
-def _trusted(paths: tuple[Path, ...], out: Output) -> list[signing.PublicKey]:
-    keys = [signing.read_public(p) for p in paths]
-    directory = config.trust_dir(os.environ, HOME)
-    if directory.is_dir():
-        files = sorted(directory.glob("*.pub"))
-        revoked_file = directory / "revoked"
-        for path in [directory, *files, *([revoked_file] if revoked_file.exists() else [])]:
-            _check_trusted_file(path)
-        keys += [signing.read_public(p) for p in files]
-        revoked = _revoked(revoked_file) if revoked_file.exists() else set()
-        for key in [k for k in keys if k.keyid in revoked]:
-            out.log(f"warning: key {key.keyid[:16]}… ({key.source}) is revoked in "
-                    f"{revoked_file}; it is not trusted")
-        keys = [k for k in keys if k.keyid not in revoked]
-    out.log(f"trust: {plural(len(keys), 'key')} ({directory}" + (
-        "" if directory.is_dir() else ", absent") + (f", plus {len(paths)} --trust)" if paths else ")"))
-    return keys
-
-
-def _revoked(path: Path) -> set[str]:
-    """Key ids in the trust directory's `revoked` file: one per line, # comments."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
-    ids = set()
-    for n, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if text and not re.fullmatch(r"[0-9a-f]{64}", text):
-            raise UsageError(f"{path} line {n}: not a key id (64 lowercase hex characters)",
-                             hint="key id: openssl pkey -pubin -in KEY.pub -outform DER | "
-                                  "sha256sum")
-        if text:
-            ids.add(text)
-    return ids
-
-
-def _check_trusted_file(path: Path) -> None:
-    """The trust directory and its keys decide what gets in: refuse them if someone other
-    than this user (or root) owns them or could change them."""
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
-    uid = oscompat.effective_uid()  # None on Windows: no POSIX owner and mode to check
-    if uid is not None and (st.st_mode & 0o022 or st.st_uid not in (0, uid)):
-        raise UsageError(
-            f"{path} could be changed by another user (owner uid {st.st_uid}, mode "
-            f"{st.st_mode & 0o7777:04o}): its keys are not trusted",
-            hint=f"chown {uid} {path} && chmod go-w {path}")
-
-
 def _signers_text(head: Head) -> str:
     s = head.signatures
     if not s.carried:
@@ -569,9 +506,9 @@ def _layer_kinds(manifest: Manifest) -> str:
 def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bool) -> None:
     """List a bundle's models, signers and totals (reads only the head of the file)."""
     out = _output(json_mode, quiet)
-    keys = _trusted(trust, out)
+    keys = trusted_keys(trust, os.environ, HOME, out.log)
     with _open_bundle(bundle_path, whole=False) as f:  # the head is in part 1
-        head = bundle.list_bundle(f, keys)
+        head = verify.list_bundle(f, keys)
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
              f"{head.root.tool_version}")
     total = (f"total: {plural(len(head.models), 'model')}, "
@@ -580,7 +517,7 @@ def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bo
     out.result("\n".join([title, _signers_text(head), *_models_table(head), total,
                           *_tool_text(head.root.tool_file),
                           *_delta_text(head.root.bases, head.root.external)]),
-               bundle.head_json(head))
+               head.to_json())
 
 
 @main.command("verify")
@@ -601,10 +538,10 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
     or their directory.
     """
     out = _output(json_mode, quiet)
-    keys = _trusted(trust, out)
+    keys = trusted_keys(trust, os.environ, HOME, out.log)
     if parts_only:
         with out.progress("parts") as bar:
-            checked = bundle.verify_parts(Path(bundle_path), keys, allow_unsigned=allow_unsigned,
+            checked = verify.verify_parts(Path(bundle_path), keys, allow_unsigned=allow_unsigned,
                                           on_total=lambda n: bar.reset(total=n),
                                           on_bytes=bar.update, on_event=out.log)
         out.result(f"OK {bundle_path}: {_signers_text(checked.head)}; "
@@ -612,7 +549,7 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
                    checked.to_json())
         return
     with _open_bundle(bundle_path) as f, out.progress("verify") as bar:
-        result = bundle.verify_bundle(f, keys, allow_unsigned=allow_unsigned,
+        result = verify.verify_bundle(f, keys, allow_unsigned=allow_unsigned,
                                       on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                       on_event=out.log)
     tool = result.head.root.tool_file
@@ -652,11 +589,11 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
                allow_unsigned: bool, only: tuple[str, ...], dry_run: bool,
                allow_downgrade: bool, registry_url: str | None, jobs: int,
                no_server_check: bool, json_mode: bool, quiet: bool,
-               **options: Any) -> None:
+               options: RegistryOptions) -> None:
     """Verify a bundle and write its models into an Ollama model store, or push them into a
     registry (--to-registry)."""
     out = _output(json_mode, quiet)
-    keys = _trusted(trust, out)
+    keys = trusted_keys(trust, os.environ, HOME, out.log)
     if registry_url is not None:
         if models_dir is not None or dry_run:
             raise UsageError("--to-registry goes with neither --models nor --dry-run")
@@ -665,7 +602,7 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
     out.log(f"store: {store.location.describe()}")
     with _open_bundle(bundle_path) as f, out.progress("import") as bar:
-        result = bundle.import_bundle(
+        result = store_import.import_bundle(
             f, store, keys, allow_unsigned=allow_unsigned, only=only, dry_run=dry_run,
             allow_downgrade=allow_downgrade,
             on_total=lambda n: bar.reset(total=n), on_bytes=bar.update, on_event=out.log)
@@ -718,64 +655,25 @@ def _server_text(check: ollama_local.ServerCheck, out: Output, *, restart: bool)
     return [f"the Ollama server at {check.url} does NOT list {bad} of the {total} models"]
 
 
-def _client(url: str, out: Output, *, plain_http: bool, ca_cert: Path | None,
-            insecure_skip_tls_verify: bool, client_cert: Path | None, client_key: Path | None,
-            username: str | None, password_stdin: bool, timeout: float) -> registry.Client:
-    target = registry.Target.parse(url, plain_http=plain_http)
-    if insecure_skip_tls_verify:
-        out.log("warning: --insecure-skip-tls-verify: the registry's identity is not checked")
-    if (client_key is None) != (client_cert is None):
-        raise UsageError("--client-cert and --client-key go together")
-    if password_stdin and not username:
-        raise UsageError("--password-stdin needs --username")
-    creds = None
-    if username:
-        if not password_stdin:
-            raise UsageError("pass the password with --password-stdin, never on the command line")
-        creds = registry.Credentials(username, sys.stdin.readline().rstrip("\r\n"))
-    else:
-        creds = credentials.from_docker_config(target.host, os.environ, HOME)
-    tls = transport.TlsOptions(ca_cert, client_cert, client_key, insecure_skip_tls_verify)
-    out.log(f"registry: {target.base}" + (f" (namespace {target.namespace})"
-                                          if target.namespace else "")
-            + (f", as {creds.username}" if creds else ", anonymous"))
-    return registry.Client(transport.Transport(tls, read_timeout=timeout), target, creds,
-                           on_event=out.log)
+def _client(url: str, out: Output, options: RegistryOptions) -> registry.Client:
+    return connect.connect(url, options, read_password=_read_password, env=os.environ,
+                           home=HOME, on_event=out.log)
 
 
-def _clients_for(names: tuple[str, ...], mirror: str | None, out: Output,
-                 options: dict[str, Any]) -> Callable[[ModelName], registry.Client]:
-    """One client per registry host (or the mirror for all); --username only for one host."""
-    hosts = {ModelName.parse(n).host.lower() for n in names}
-    if options.get("username") and mirror is None and len(hosts) > 1:
-        raise UsageError("--username applies to one registry; these models come from "
-                         f"{len(hosts)}", hint="use docker login for each, or --mirror")
-    clients: dict[str, registry.Client] = {}
-    scheme = "http://" if options.get("plain_http") else ""
-
-    def client(name: ModelName) -> registry.Client:
-        url = mirror or scheme + name.host
-        if url not in clients:
-            clients[url] = _client(url, out, **options)
-        return clients[url]
-
-    return client
+def _read_password() -> str:
+    """--password-stdin: the first line of stdin."""
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsigned: bool,
-          only: tuple[str, ...], jobs: int, out: Output, options: dict[str, Any]) -> None:
-    client = _client(url, out, **options)
+          only: tuple[str, ...], jobs: int, out: Output, options: RegistryOptions) -> None:
+    client = _client(url, out, options)
     with _open_bundle(bundle_path) as f, out.progress("push") as bar:
         result = push.push_bundle(f, client, keys, allow_unsigned=allow_unsigned, only=only,
                                   jobs=jobs,
                                   on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                   on_event=out.log)
-    if result.items:
-        result.check = push.check_registry(client, result.items[0].repository,
-                                           result.items[0].tag)
-        for item in result.items:
-            if item.renamed(client.target) and (note := push.case_note(client, item)):
-                result.case_notes[item.pull_name(client.target)] = note
+    pullcheck.check_pushed(client, result)
     lines = [_signers_text(result.head)]
     lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
               + ("  (renamed: registries want lowercase)" if i.renamed(client.target) else "")
@@ -792,7 +690,7 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
     out.result("\n".join(lines), result.to_json())
 
 
-def _check_text(check: push.RegistryCheck | None) -> list[str]:
+def _check_text(check: pullcheck.RegistryCheck | None) -> list[str]:
     if check is None:
         return []
     verdict = ("`ollama pull` will work from here" if check.ok
@@ -816,11 +714,7 @@ def repair_cmd(bundle_path: str, json_mode: bool, quiet: bool) -> None:
     out = _output(json_mode, quiet)
     if bundle_path == "-":
         raise UsageError("repair works on files, not stdin")
-    first = Path(bundle_path)
-    stem, number = volumes.split_name(first.name) or ("", 0)
-    files = ([f for f in sorted(first.parent.glob(f"{glob_escape(stem)}.[0-9][0-9][0-9]*"))
-              if volumes.split_name(f.name)] if number == 1 else [first])
-    results = parity.repair(files)
+    results = parity.repair(parity.bundle_files(Path(bundle_path)))
     out.result("\n".join(f"  {r.name:40} {r.state}" for r in results),
                {"files": [{"name": r.name, "state": r.state} for r in results]})
     damaged = [r.name for r in results if r.state == "beyond repair"]
@@ -840,7 +734,7 @@ def repair_cmd(bundle_path: str, json_mode: bool, quiet: bool) -> None:
 @registry_options
 @common
 def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str,
-                  json_mode: bool, quiet: bool, **options: Any) -> None:
+                  json_mode: bool, quiet: bool, options: RegistryOptions) -> None:
     """Write what a store (or registry) holds, to carry back out for delta bundles
     (export --base FILE).
 
@@ -852,20 +746,18 @@ def inventory_cmd(models_dir: Path | None, registry_url: str | None, output: str
     if registry_url is not None:
         if models_dir is not None:
             raise UsageError("--registry and --models exclude each other")
-        client = _client(registry_url, out, **options)
-        inv = push.inventory_registry(client, created, on_event=out.log)
+        client = _client(registry_url, out, options)
+        inv = releases.inventory_registry(client, created, on_event=out.log)
     else:
         store = Store(ollama_local.locate_store(models_dir, os.environ, HOME))
         out.log(f"store: {store.location.describe()}")
-        inv = bundle.inventory_store(store, created, on_event=out.log)
+        inv = releases.inventory_store(store, created, on_event=out.log)
     if output == "-":
         out.to_stderr = True
         sys.stdout.buffer.write(inv.to_bytes())
         sys.stdout.flush()
     else:
-        check_output(Path(output))
-        with open_output(Path(output)) as f:
-            f.write(inv.to_bytes())
+        releases.write_inventory(inv, Path(output))
     size = sum(b.size for b in inv.blobs)
     out.result(f"wrote {output}: {plural(len(inv.models), 'model')}, "
                f"{plural(len(inv.blobs), 'blob')} "
@@ -882,7 +774,7 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
     """Compare two releases (bundles or inventories): models added, removed and changed,
     and the bytes a delta of NEW against OLD would carry."""
     out = _output(json_mode, quiet)
-    a, b = bundle.release_of(old, []), bundle.release_of(new, [])
+    a, b = releases.release_of(old, []), releases.release_of(new, [])
     d = inventory.diff(a, b)
     lines = [f"{a.label} -> {b.label}"]
     lines += [f"  + {n}  {b.models[n].short}" for n in d.added]
@@ -900,7 +792,7 @@ def diff_cmd(old: Path, new: Path, json_mode: bool, quiet: bool) -> None:
 @registry_options
 @common
 def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet: bool,
-                       **options: Any) -> None:
+                       options: RegistryOptions) -> None:
     """Probe a registry the way `ollama pull` does (anonymously) and say whether pulls will
     work.
 
@@ -909,18 +801,18 @@ def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet:
     not models), at most 100. Exit code 0 if every probed model would pull, 5 otherwise.
     """
     out = _output(json_mode, quiet)
-    client = _client(url, out, **options)
-    targets, found = push.check_targets(client, names)
-    checks = [push.check_registry(client, repo, tag) for repo, tag in targets]
+    client = _client(url, out, options)
+    targets, found = pullcheck.check_targets(client, names)
+    checks = [pullcheck.check_registry(client, repo, tag) for repo, tag in targets]
     text = [line for c in checks for line in _check_text(c)]
     if not names:
-        bound = f" (at most {push.MAX_PROBES})" if found > len(checks) else ""
+        bound = f" (at most {pullcheck.MAX_PROBES})" if found > len(checks) else ""
         text.append(f"probed {len(checks)} of {found} model tags{bound} under "
                     f"{client.target.base}/{client.target.namespace or ''}")
     out.result("\n".join(text), {"registry": client.target.base,
                                   "namespace": client.target.namespace,
                                   "modelTags": found, "probed": len(checks),
-                                  "limit": push.MAX_PROBES,
+                                  "limit": pullcheck.MAX_PROBES,
                                   "checks": [c.to_json() for c in checks]})
     failed = [c for c in checks if not c.ok]
     if failed:

@@ -1,5 +1,5 @@
-"""Where things live by default: the config directory, the trust directory, the default key.
-Reads only the environment mapping it is given."""
+"""Where things live by default: the config directory and the default key (the trust
+directory: bundler.trust). Reads only the environment mapping it is given."""
 
 from __future__ import annotations
 
@@ -12,12 +12,6 @@ from bundler.errors import UsageError
 def config_dir(env: Mapping[str, str], home: Path) -> Path:
     base = env.get("XDG_CONFIG_HOME") or str(home / ".config")
     return Path(base) / "ollama-bundle"
-
-
-def trust_dir(env: Mapping[str, str], home: Path) -> Path:
-    """$BUNDLE_TRUST_DIR, else ~/.config/ollama-bundle/trusted."""
-    value = env.get("BUNDLE_TRUST_DIR")
-    return Path(value) if value else config_dir(env, home) / "trusted"
 
 
 def default_key_prefix(env: Mapping[str, str], home: Path) -> Path:

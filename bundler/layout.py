@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bundler import modelkind
 from bundler.digest import Digest
 from bundler.errors import IntegrityError
 from bundler.oci import (
@@ -308,6 +309,17 @@ class Model:
     name: ModelName
     manifest: Manifest
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name.display_shortest(),
+            "fullName": str(self.name),
+            "id": self.manifest.digest.short,
+            "digest": str(self.manifest.digest),
+            "size": self.manifest.total_size,
+            "layers": [layer.media_type.rsplit(".", 1)[-1] for layer in self.manifest.layers],
+            "weights": modelkind.weights(self.manifest),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Contents:
@@ -435,3 +447,16 @@ def check_manifests(
     if extra:
         raise IntegrityError(f"{ROOT_MEMBER}: blob {extra[0]} is not referenced by any manifest")
     return models
+
+
+def delta_json(bases: Sequence[Base], external: Sequence[External]) -> dict[str, Any]:
+    """A delta's bases and what it leaves out, for the results' JSON (§4.3)."""
+    return {"bases": [b.to_json() for b in bases],
+            "leftOut": {"blobs": len(external), "bytes": sum(e.blob.size for e in external)}}
+
+
+def tool_json(tool: ToolRef | None) -> dict[str, Any]:
+    """The carried tool, for the results' JSON (§11); nothing without one."""
+    if tool is None:
+        return {}
+    return {"toolFile": {"member": tool.member, **tool.to_json()}}

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from bundler import discover, transport
+from bundler import discover
 from bundler.errors import NetworkError
+from bundler.registry import transport
 from bundler.store import StoreLocation, locate
 
 _MAX_UNIT_BYTES = 1024 * 1024

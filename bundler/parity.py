@@ -8,9 +8,11 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 from bundler.errors import BundlerError, NotFoundError
+from bundler.volumes import split_name
 
 
 def _par2() -> str:
@@ -52,6 +54,13 @@ def create(files: Sequence[Path], percent: int) -> list[Path]:
 class Repair:
     name: str
     state: str  # "intact", "repaired", "no repair data", "beyond repair"
+
+
+def bundle_files(first: Path) -> list[Path]:
+    """The files of a bundle: every part of a split bundle given as NAME.001, else the file."""
+    stem, number = split_name(first.name) or ("", 0)
+    return ([f for f in sorted(first.parent.glob(f"{glob_escape(stem)}.[0-9][0-9][0-9]*"))
+             if split_name(f.name)] if number == 1 else [first])
 
 
 def repair(files: Sequence[Path]) -> list[Repair]:

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 OnBytes = Callable[[int], object]  # tqdm's bar.update fits; so does list.append in tests
 OnEvent = Callable[[str], object]  # one human-readable log line (stderr in the CLI)
+
+
+class Meter(Protocol):
+    """One stage's progress, as the CLI draws it (a tqdm bar fits)."""
+
+    def update(self, n: int, /) -> object: ...
+
+    def reset(self, total: int | None = None, /) -> object: ...
+
+
+# a Meter for each stage of a use case of several, by name and total (None: told later)
+Meters = Callable[[str, int | None], contextlib.AbstractContextManager[Meter]]
+
+
+@contextlib.contextmanager
+def _no_meter(desc: str, total: int | None = None) -> Iterator[Meter]:
+    yield _Silent()
+
+
+class _Silent:
+    def update(self, n: int, /) -> None:
+        pass
+
+    def reset(self, total: int | None = None, /) -> None:
+        pass
+
+
+no_meters: Meters = _no_meter
 
 
 def no_progress(nbytes: int) -> None:

@@ -28,25 +28,16 @@ from bundler.layout import (
     Root,
     blob_member,
     check_manifests,
+    delta_json,
     index_models,
     signature_keyid,
+    tool_json,
 )
 from bundler.oci import MAX_MANIFEST_BYTES, Index
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
 from bundler.streams import PartsReader
+from bundler.trust import Signatures, check_registry_signatures, decide_trust, refuse_untrusted
 from bundler.volumes import part_name, split_name
-
-
-@dataclass(frozen=True, slots=True)
-class Signatures:
-    """The outcome of the trust decision (formats/signature-v1.md §4)."""
-
-    carried: tuple[str, ...]  # key ids named by the bundle's signature members
-    trusted: tuple[str, ...]  # key ids of trusted keys whose signature verified
-
-    @property
-    def is_trusted(self) -> bool:
-        return bool(self.trusted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,27 +63,22 @@ class Head:
         """The blobs after the manifests: configs and layers, in archive order."""
         return self.root.blobs[self.manifest_count :]
 
+    def signers_json(self) -> dict[str, Any]:
+        return {"carried": list(self.signatures.carried),
+                "trusted": list(self.signatures.trusted),
+                "cosign": [d.keyid for d in self.registry_signatures]}
 
-def decide_trust(
-    root_raw: bytes, carried: dict[str, bytes], trusted: Sequence[signing.PublicKey],
-) -> Signatures:
-    """formats/signature-v1.md §4: each signature member is checked against the trusted key
-    whose key id it names; a trusted key's signature that does not verify is tampering."""
-    ders = {k: signing.decode(sig, f"signature member {k[:16]}…") for k, sig in carried.items()}
-    by_id = {key.keyid: key for key in trusted}
-    ok = []
-    for keyid, der in ders.items():
-        key = by_id.get(keyid)
-        if key is None:
-            continue
-        if not signing.verify(key, root_raw, der):
-            raise IntegrityError(
-                f"the signature of trusted key {keyid[:16]}… does not verify: the bundle "
-                "was altered after it was signed",
-                hint="get a fresh copy of the bundle from its source",
-            )
-        ok.append(keyid)
-    return Signatures(tuple(sorted(carried)), tuple(sorted(ok)))
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "created": self.root.created,
+            "tool": f"{self.root.tool_name} {self.root.tool_version}",
+            "models": [m.to_json() for m in self.models],
+            "blobs": len(self.root.blobs),
+            "bytes": self.root.total_size,
+            "signatures": self.signers_json(),
+            **delta_json(self.root.bases, self.root.external),
+            **tool_json(self.root.tool_file),
+        }
 
 
 Reread = Callable[[int], Iterator[memoryview]]
@@ -178,44 +164,6 @@ class Seekable:
                 f"blob {self.ref.digest}: content does not match its digest",
                 hint="the bundle, or what an interrupted import left, was damaged; run the "
                      "import again")
-
-
-def check_registry_signatures(
-    documents: dict[str, bytes], models: Sequence[Model], trusted: Sequence[signing.PublicKey],
-) -> tuple[cosign.Document, ...]:
-    """formats/signature-v1.md §6.3: every document well formed and for exactly these models;
-    those of trusted keys verified (a bad one is tampering) and returned."""
-    expected = cosign.subjects(models)
-    by_id = {key.keyid: key for key in trusted}
-    verified = []
-    for keyid, raw in documents.items():
-        doc = cosign.Document.parse(raw, keyid, expected)
-        key = by_id.get(keyid)
-        for subject, sig in doc.signatures:
-            der = signing.decode(sig, f"{cosign.member(keyid)}: signature of {subject.reference}")
-            if key is not None and not signing.verify(key, subject.payload(), der):
-                raise IntegrityError(
-                    f"{cosign.member(keyid)}: the cosign signature of {subject.reference} "
-                    f"{subject.manifest.short} does not verify with trusted key {keyid[:16]}…",
-                    hint="the signer's tool was broken; nothing was written")
-        if key is not None:
-            verified.append(doc)
-    return tuple(verified)
-
-
-def refuse_untrusted(signatures: Signatures) -> IntegrityError:
-    if signatures.carried:
-        ids = ", ".join(k[:16] for k in signatures.carried)
-        return IntegrityError(
-            f"the bundle is signed by {ids}, none of which you trust",
-            hint="pass --trust SIGNER.pub, or copy SIGNER.pub into the trust directory "
-                 "($BUNDLE_TRUST_DIR, default ~/.config/ollama-bundle/trusted); "
-                 "key id: openssl pkey -pubin -in SIGNER.pub -outform DER | sha256sum",
-        )
-    return IntegrityError(
-        "the bundle is not signed",
-        hint="ask for a signed bundle, or pass --allow-unsigned to accept it on digests alone",
-    )
 
 
 def _require_canonical(m: Member) -> None:

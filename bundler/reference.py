@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from string import ascii_letters, digits
 from typing import Final, NamedTuple
 
-from bundler.errors import UsageError
+from bundler.errors import NotFoundError, UsageError
 from bundler.progress import plural
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "InvalidNameError",
     "ModelName",
     "is_valid_part",
+    "pick",
 ]
 
 DEFAULT_HOST: Final = "registry.ollama.ai"
@@ -273,3 +274,17 @@ class ModelName:
                     chosen[index] = spelling
         host, namespace, model, tag = chosen
         return ModelName(host, namespace, model, tag)
+
+
+def pick(wanted: Sequence[str], available: Sequence[ModelName], where: str) -> list[ModelName]:
+    """Resolve user-typed names against `available`, case-insensitively (Ollama's lookup)."""
+    by_fold = {n.folded(): n for n in available}
+    picked: dict[ModelName, None] = {}
+    for text in wanted:
+        name = ModelName.parse(text)
+        found = by_fold.get(name.folded())
+        if found is None:
+            listing = ", ".join(n.display_shortest() for n in available) or "none"
+            raise NotFoundError(f"model {text!r} is not in {where}", hint=f"available: {listing}")
+        picked[found] = None
+    return list(picked)

@@ -25,7 +25,7 @@ import pytest
 import zstandard
 
 from bundler import cosign, signing
-from bundler.bundle import registry_signatures
+from bundler.export import registry_signatures
 from bundler.layout import Model, signature_member
 from bundler.oci import ANNOTATION_REF_NAME, Manifest, canonical_json
 from bundler.reference import ModelName

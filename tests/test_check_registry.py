@@ -106,7 +106,7 @@ def test_check_after_a_signed_push_probes_every_model_tag_of_the_namespace(
 def test_check_bounds_the_probes_and_says_so(
         ollama_registry: OllamaRegistry, tmp_path: Path, keys: Keys, env: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from bundler import push
+    from bundler import pullcheck
     store = tmp_path / "store"
     for tag in ("a", "b", "c"):
         make_model(store, f"registry.ollama.ai/library/bounded/{tag}",
@@ -114,7 +114,7 @@ def test_check_bounds_the_probes_and_says_so(
     bundle = tmp_path / "b.tar.zst"
     _export(store, bundle, keys)
     _push(bundle, ollama_registry.url + "/bnd", keys)
-    monkeypatch.setattr(push, "MAX_PROBES", 2)
+    monkeypatch.setattr(pullcheck, "MAX_PROBES", 2)
     r = run(["check-registry", ollama_registry.url + "/bnd", "--json"])
     assert r.exit_code == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from bundler import cosign
-from bundler import registry as reg
 from bundler.digest import Digest
-from bundler.transport import Transport
+from bundler.registry import client as reg
+from bundler.registry.transport import Transport
 from tests.conftest import Keys, make_keys, run
 from tests.crafting import Scene, regular, scene_fixture, sha256_hex  # noqa: F401 - fixture
 from tests.servers import Registry, registry_fixture  # noqa: F401 - fixture

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bundler.bundle import list_bundle
+from bundler.verify import list_bundle
 from tests.conftest import MODEL, TEMPLATE, Keys, make_model, run, tree, weights
 from tests.crafting import Scene, assert_clean_error, scene_fixture  # noqa: F401 - fixture
 from tests.servers import Registry, registry_fixture  # noqa: F401 - fixture

@@ -15,9 +15,9 @@ import pytest
 import zstandard
 
 from bundler import push, signing
-from bundler import registry as reg
 from bundler.errors import IntegrityError
-from bundler.transport import Transport
+from bundler.registry import client as reg
+from bundler.registry.transport import Transport
 from tests.conftest import MODEL, TEMPLATE, Keys, make_model, run, weights
 from tests.faultproxy import Fault, fault_proxy
 from tests.ollama_pull import PullError, pull

@@ -1,11 +1,11 @@
-"""Registry addresses and Distribution's naming rules (pure parts of bundler.registry)."""
+"""Registry addresses and Distribution's naming rules (pure parts of bundler.registry.client)."""
 
 from __future__ import annotations
 
 import pytest
 
 from bundler.errors import UsageError
-from bundler.registry import Credentials, Target, is_valid_tag, repository_name
+from bundler.registry.client import Credentials, Target, is_valid_tag, repository_name
 
 
 @pytest.mark.parametrize(("text", "plain", "expected"), [

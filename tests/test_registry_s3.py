@@ -41,9 +41,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bundler import push
-from bundler import registry as reg
-from bundler.transport import Transport
+from bundler import pullcheck
+from bundler.registry import client as reg
+from bundler.registry.transport import Transport
 from tests.conftest import MANIFEST_V2, MODEL, REPO, TEMPLATE, Keys, make_model, run, weights
 from tests.ollama_pull import pull
 from tests.servers import S3_HOST, S3Server, free_port, run_moto
@@ -338,7 +338,7 @@ def test_check_registry_follows_redirects_on_head_and_range_as_ollama_does() -> 
         _Registry.storage = storage
         with _serve("127.0.0.1", _Registry) as url:
             client = reg.Client(Transport(), reg.Target.parse(url), None)
-            check = push.check_registry(client, "team/m", "latest")
+            check = pullcheck.check_registry(client, "team/m", "latest")
     assert check.ok, check.findings
     assert any(f"from {urlsplit(storage).netloc}, after a redirect" in f
                for f in check.findings), check.findings

@@ -12,10 +12,10 @@ from typing import BinaryIO
 import pytest
 
 from bundler import push, signing
-from bundler import registry as reg
 from bundler.errors import IntegrityError
 from bundler.reader import BundleReader
-from bundler.transport import Transport
+from bundler.registry import client as reg
+from bundler.registry.transport import Transport
 from tests.conftest import MODEL, Keys, make_model, run, weights
 from tests.crafting import compress, decompress, frames
 from tests.servers import Registry, registry_fixture  # noqa: F401 - fixture

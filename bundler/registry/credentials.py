@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bundler.errors import UsageError
-from bundler.registry import Credentials
+from bundler.registry.client import Credentials
 
 
 def docker_config_path(env: Mapping[str, str], home: Path) -> Path:

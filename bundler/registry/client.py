@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from bundler.digest import Digest
 from bundler.errors import NetworkError, UsageError
 from bundler.progress import OnEvent, no_events
-from bundler.transport import Response, TlsError, Transport
+from bundler.registry.transport import Response, TlsError, Transport
 
 MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MAX_TRIES = 6

@@ -1,0 +1,326 @@
+"""`check-registry`: will `ollama pull` work from here? Probed as Ollama pulls: anonymously,
+the GGUF path of server/download.go or, for tensor models, x/transfer/download.go
+(formats/ollama-store.md §8); and the case notes a push reports."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+from bundler.digest import Digest
+from bundler.errors import IntegrityError, UsageError
+from bundler.push import PushItem, PushResult
+from bundler.reference import ModelName
+from bundler.registry.client import (
+    MAX_REDIRECTS,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    Client,
+    RegistryError,
+    Target,
+    parse_challenge,
+)
+from bundler.registry.listing import model_tags
+from bundler.registry.transport import Response, TlsError, Transport
+
+MAX_PROBES = 100  # model tags one check-registry without MODEL probes
+MEDIA_TYPE_TENSOR = "application/vnd.ollama.image.tensor"
+
+
+@dataclass(slots=True)
+class RegistryCheck:
+    model: str
+    ok: bool
+    findings: list[str]
+    advice: list[str]
+    path: str = ""  # "gguf" (server/download.go) or "tensor" (x/transfer), once the manifest is read
+    note: str = ""  # what a colleague whose store spells the name otherwise will see
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "ok": self.ok, "findings": self.findings,
+                "advice": self.advice, "path": self.path or None, "note": self.note or None}
+
+
+NGINX_ADVICE = ("put the recipe in front of the registry: scripts/registry-for-ollama (nginx "
+                 "adds a Location header to blob responses), or use S3-compatible storage with "
+                 "redirects on a different hostname")
+ANONYMOUS_ADVICE = ("let anyone pull (GET and HEAD) without credentials and keep them for "
+                    "pushes, e.g. nginx in front with `limit_except GET HEAD { auth_basic ...; }`"
+                    ", or a token service on the registry's own host:port that gives anonymous "
+                    "pull tokens")
+_OLLAMA_AUTH = ("Ollama sends no credentials of yours: on a 401 it speaks only Bearer, to a "
+                "token service on the registry's own host:port, signing the token request with "
+                "its own key (server/auth.go)")
+
+
+def check_registry(client: Client, repository: str, tag: str) -> RegistryCheck:
+    """Probe `repository:tag` (spelt as Ollama asks for it) as `ollama pull` would: without
+    our credentials or client certificate; a token only from a same-host:port Bearer service;
+    the manifest with the schema2 Accept; then the download path the layers choose (GGUF:
+    HEAD, a GET stopping at another host, then Range without auth; tensor: x/transfer)."""
+    target = client.target
+    name = f"{target.host}/{repository}:{tag}"
+    plain = client.transport.anonymous()  # what Ollama's GGUF part downloads carry: nothing
+    manifest_url = client.url(f"/v2/{repository}/manifests/{quote(tag)}")
+    accept = {"Accept": MEDIA_TYPE_DOCKER_MANIFEST}
+    findings: list[str] = []
+    registry = plain
+    try:
+        resp = plain.request("GET", manifest_url, headers=accept)
+    except TlsError as e:  # Ollama: Go's system roots, no client certificate
+        return RegistryCheck(name, False, [
+            f"without a client certificate {e.message}; `ollama pull` presents none"], [
+            ("serve pulls without client certificates, with a certificate the pulling "
+            "machines' system CA store trusts")])
+    if resp.status == 401:
+        token, said = _token_like_ollama(plain, target, resp, repository)
+        if token is None:
+            return RegistryCheck(name, False, [said], [ANONYMOUS_ADVICE])
+        findings.append(said)
+        registry = plain.with_headers(target.host, {"Authorization": f"Bearer {token}"})
+        resp = registry.request("GET", manifest_url, headers=accept)
+    if resp.status != 200:
+        return _manifest_failed(client, plain, repository, tag, resp)
+    findings.append("anonymous pull: the manifest is served to the Docker schema2 Accept header"
+                    if registry is plain else
+                    "the manifest is served with that token to the Docker schema2 Accept header")
+    try:
+        doc = json.loads(resp.body)
+        layers = [*(doc.get("layers") or []), doc["config"]]  # null: a remote model
+        tensor = any(d.get("mediaType") == MEDIA_TYPE_TENSOR for d in layers)
+        blob = max(layers, key=lambda d: int(d["size"]))
+        digest = Digest.parse(blob["digest"])
+    except (ValueError, KeyError, TypeError, AttributeError, IntegrityError):
+        return RegistryCheck(name, False, ["the manifest is not a schema2 manifest"], [])
+    url = client.url(f"/v2/{repository}/blobs/{digest}")
+    if tensor:
+        return _check_transfer(name, registry, url, findings)
+    probe = Client(registry, target, None)  # Ollama's token (if any) goes to the registry only
+    head = _like_go(probe.transport, "HEAD", url)  # redirects followed, as Ollama's HEAD does
+    if isinstance(head, str) or head.status != 200 or not head.header("Content-Length"):
+        problem = (f"HEAD blob: {head}" if isinstance(head, str)
+                   else f"HEAD blob: HTTP {head.status} without Content-Length")
+        return RegistryCheck(name, False, [*findings, problem], [], "gguf")
+    findings.append("GGUF model: blob HEAD answers with Content-Length" + (
+        f" (from {urlsplit(head.url).netloc}, after a redirect)" if head.url != url else ""))
+    direct = _resolve_like_ollama(probe, url)
+    if direct.startswith("error:"):
+        return RegistryCheck(name, False, [*findings, direct[6:].strip()], [NGINX_ADVICE], "gguf")
+    findings.append(f"blob GET gives a direct URL ({direct})")
+    # server/download.go downloadChunk: http.DefaultClient, no Authorization, redirects followed
+    ranged = _like_go(plain, "GET", direct, {"Range": "bytes=0-0"})
+    if isinstance(ranged, str):
+        problem = f"a Range request on the direct URL: {ranged}"
+        return RegistryCheck(name, False, [*findings, problem], [], "gguf")
+    data = ranged.reader().read(2)  # a server that ignores Range would send the whole blob
+    ranged.close()
+    if ranged.status != 206 or len(data) != 1:
+        problem = f"a Range request on the direct URL, without credentials (Ollama sends none " \
+                  f"there), got HTTP {ranged.status}, not 206"
+        advice = (ANONYMOUS_ADVICE if ranged.status in (401, 403)
+                  else "serve Range requests on blob URLs")
+        return RegistryCheck(name, False, [*findings, problem], [advice], "gguf")
+    findings.append("the direct URL serves Range requests without credentials")
+    return RegistryCheck(name, True, findings, [], "gguf")
+
+
+def _token_like_ollama(plain: Transport, target: Target, resp: Response,
+                       repository: str) -> tuple[str | None, str]:
+    """(token, finding) for a 401 as Ollama meets it (server/auth.go getAuthorizationToken):
+    a Bearer realm on the registry's own host:port only; the token from its `token` field."""
+    kind, params = parse_challenge(resp.header("WWW-Authenticate") or "")
+    if kind.lower() != "bearer":
+        return None, (f"the registry asks for {kind or 'unknown'} credentials to pull; "
+                      f"{_OLLAMA_AUTH}, never Basic, so `ollama pull` fails")
+    realm = params.get("realm", "")
+    where = urlsplit(realm)
+    if where.netloc.lower() != target.host:
+        return None, (f"the registry's token service is {where.netloc or realm!r}, not on the "
+                      f"registry's own host:port {target.host}; {_OLLAMA_AUTH}, so `ollama "
+                      f"pull` fails with 'realm host {where.netloc!r} does not match original "
+                      f"host {target.host!r}'")
+    query = {"service": params.get("service", ""),
+             "scope": params.get("scope") or f"repository:{repository}:pull"}
+    got = plain.request("GET", realm + ("&" if "?" in realm else "?") + urlencode(query))
+    token = None
+    if got.status == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            token = json.loads(got.body).get("token")
+    if not isinstance(token, str) or not token:
+        return None, (f"the token service {realm} gives no token without credentials (HTTP "
+                      f"{got.status}, or no 'token' field); {_OLLAMA_AUTH}, so `ollama pull` "
+                      "fails")
+    return token, (f"the token service {realm} gives an anonymous pull token; Ollama asks it "
+                   "too, signing the request with its own key instead of credentials "
+                   "(server/auth.go); that the service ignores that signature is not checked")
+
+
+def _manifest_failed(client: Client, plain: Transport, repository: str, tag: str,
+                     resp: Response) -> RegistryCheck:
+    name = f"{client.target.host}/{repository}:{tag}"
+    finding = f"manifest: HTTP {resp.status}: `ollama pull {name}` fails with " \
+              f"'{_ollama_manifest_error(resp)}'"
+    lower = repository.lower()
+    if lower != repository and plain.request(
+            "GET", client.url(f"/v2/{lower}/manifests/{quote(tag)}"),
+            headers={"Accept": MEDIA_TYPE_DOCKER_MANIFEST}).status == 200:
+        return RegistryCheck(name, False, [
+            finding, (f"Ollama asks for {repository} as spelt, and the registry keeps "
+                     f"repositories in lower case: {lower}:{tag} is there")], [
+            f"pull it as {client.target.host}/{lower}:{tag}; " + case_advice(repository)])
+    return RegistryCheck(name, False, [finding], ["push the model first, or check the name"])
+
+
+def _ollama_manifest_error(resp: Response) -> str:
+    """What `ollama pull` prints for a failed manifest GET (server/images.go
+    makeRequestWithRetry: a 404 becomes os.ErrNotExist)."""
+    if resp.status == 404:
+        return "pull model manifest: file does not exist"
+    return f"pull model manifest: {resp.status}: {resp.body[:200].decode(errors='replace')}"
+
+
+def check_pushed(client: Client, result: PushResult) -> None:
+    """After a push: probe the first model as `ollama pull` would (`check_registry`), and note
+    for each renamed model what a colleague whose store spells it otherwise sees (`case_note`)."""
+    if result.items:
+        result.check = check_registry(client, result.items[0].repository,
+                                      result.items[0].tag)
+        for item in result.items:
+            if item.renamed(client.target) and (note := case_note(client, item)):
+                result.case_notes[item.pull_name(client.target)] = note
+
+
+def case_advice(spelt: str) -> str:
+    return (f"a colleague whose store already holds a model spelt {spelt.split('/')[-1]} (in any "
+            "namespace; Ollama matches each part of a name case-insensitively against the "
+            "store and asks for the stored spelling, server/routes.go getExistingName) gets "
+            "that error even with the lowercase name: 'ollama rm' that copy first")
+
+
+def case_note(client: Client, item: PushItem) -> str:
+    """For a model whose name is not all lower case: what a colleague whose store already has
+    it spelt so sees (probed: the manifest GET Ollama would send)."""
+    spelt = f"{client.target.namespace or item.model.name.namespace}/{item.model.name.model}"
+    if spelt == item.repository:
+        return ""
+    resp = client.transport.anonymous().request(
+        "GET", client.url(f"/v2/{spelt}/manifests/{quote(item.tag)}"),
+        headers={"Accept": MEDIA_TYPE_DOCKER_MANIFEST})
+    if resp.status == 200:
+        return ""
+    return (f"a colleague whose store already holds a model spelt {item.model.name.model} (any "
+            f"namespace) gets '{_ollama_manifest_error(resp)}' (HTTP {resp.status}): Ollama "
+            f"then asks for {spelt}:{item.tag}, matching each part of the name "
+            "case-insensitively against the store (server/routes.go getExistingName); 'ollama "
+            "rm' that copy first")
+
+
+def _check_transfer(name: str, registry: Transport, url: str,
+                    findings: list[str]) -> RegistryCheck:
+    """x/transfer/download.go: resolve (GET, no redirects followed by the client; 200 keeps
+    the URL, a 301/302/307 to another host:port gives the URL, to the same one is followed),
+    then a GET there that must answer 200 or 206 (auth only on the registry's host:port)."""
+    findings = [*findings, ("tensor model (application/vnd.ollama.image.tensor layers): Ollama "
+                           "pulls it through x/transfer and needs its MLX runtime to run it")]
+    resolved = _resolve_like_transfer(registry, url)
+    if resolved.startswith("error:"):
+        return RegistryCheck(name, False, [*findings, resolved[6:].strip()], [], "tensor")
+    resp = registry.request("GET", resolved, stream=True)
+    resp.close()
+    if resp.status not in (200, 206):
+        return RegistryCheck(name, False, [
+            *findings, f"GET {resolved}: HTTP {resp.status} (x/transfer needs 200 or 206)"],
+            [], "tensor")
+    findings.append(f"blob GET {resolved} answers {resp.status}")
+    return RegistryCheck(name, True, findings, [], "tensor")
+
+
+def _resolve_like_transfer(transport: Transport, url: str) -> str:
+    for _ in range(10):
+        resp = transport.request("GET", url, stream=True)
+        resp.close()
+        location = resp.header("Location")
+        if resp.status == 200:
+            return url
+        if resp.status in (301, 302, 307) and location:
+            target = urljoin(url, location)
+            if urlsplit(target).netloc != urlsplit(url).netloc:
+                return target
+            url = target
+            continue
+        return (f"error: blob GET answered HTTP {resp.status} (x/transfer accepts 200, or a "
+                "301, 302 or 307 with Location)")
+    return "error: too many redirects"
+
+
+def check_targets(client: Client, names: Sequence[str]) -> tuple[list[tuple[str, str]], int]:
+    """(repository as Ollama spells it, tag) for each MODEL given (the URL's namespace, else
+    the name's), else for up to MAX_PROBES model tags under the URL's namespace; and how many
+    model tags there are."""
+    if names:
+        out = []
+        for text in names:
+            name = ModelName.parse(text)
+            if client.target.repository(name.namespace, name.model) is None:
+                raise UsageError(f"{text!r} cannot be a repository name")
+            out.append((f"{client.target.namespace or name.namespace}/{name.model}", name.tag))
+        return out, len(out)
+    try:
+        found = list(model_tags(client))
+    except RegistryError as e:
+        raise UsageError(f"the registry does not list its repositories ({e.message})",
+                         hint="name the models to check: namespace/model:tag") from None
+    if not found:
+        raise UsageError("the registry holds no models yet" + (
+            f" under {client.target.namespace}/" if client.target.namespace else ""),
+            hint="push some with 'bundle import BUNDLE --to-registry URL'")
+    return found[:MAX_PROBES], len(found)
+
+
+
+
+def _like_go(transport: Transport, method: str, url: str,
+             headers: Mapping[str, str] | None = None) -> Response | str:
+    """`method url` as Go's default http.Client sends it, which is how Ollama sends the blob
+    HEAD (server/download.go, Prepare, through makeRequest in server/images.go with no
+    CheckRedirect) and each Range part (downloadChunk, http.DefaultClient, no credentials):
+    redirects followed to any host, HEAD and GET keeping their method and headers, "stopped
+    after 10 redirects". A GET's answer is streamed; an error is a string."""
+    for _ in range(MAX_REDIRECTS):
+        resp = transport.request(method, url, headers=headers, stream=method == "GET")
+        location = resp.header("Location")
+        if resp.status not in (301, 302, 303, 307, 308) or not location:
+            return resp
+        resp.close()
+        url = urljoin(url, location)
+    return f"stopped after {MAX_REDIRECTS} redirects"
+
+
+def _resolve_like_ollama(client: Client, url: str) -> str:
+    """Ollama's server/download.go (blobDownload.run: the CheckRedirect that refuses when
+    len(via) > 10): follow redirects to the same hostname, the port ignored (at
+    most 10); stop at the first to another hostname; accept only 307, or 200 with Location."""
+    host = urlsplit(url).hostname
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = client.transport.request("GET", url, stream=True)
+        location = resp.header("Location")
+        resp.close()
+        if resp.status in (301, 302, 303, 307, 308) and location:
+            target = urljoin(url, location)
+            if urlsplit(target).hostname == host:
+                url = target
+                continue
+            if resp.status == 307:
+                return target
+            return f"error: a {resp.status} redirect to another host (Ollama accepts only 307)"
+        if resp.status == 200:
+            if not location:
+                return ("error: blob GET answers 200 without a Location header, so `ollama "
+                        "pull` fails with 'http: no Location header in response' (Ollama's "
+                        "pull needs a 307 to another hostname or a 200 with Location)")
+            return urljoin(url, location)
+        return f"error: blob GET answered HTTP {resp.status}"
+    return "error: more than 10 redirects"

@@ -1,0 +1,174 @@
+"""Releases and what a target already has: the bases of a delta bundle (formats/bundle-v1.md
+§4.3), inventories of a store or registry (formats/inventory-v1.md) and what `diff` compares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from bundler import signing
+from bundler.digest import Digest
+from bundler.errors import BundlerError, IntegrityError, NotFoundError
+from bundler.inventory import (
+    MEDIA_TYPE_INVENTORY,
+    Inventory,
+    ModelEntry,
+    Release,
+    release_of_inventory,
+)
+from bundler.layout import MEDIA_TYPE_ROOT, Base, BlobRef, Have, Model
+from bundler.oci import Manifest
+from bundler.progress import OnEvent, format_size, no_events, plural
+from bundler.reader import Head
+from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client
+from bundler.registry.listing import model_tags
+from bundler.store import Store
+from bundler.streams import check_output, open_output
+from bundler.verify import list_bundle
+
+
+def require_bases(head: Head, models: Sequence[Model], present: set[Digest], where: str) -> None:
+    """formats/bundle-v1.md §4.3: every blob a delta bundle leaves out that these models need
+    must already be in the target; else name them, who needs them and which release had them."""
+    needed = {b.digest for m in models for b in m.manifest.blobs}
+    missing = [e for e in head.root.external if e.blob.digest in needed
+               and e.blob.digest not in present]
+    if not missing:
+        return
+    parts = []
+    for e in missing[:3]:
+        users = sorted({m.name.display_shortest() for m in models
+                        if any(b.digest == e.blob.digest for b in m.manifest.blobs)})
+        base = head.root.bases[e.base]
+        had = "listed by the inventory" if base.media_type == MEDIA_TYPE_INVENTORY else "carried by"
+        parts.append(f"{e.blob.digest.short} ({format_size(e.blob.size)}, for {', '.join(users)}; "
+                     f"{had} {base.describe()})")
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    # the releases to import, oldest first (a chain of deltas is imported in that order); an
+    # inventory is no release: it only said the target had these blobs
+    bases = sorted({head.root.bases[e.base] for e in missing}, key=lambda b: (b.created, b.name))
+    bundles = [b.name for b in bases if b.media_type != MEDIA_TYPE_INVENTORY]
+    inventories = [b.name for b in bases if b.media_type == MEDIA_TYPE_INVENTORY]
+    steps = [f"import {', then '.join(bundles)} there first"] if bundles else []
+    if inventories:
+        steps.append(f"import the release that brought what {', '.join(inventories)} listed, "
+                     "or use a full bundle (export without --base)")
+    raise NotFoundError(
+        f"this delta bundle leaves out {plural(len(missing), 'blob')} that {where} does not "
+        "have: "
+        + "; ".join(parts) + more,
+        hint=f"{'; or '.join(steps)}; or leave these models out with --only")
+
+
+MAX_INVENTORY_BYTES = 256 * 1024 * 1024
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def read_release(path: Path, trusted: Sequence[signing.PublicKey]) -> tuple[Base, Head | Inventory]:
+    """A bundle (its head only) or an inventory, and the Base record that names it."""
+    try:
+        with path.open("rb") as f:
+            if f.read(4) == _ZSTD_MAGIC:
+                f.seek(0)
+                head = list_bundle(f, trusted)
+                return Base(MEDIA_TYPE_ROOT, Digest.of(head.root.raw), head.root.created,
+                            path.name), head
+            f.seek(0)
+            raw = f.read(MAX_INVENTORY_BYTES + 1)
+    except FileNotFoundError:
+        raise NotFoundError(f"{path} not found") from None
+    except IsADirectoryError:
+        raise NotFoundError(f"{path} is a directory, not a bundle or inventory") from None
+    except OSError as e:
+        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_INVENTORY_BYTES:
+        raise IntegrityError(f"{path}: too large for an inventory")
+    inventory = Inventory.parse(raw, str(path))
+    return Base(MEDIA_TYPE_INVENTORY, Digest.of(raw), inventory.created, path.name), inventory
+
+
+def read_bases(paths: Sequence[Path], trusted: Sequence[signing.PublicKey]) -> Have:
+    """What the given earlier releases have: a bundle has what it carries and what it left
+    out itself (attributed to its own bases); an inventory has what it lists."""
+    bases: list[Base] = []
+    blobs: dict[Digest, tuple[int, int]] = {}
+
+    def index(base: Base) -> int:
+        for i, b in enumerate(bases):
+            if b.digest == base.digest:
+                return i
+        bases.append(base)
+        return len(bases) - 1
+
+    for path in paths:
+        base, release = read_release(path, trusted)
+        i = index(base)
+        if isinstance(release, Inventory):
+            for b in release.blobs:
+                blobs.setdefault(b.digest, (b.size, i))
+            continue
+        for ref in release.layer_blobs:
+            blobs.setdefault(ref.digest, (ref.size, i))
+        for e in release.root.external:
+            blobs.setdefault(e.blob.digest, (e.blob.size, index(release.root.bases[e.base])))
+    return Have(tuple(bases), blobs)
+
+
+def release_of(path: Path, trusted: Sequence[signing.PublicKey]) -> Release:
+    _, release = read_release(path, trusted)
+    if isinstance(release, Inventory):
+        return release_of_inventory(release, path.name)
+    blobs = {b.digest: b.size for b in release.layer_blobs}
+    blobs.update((e.blob.digest, e.blob.size) for e in release.root.external)
+    return Release(path.name, {str(m.name): m.manifest.digest for m in release.models}, blobs)
+
+
+def write_inventory(inventory: Inventory, output: Path) -> None:
+    """The inventory file, renamed into place when complete (a device or FIFO written
+    directly)."""
+    check_output(output)
+    with open_output(output) as f:
+        f.write(inventory.to_bytes())
+
+
+def inventory_store(store: Store, created: str, on_event: OnEvent = no_events) -> Inventory:
+    """Every model in the store and the blobs of theirs that are present (formats/
+    inventory-v1.md §2)."""
+    store.require()
+    models: list[ModelEntry] = []
+    blobs: dict[Digest, int] = {}
+    for name in store.names(on_event):
+        model = store.read_model(name)
+        models.append(ModelEntry(str(name), model.manifest.digest, len(model.manifest.raw)))
+        for b in model.manifest.blobs:
+            if store.blob_size(b.digest) == b.size:
+                blobs[b.digest] = b.size
+    return Inventory(created, f"store {store.root}", tuple(models),
+                     tuple(BlobRef(d, s) for d, s in blobs.items()))
+
+
+def inventory_registry(client: Client, created: str, on_event: OnEvent = no_events,
+                       ) -> Inventory:
+    """Every tag the registry lists whose manifest is Docker schema2 (what Ollama pulls), and
+    the blobs those manifests name that the registry has (formats/inventory-v1.md §2)."""
+    models: list[ModelEntry] = []
+    blobs: dict[Digest, int] = {}
+    namespace = client.target.namespace
+    for repo, tag in model_tags(client):
+        resp = client.get_manifest(repo, tag, MEDIA_TYPE_DOCKER_MANIFEST)
+        if resp.status != 200:
+            on_event(f"skipped {repo}:{tag}: HTTP {resp.status}")
+            continue
+        try:
+            manifest = Manifest.parse(resp.body, f"{repo}:{tag}")
+        except IntegrityError:
+            on_event(f"skipped {repo}:{tag}: not a Docker schema2 manifest")
+            continue
+        models.append(ModelEntry(f"{client.target.host}/{repo}:{tag}", manifest.digest,
+                                 len(resp.body)))
+        for b in manifest.blobs:
+            if b.digest not in blobs and client.has_blob(repo, b.digest, b.size):
+                blobs[b.digest] = b.size
+    where = client.target.base + (f"/{namespace}" if namespace else "")
+    return Inventory(created, f"registry {where}", tuple(models),
+                     tuple(BlobRef(d, s) for d, s in blobs.items()))
