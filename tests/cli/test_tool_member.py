@@ -6,7 +6,6 @@ missing, renamed or unlisted tool member is refused like any other change (throu
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,12 @@ import pytest
 from bundler import __version__
 from bundler.layout import tool_member
 from bundler.reader import BundleReader
-from tests.support.common import Keys, run, tree, weights
+from tests.support.common import Keys, fake_pex, run, tree
 from tests.support.scene import Scene
 from tests.support.tar import build, regular, split
 from tests.support.zstd import decompress, frames
 
 MEMBER = tool_member(__version__)
-
-
-def fake_pex(path: Path, version: str = __version__, size: int = 300_000) -> Path:
-    """A zip with the PEX-INFO that scripts/build-pex writes (the part export reads) and
-    incompressible filler, so the member spans several raw blocks. Never executed."""
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("PEX-INFO", json.dumps({"requirements": [f"ollama-bundle=={version}",
-                                                            "zstandard==0.25.0"]}))
-        z.writestr("filler.bin", weights(size, seed=7), compress_type=zipfile.ZIP_STORED)
-    return path
 
 
 @pytest.fixture

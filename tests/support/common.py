@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from bundler import signing
+from bundler import __version__, signing
 from bundler.cli import main
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -110,3 +111,40 @@ def cli(*args: str, env: Mapping[str, str] | None = None,
     """Run `python -m bundler` as a real process."""
     return subprocess.run([sys.executable, "-m", "bundler", *args], input=stdin,
                           capture_output=True, env={**os.environ, **(env or {})}, check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a store must look like after any crash
+
+
+def check_consistent(store: Path) -> None:
+    """No manifest without its blobs; no partial blob under a final name."""
+    blobs = store / "blobs"
+    for path in (blobs.iterdir() if blobs.exists() else []):
+        if path.name.startswith("sha256-"):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name[7:], path
+        else:
+            assert path.name.startswith(".bundle-") and path.name.endswith(".partial"), path
+    manifests = store / "manifests"
+    for path in (manifests.glob("*/*/*/*") if manifests.exists() else []):
+        doc = json.loads(path.read_bytes())
+        for d in [doc["config"], *doc["layers"]]:
+            blob = blobs / f"sha256-{d['digest'][7:]}"
+            assert blob.is_file() and blob.stat().st_size == d["size"], (path, d)
+    # temp manifests live at depth 1 only, never where Ollama's glob looks
+    for path in (manifests.rglob(".bundle-*") if manifests.exists() else []):
+        assert path.parent == manifests
+
+
+# ---------------------------------------------------------------------------------------------
+# A carried tool
+
+
+def fake_pex(path: Path, version: str = __version__, size: int = 300_000) -> Path:
+    """A zip with the PEX-INFO that scripts/build-pex writes (the part export reads) and
+    incompressible filler, so the member spans several raw blocks. Never executed."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("PEX-INFO", json.dumps({"requirements": [f"ollama-bundle=={version}",
+                                                            "zstandard==0.25.0"]}))
+        z.writestr("filler.bin", weights(size, seed=7), compress_type=zipfile.ZIP_STORED)
+    return path

@@ -20,7 +20,9 @@ on another loopback address, 127.0.0.2, with a bucket made.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -29,9 +31,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -320,3 +325,60 @@ def run_moto(directory: Path, bucket: str = "models", host: str = S3_HOST) -> It
         yield S3Server(f"http://{host}:{port}", host, port, bucket, log, proc)
     finally:
         stop_process(proc)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a registry serves
+
+SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def _get(url: str, accept: str | None = None) -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def _assert_served(base: str, repo: str, tag: str, manifest: bytes) -> None:
+    """The registry serves the manifest byte for byte and every blob hashes right."""
+    status, body, headers = _get(f"{base}/v2/{repo}/manifests/{tag}", SCHEMA2)
+    assert status == 200 and body == manifest
+    assert headers["Docker-Content-Digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+    doc = json.loads(body)
+    for d in [doc["config"], *doc["layers"]]:
+        status, blob, _ = _get(f"{base}/v2/{repo}/blobs/{d['digest']}")
+        assert status == 200 and "sha256:" + hashlib.sha256(blob).hexdigest() == d["digest"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe (scripts/registry-for-ollama)
+
+
+def _request(method: str, url: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
+    parts = urlsplit(url)
+    assert parts.hostname
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30.0)
+    try:
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
+                     headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
+
+
+def _kill_leftovers(data: Path) -> None:
+    """If the test failed half-way, kill what the script started (by the pids it recorded)."""
+    for name in ("nginx.pid", "registry.pid"):
+        try:
+            pid = int((data / "run" / name).read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if str(data).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the script started each in its own session

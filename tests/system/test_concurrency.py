@@ -14,10 +14,18 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from tests.support.common import MODEL, PARAMS, TEMPLATE, Keys, make_model, run, tree, weights
-from tests.support.servers import Registry
-from tests.system.test_crash import check_consistent
-from tests.system.test_push import _assert_served
+from tests.support.common import (
+    MODEL,
+    PARAMS,
+    TEMPLATE,
+    Keys,
+    check_consistent,
+    make_model,
+    run,
+    tree,
+    weights,
+)
+from tests.support.servers import Registry, _assert_served
 
 WAITING = "waiting for another import"
 

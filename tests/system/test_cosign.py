@@ -17,9 +17,8 @@ from bundler.digest import Digest
 from bundler.transport import Transport
 from tests.support.common import Keys, make_keys, run
 from tests.support.scene import Scene
-from tests.support.servers import Registry
+from tests.support.servers import Registry, _get
 from tests.support.tar import regular, sha256_hex
-from tests.system.test_push import _get
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -14,32 +13,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.common import MODEL, TEMPLATE, Keys, make_model, run, tree
-from tests.support.servers import Registry
-from tests.system.test_push import SCHEMA2, _get
+from tests.support.common import MODEL, TEMPLATE, Keys, check_consistent, make_model, run, tree
+from tests.support.servers import SCHEMA2, Registry, _get
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 KILL_POINTS = 20  # per harness: store import, registry push, export (60 per CI run)
-
-
-def check_consistent(store: Path) -> None:
-    """No manifest without its blobs; no partial blob under a final name."""
-    blobs = store / "blobs"
-    for path in (blobs.iterdir() if blobs.exists() else []):
-        if path.name.startswith("sha256-"):
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name[7:], path
-        else:
-            assert path.name.startswith(".bundle-") and path.name.endswith(".partial"), path
-    manifests = store / "manifests"
-    for path in (manifests.glob("*/*/*/*") if manifests.exists() else []):
-        doc = json.loads(path.read_bytes())
-        for d in [doc["config"], *doc["layers"]]:
-            blob = blobs / f"sha256-{d['digest'][7:]}"
-            assert blob.is_file() and blob.stat().st_size == d["size"], (path, d)
-    # temp manifests live at depth 1 only, never where Ollama's glob looks
-    for path in (manifests.rglob(".bundle-*") if manifests.exists() else []):
-        assert path.parent == manifests
 
 
 def _big_store(root: Path) -> Path:

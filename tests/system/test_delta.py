@@ -14,8 +14,7 @@ import pytest
 from bundler.bundle import list_bundle
 from tests.support.common import MODEL, TEMPLATE, Keys, make_model, run, tree, weights
 from tests.support.scene import Scene, assert_clean_error
-from tests.support.servers import Registry
-from tests.system.test_push import SCHEMA2, _assert_served, _get
+from tests.support.servers import SCHEMA2, Registry, _assert_served, _get
 
 
 def _ok(args: list[str]) -> Any:

@@ -19,12 +19,20 @@ from pathlib import Path
 import pytest
 
 from bundler.store import Store
-from tests.support.common import MODEL, TEMPLATE, Keys, make_keys, make_model, run, tree, weights
+from tests.support.common import (
+    MODEL,
+    TEMPLATE,
+    Keys,
+    check_consistent,
+    make_keys,
+    make_model,
+    run,
+    tree,
+    weights,
+)
 from tests.support.faultproxy import Answer, fault_proxy
 from tests.support.scene import assert_clean_error
-from tests.support.servers import Registry
-from tests.system.test_crash import check_consistent
-from tests.system.test_push import SCHEMA2, _assert_served, _get
+from tests.support.servers import SCHEMA2, Registry, _assert_served, _get
 
 NOBODY = 65534
 KEEP = "registry.ollama.ai/library/keep/latest"

@@ -3,11 +3,9 @@ clients (skopeo, plain HTTP); faults injected by a loopback proxy in front of it
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import subprocess
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +19,7 @@ from bundler.transport import Transport
 from tests.support.common import MODEL, TEMPLATE, Keys, make_model, run, weights
 from tests.support.faultproxy import Fault, fault_proxy
 from tests.support.ollama_pull import PullError, pull
-from tests.support.servers import OllamaRegistry, Registry
-
-SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-def _get(url: str, accept: str | None = None) -> tuple[int, bytes, dict[str, str]]:
-    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read(), dict(r.headers)
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
-
-
-def _assert_served(base: str, repo: str, tag: str, manifest: bytes) -> None:
-    """The registry serves the manifest byte for byte and every blob hashes right."""
-    status, body, headers = _get(f"{base}/v2/{repo}/manifests/{tag}", SCHEMA2)
-    assert status == 200 and body == manifest
-    assert headers["Docker-Content-Digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
-    doc = json.loads(body)
-    for d in [doc["config"], *doc["layers"]]:
-        status, blob, _ = _get(f"{base}/v2/{repo}/blobs/{d['digest']}")
-        assert status == 200 and "sha256:" + hashlib.sha256(blob).hexdigest() == d["digest"]
+from tests.support.servers import SCHEMA2, OllamaRegistry, Registry, _assert_served, _get
 
 
 def _count(requests: list[str], prefix: str) -> int:

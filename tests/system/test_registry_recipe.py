@@ -4,14 +4,11 @@ scripts/registry-for-ollama."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import http.server
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import threading
@@ -26,7 +23,15 @@ import pytest
 
 from tests.support.common import MANIFEST_V2, MODEL, PARAMS, REPO, TEMPLATE, make_model, weights
 from tests.support.ollama_pull import PullError, PullResult, pull
-from tests.support.servers import OllamaRegistry, Registry, free_port, run_nginx, run_registry
+from tests.support.servers import (
+    OllamaRegistry,
+    Registry,
+    _kill_leftovers,
+    _request,
+    free_port,
+    run_nginx,
+    run_registry,
+)
 
 SCRIPT = REPO / "scripts" / "registry-for-ollama"
 TIMEOUT = 30.0
@@ -35,19 +40,6 @@ PART = 40_000  # -> the weights blob comes down in 8 ranged parts
 
 
 # --- seeding a registry by plain HTTP, as a replay would ------------------------------------
-
-def _request(method: str, url: str, body: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
-    parts = urlsplit(url)
-    assert parts.hostname
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
-    try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
-                     headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read()
-    finally:
-        conn.close()
 
 
 def push_blob(base_url: str, repo: str, data: bytes) -> str:
@@ -253,19 +245,6 @@ def _processes_mentioning(text: str) -> list[str]:
         if text in cmdline and str(SCRIPT) not in cmdline:
             found.append(f"{entry.name}: {cmdline}")
     return found
-
-
-def _kill_leftovers(data: Path) -> None:
-    """If the test failed half-way, kill what the script started (by the pids it recorded)."""
-    for name in ("nginx.pid", "registry.pid"):
-        try:
-            pid = int((data / "run" / name).read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        if str(data).encode() in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # the script started each in its own session
 
 
 def test_script_runs_the_recipe_end_to_end(tmp_path: Path) -> None:

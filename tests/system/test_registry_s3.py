@@ -46,8 +46,7 @@ from bundler import registry as reg
 from bundler.transport import Transport
 from tests.support.common import MANIFEST_V2, MODEL, REPO, TEMPLATE, Keys, make_model, run, weights
 from tests.support.ollama_pull import pull
-from tests.support.servers import S3_HOST, S3Server, free_port, run_moto
-from tests.system.test_registry_recipe import _kill_leftovers, _request
+from tests.support.servers import S3_HOST, S3Server, _kill_leftovers, _request, free_port, run_moto
 
 SCRIPT = REPO / "scripts" / "registry-for-ollama"
 S3_CHUNK = 10 * 1024 * 1024  # Distribution 2.8's S3 driver: defaultChunkSize

@@ -17,9 +17,8 @@ from bundler.errors import IntegrityError
 from bundler.reader import BundleReader
 from bundler.transport import Transport
 from tests.support.common import MODEL, Keys, make_model, run, weights
-from tests.support.servers import Registry
+from tests.support.servers import Registry, _get
 from tests.support.zstd import compress, decompress, frames
-from tests.system.test_push import _get
 
 
 def _rereads(src: BinaryIO, trusted: list[signing.PublicKey]) -> dict[str, bytes | None]:

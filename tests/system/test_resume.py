@@ -328,7 +328,7 @@ def test_ls_of_a_bundle_carrying_the_tool_reads_only_the_head(
         three: tuple[Path, Path], tmp_path: Path, keys: Keys) -> None:
     """With a carried tool the head is several frames (formats/bundle-v1.md §7); `ls` still
     stops where the head ends: the tool is read, no blob after it."""
-    from tests.cli.test_tool_member import fake_pex
+    from tests.support.common import fake_pex
 
     _, direct = three
     pex = fake_pex(tmp_path / "tool.pex", size=2_000_000)
