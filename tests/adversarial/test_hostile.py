@@ -3,18 +3,17 @@ or to exhaust memory. Each is refused with exit 3 by `verify` and `import`; noth
 inside or outside the target (formats/bundle-v1.md §3, §4, §5, §6, §7, §9).
 
 Documents (root.json, index.json, manifests) are edited and then re-signed with the trusted
-key, so that what refuses them is the parser, not the signature.
+key, so that what refuses them is the parser, not the signature. The edits come from the
+catalogue tests/support/hostile.py, which scripts/make-hostile-corpus writes tests/corpus/ from.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,10 +21,26 @@ from bundler import signing
 from bundler.archive import ArchiveReader
 from bundler.layout import signature_member
 from tests.support.common import CONFIG_V1, run, tree
+from tests.support.hostile import (
+    GNU_LONG,
+    HOSTILE_FRAMES,
+    HUGE_SIZES,
+    INDEX_ATTACKS,
+    INDEX_RAW_ATTACKS,
+    MANIFEST_ATTACKS,
+    MANIFEST_RAW_ATTACKS,
+    NEGATIVE_SIZES,
+    PAX_CASES,
+    RENAMES,
+    ROOT_ATTACKS,
+    SPECIAL_TYPES,
+    GiB,
+    huge_size,
+    with_member,
+)
 from tests.support.scene import INDEX, ROOT, Bundle, Scene, run_measured
 from tests.support.tar import (
     BLOCK,
-    Member,
     blob_name,
     build,
     pax_header,
@@ -34,16 +49,7 @@ from tests.support.tar import (
     regular,
     sha256_hex,
 )
-from tests.support.zstd import compress, frames, rle_block, zero_bomb, zstd_frame, zstd_zeros
-
-GiB = 1 << 30
-
-
-def with_member(b: Bundle, pos: int, *parts: Member | bytes, replace: bool) -> bytes:
-    """The bundle's tar with `parts` at `pos`, replacing the member there or inserted before
-    it."""
-    after = pos + 1 if replace else pos
-    return build([*b.members[:pos], *parts, *b.members[after:]])
+from tests.support.zstd import compress, frames, zero_bomb, zstd_zeros
 
 
 def position(b: Bundle, where: str) -> int:
@@ -71,19 +77,6 @@ def test_hostile_name_inserted(scene: Scene, name: str, where: str) -> None:
     scene.refused(scene.write_tar(with_member(b, position(b, where), evil, replace=False)))
 
 
-RENAMES: dict[str, Callable[[str], str]] = {
-    "dot-slash": lambda n: f"./{n}",
-    "absolute": lambda n: f"/{n}",
-    "parent": lambda n: f"../{n}",
-    "detour": lambda n: f"x/../{n}",
-    "double-slash": lambda n: n.replace("/", "//", 1) if "/" in n else f"./{n}",
-    "trailing-slash": lambda n: f"{n}/",
-    "backslashes": lambda n: n.replace("/", "\\") if "/" in n else f".\\{n}",
-    "upper-case": lambda n: n.upper(),
-    "traversal-to-self": lambda n: f"blobs/sha256/../../{n}",
-}
-
-
 @pytest.mark.parametrize("kind", ["index.json", "template", "last"])
 @pytest.mark.parametrize("rename", list(RENAMES))
 def test_member_renamed(scene: Scene, rename: str, kind: str) -> None:
@@ -91,7 +84,7 @@ def test_member_renamed(scene: Scene, rename: str, kind: str) -> None:
     resolve to the same file."""
     b = scene.bundle()
     i = b.kind(kind)
-    b.members[i] = b.members[i].copy(name=RENAMES[rename](b.members[i].name))
+    b.members[i] = b.members[i].copy(name=RENAMES[rename][0](b.members[i].name))
     scene.refused(scene.write_tar(b.tar()))
 
 
@@ -117,29 +110,13 @@ def test_link_member(scene: Scene, type_: bytes, kind: str, link_to: str,
     scene.refused(scene.write_tar(with_member(b, i, link, replace=placement == "replacing")))
 
 
-SPECIAL_TYPES = {
-    "char-device": (tarfile.CHRTYPE, {"devmajor": 1, "devminor": 3}),
-    "block-device": (tarfile.BLKTYPE, {"devmajor": 8, "devminor": 0}),
-    "fifo": (tarfile.FIFOTYPE, {}),
-    "directory": (tarfile.DIRTYPE, {}),
-    "contiguous": (tarfile.CONTTYPE, {}),
-    "gnu-sparse": (tarfile.GNUTYPE_SPARSE, {}),
-    "gnu-volume-label": (b"V", {}),
-    "gnu-multivolume": (b"M", {}),
-    "gnu-dumpdir": (b"D", {}),
-    "unknown-Z": (b"Z", {}),
-    "global-pax": (tarfile.XGLTYPE, {}),
-    "solaris-pax": (tarfile.SOLARIS_XHDTYPE, {}),
-}
-
-
 @pytest.mark.parametrize("kind", ["index.json", "template"])
 @pytest.mark.parametrize("special", list(SPECIAL_TYPES))
 def test_special_member_in_place_of_a_file(scene: Scene, special: str, kind: str) -> None:
     """The member keeps its name and body; only its type changes."""
     b = scene.bundle()
     i = b.kind(kind)
-    type_, fields = SPECIAL_TYPES[special]
+    type_, fields, _ = SPECIAL_TYPES[special]
     b.members[i] = b.members[i].copy(type=type_, **fields)
     scene.refused(scene.write_tar(b.tar()))
 
@@ -174,56 +151,36 @@ def test_old_style_regular_file_type(scene: Scene) -> None:
 # Sizes
 
 
-HUGE = 2**40
 SIZED_KINDS = ["root", "signature", "oci-layout", "index.json", "manifest", "template", "last"]
 
 
-def huge(b: Bundle, i: int, encoding: str) -> list[Member | bytes]:
-    m = b.members[i]
-    pad = bytes(-len(m.data) % BLOCK)
-    if encoding == "pax":
-        return [pax_header(pax_record("size", str(HUGE))), m]
-    if encoding == "gnu-base-256":
-        return [raw_header(m.name, HUGE) + m.data + pad]
-    if encoding == "octal-max":
-        return [raw_header(m.name, 8**11 - 1) + m.data + pad]
-    raise ValueError(encoding)
-
-
-@pytest.mark.parametrize("encoding", ["pax", "gnu-base-256", "octal-max"])
+@pytest.mark.parametrize("encoding", list(HUGE_SIZES))
 @pytest.mark.parametrize("kind", SIZED_KINDS)
 def test_huge_size_in_header(scene: Scene, kind: str, encoding: str) -> None:
     """A header claiming 1 TiB (or 8 GiB - 1) where a small member belongs: refused on the
     header, before reading the body (so not as a truncated file)."""
     b = scene.bundle()
     i = b.kind(kind)
-    stderr = scene.refused(scene.write_tar(with_member(b, i, *huge(b, i, encoding),
+    stderr = scene.refused(scene.write_tar(with_member(b, i, *huge_size(b.members[i], encoding),
                                                        replace=True)))
     assert "ends early" not in stderr and "truncated" not in stderr
 
 
-NEGATIVE: dict[str, int | bytes] = {
-    "base-256-minus-1": -1,
-    "base-256-minus-512": -512,
-    "octal-minus-1000": b"-0000001000\0",
-}
-
-
-@pytest.mark.parametrize("size", list(NEGATIVE))
+@pytest.mark.parametrize("size", list(NEGATIVE_SIZES))
 @pytest.mark.parametrize("kind", ["root", "index.json", "template", "last"])
 def test_negative_size_in_header(scene: Scene, kind: str, size: str) -> None:
     b = scene.bundle()
     i = b.kind(kind)
     m = b.members[i]
-    raw = raw_header(m.name, NEGATIVE[size]) + m.data + bytes(-len(m.data) % BLOCK)
+    raw = raw_header(m.name, NEGATIVE_SIZES[size][0]) + m.data + bytes(-len(m.data) % BLOCK)
     scene.refused(scene.write_tar(with_member(b, i, raw, replace=True)))
 
 
-@pytest.mark.parametrize("size", list(NEGATIVE))
+@pytest.mark.parametrize("size", list(NEGATIVE_SIZES))
 def test_negative_size_signature_member(scene: Scene, size: str) -> None:
     """An extra signature member whose header size is negative: not a valid tar header."""
     b = scene.bundle()
-    raw = raw_header(signature_member("f" * 64), NEGATIVE[size])
+    raw = raw_header(signature_member("f" * 64), NEGATIVE_SIZES[size][0])
     pos = 1 + len(b.signature_positions)
     scene.refused(scene.write_tar(with_member(b, pos, raw, replace=False)))
 
@@ -273,57 +230,10 @@ def test_signature_members_out_of_order(scene: Scene, order: str) -> None:
 # PAX and GNU extensions
 
 
-def _size(n: int) -> str:
-    return str(n)
-
-
-def _odd_length(style: str, n: int) -> bytes:
-    """A `size` record whose length prefix has the right value, spelled as no tar spells it
-    (POSIX: "%d %s=%s\n")."""
-    payload = b" size=%d\n" % n
-    for length in range(10, 100):
-        digits = str(length).encode()
-        spelled = {"plus": b"+" + digits, "underscore": digits[:1] + b"_" + digits[1:]}[style]
-        if len(spelled) + len(payload) == length:
-            return spelled + payload
-    raise AssertionError(style)
-
-
-PAX_CASES: dict[str, tuple[str, Callable[[int], list[bytes]]]] = {
-    "length-plus-sign": ("template", lambda n: [_odd_length("plus", n)]),
-    "length-underscore": ("template", lambda n: [_odd_length("underscore", n)]),
-    "path": ("index.json", lambda n: [pax_record("path", "index.json")]),
-    "path-traversal": ("template", lambda n: [pax_record("path", "../../evil")]),
-    "path-before-root": ("root", lambda n: [pax_record("path", ROOT)]),
-    "size-and-path": ("template", lambda n: [pax_record("size", _size(n)),
-                                             pax_record("path", "x")]),
-    "path-and-size": ("template", lambda n: [pax_record("path", "x"),
-                                             pax_record("size", _size(n))]),
-    "linkpath": ("template", lambda n: [pax_record("linkpath", "/etc/passwd")]),
-    "mtime": ("template", lambda n: [pax_record("mtime", "1.5")]),
-    "uid": ("template", lambda n: [pax_record("uid", "0")]),
-    "comment": ("template", lambda n: [pax_record("comment", "hello")]),
-    "gnu-sparse": ("template", lambda n: [pax_record("GNU.sparse.major", "1")]),
-    "hdrcharset": ("template", lambda n: [pax_record("hdrcharset", "BINARY")]),
-    "size-twice": ("template", lambda n: [pax_record("size", _size(n))] * 2),
-    "size-leading-zero": ("template", lambda n: [pax_record("size", "0" + _size(n))]),
-    "size-plus-sign": ("template", lambda n: [pax_record("size", "+" + _size(n))]),
-    "size-underscore": ("template", lambda n: [pax_record("size", "1_0")]),
-    "size-negative": ("template", lambda n: [pax_record("size", "-1")]),
-    "size-wrong": ("template", lambda n: [pax_record("size", "1")]),
-    "size-huge-in-index": ("index.json", lambda n: [pax_record("size", str(2**40))]),
-    "size-bad-length": ("template", lambda n: [b"99 size=" + _size(n).encode() + b"\n"]),
-    "size-no-newline": ("template", lambda n: [pax_record("size", _size(n))[:-1]]),
-    "empty": ("template", lambda n: [b""]),
-    "over-1-KiB": ("template", lambda n: [pax_record("size", _size(n)),
-                                          pax_record("comment", "x" * 2000)]),
-}
-
-
 @pytest.mark.parametrize("case", list(PAX_CASES))
 def test_pax_header(scene: Scene, case: str) -> None:
     b = scene.bundle()
-    kind, records = PAX_CASES[case]
+    kind, records, _ = PAX_CASES[case]
     i = b.kind(kind)
     header = pax_header(*records(len(b.members[i].data)))
     scene.refused(scene.write_tar(with_member(b, i, header, replace=False)))
@@ -399,18 +309,11 @@ def test_pax_size_header_of_a_big_member_is_accepted(size: int) -> None:
     assert m.is_canonical
 
 
-GNU_LONG = {
-    "longname-index": (tarfile.GNUTYPE_LONGNAME, "index.json"),
-    "longname-traversal": (tarfile.GNUTYPE_LONGNAME, "../../evil"),
-    "longlink": (tarfile.GNUTYPE_LONGLINK, "/etc/passwd"),
-}
-
-
 @pytest.mark.parametrize("case", list(GNU_LONG))
 def test_gnu_long_name(scene: Scene, case: str) -> None:
     b = scene.bundle()
     i = b.kind("index.json")
-    type_, name = GNU_LONG[case]
+    type_, name, _ = GNU_LONG[case]
     long = regular("././@LongLink", name.encode() + b"\0", type=type_)
     scene.refused(scene.write_tar(with_member(b, i, long, replace=False)))
 
@@ -468,62 +371,11 @@ def test_root_lists_a_blob_no_manifest_names(scene: Scene) -> None:
 # JSON documents, re-signed with the trusted key
 
 
-def _first_size(raw: bytes, new: bytes) -> bytes:
-    return re.sub(rb'"size":\d+', b'"size":' + new, raw, count=1)
-
-
-def _nested(opening: bytes, closing: bytes, depth: int) -> bytes:
-    return opening * depth + closing * depth
-
-
-ROOT_ATTACKS: dict[str, Callable[[bytes], bytes]] = {
-    "duplicate-key-blobs": lambda r: b'{"blobs":[],' + r[1:],
-    "duplicate-key-size": lambda r: r.replace(b'"size":', b'"size":0,"size":', 1),
-    "nan-size": lambda r: _first_size(r, b"NaN"),
-    "infinity-size": lambda r: _first_size(r, b"Infinity"),
-    "minus-infinity-size": lambda r: _first_size(r, b"-Infinity"),
-    "float-size": lambda r: re.sub(rb'("size":\d+)', rb"\1.0", r, count=1),
-    "exponent-size": lambda r: re.sub(rb'("size":\d+)', rb"\1e0", r, count=1),
-    "negative-size": lambda r: _first_size(r, b"-1"),
-    "size-2**63": lambda r: _first_size(r, str(2**63).encode()),
-    "size-5000-digits": lambda r: _first_size(r, b"9" * 5000),
-    "bool-size": lambda r: _first_size(r, b"true"),
-    "string-size": lambda r: re.sub(rb'"size":(\d+)', rb'"size":"\1"', r, count=1),
-    "null-size": lambda r: _first_size(r, b"null"),
-    "deep-arrays-10000": lambda r: b'{"x":' + _nested(b"[", b"]", 10_000) + b"," + r[1:],
-    "deep-objects-10000": lambda r: (b'{"x":' + b'{"a":' * 10_000 + b"1" + b"}" * 10_000
-                                     + b"," + r[1:]),
-    "deep-arrays-65": lambda r: b'{"x":' + _nested(b"[", b"]", 65) + b"," + r[1:],
-    "only-brackets-10000": lambda r: b"[" * 10_000,
-    "non-utf8": lambda r: r.replace(b'"ollama-bundle"', b'"ollama-\xffbundle"'),
-    "overlong-utf8": lambda r: r.replace(b'"ollama-bundle"', b'"ollama\xc0\xafbundle"'),
-    "byte-order-mark": lambda r: b"\xef\xbb\xbf" + r,
-    "utf-16": lambda r: r.decode().encode("utf-16"),
-    "trailing-document": lambda r: r + b"{}",
-    "top-level-array": lambda r: b"[" + r.rstrip(b"\n") + b"]\n",
-    "empty": lambda r: b"",
-    "media-type": lambda r: r.replace(b"root.v1+json", b"root.v2+json"),
-    "digest-upper-case": lambda r: re.sub(rb'"sha256:([0-9a-f]{64})"',
-                                          lambda m: b'"sha256:' + m.group(1).upper() + b'"',
-                                          r, count=1),
-    "digest-traversal": lambda r: re.sub(rb'"sha256:[0-9a-f]{64}"',
-                                         b'"sha256:../../../../etc/passwd"', r, count=1),
-    "digest-sha512": lambda r: re.sub(rb'"sha256:([0-9a-f]{64})"',
-                                      lambda m: b'"sha512:' + m.group(1) * 2 + b'"',
-                                      r, count=1),
-    "created-with-offset": lambda r: re.sub(rb'"created":"[^"]*"',
-                                            b'"created":"2026-01-01T00:00:00+01:00"', r),
-    "created-nul": lambda r: re.sub(rb'"created":"([^"]*)"', rb'"created":"\1\\u0000"', r),
-    "blobs-not-a-list": lambda r: b'{"blobs":{},' + r[r.index(b"],") + 2:],
-    "index-missing": lambda r: re.sub(rb'"index":\{[^}]*\},', b"", r),
-}
-
-
 @pytest.mark.parametrize("attack", list(ROOT_ATTACKS))
 def test_root_document(scene: Scene, attack: str) -> None:
     b = scene.bundle()
     raw = b.member(ROOT).data
-    edited = ROOT_ATTACKS[attack](raw)
+    edited = ROOT_ATTACKS[attack][0](raw)
     assert edited != raw
     b.set_root(edited, sign_with=scene.private_key)
     scene.refused(scene.write_tar(b.tar()))
@@ -536,94 +388,22 @@ def test_root_document_resigned_unchanged_is_accepted(scene: Scene) -> None:
     scene.accepted(scene.write_tar(b.tar()))
 
 
-REF = "org.opencontainers.image.ref.name"
-
-
-def _set_name(name: Any, n: int = 0) -> Callable[[dict[str, Any]], None]:
-    def edit(index: dict[str, Any]) -> None:
-        index["manifests"][n]["annotations"][REF] = name
-    return edit
-
-
-def _dup_case(index: dict[str, Any]) -> None:
-    d = dict(index["manifests"][-1])
-    d["annotations"] = {REF: d["annotations"][REF].upper()}
-    index["manifests"].append(d)
-
-
-INDEX_ATTACKS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "name-traversal": _set_name("../../x:y"),
-    "name-namespace-dotdot": _set_name("registry.ollama.ai/../tiny:latest"),
-    "name-absolute": _set_name("/etc/passwd"),
-    "name-extra-parts": _set_name("registry.ollama.ai/library/tiny/../../../evil:latest"),
-    "name-tag-slash": _set_name("registry.ollama.ai/library/tiny:../../evil"),
-    "name-empty": _set_name(""),
-    "name-short": _set_name("tiny:latest"),
-    "name-with-scheme": _set_name("https://registry.ollama.ai/library/tiny:latest"),
-    "name-nul": _set_name("registry.ollama.ai/library/ti\0ny:latest"),
-    "name-newline": _set_name("registry.ollama.ai/library/tiny:latest\n"),
-    "name-non-ascii": _set_name("registry.ollama.ai/library/t\u00efny:latest"),
-    "name-long": _set_name("registry.ollama.ai/library/" + "a" * 100_000 + ":latest"),
-    "name-not-a-string": _set_name(42),
-    "name-missing": lambda i: i["manifests"][0].pop("annotations"),
-    "names-equal-ignoring-case": _dup_case,
-    "manifest-not-in-root": lambda i: i["manifests"][0].update(digest="sha256:" + "ab" * 32),
-    "manifest-size-differs": lambda i: i["manifests"][0].update(size=i["manifests"][0]["size"]
-                                                                + 1),
-    "manifest-media-type": lambda i: i["manifests"][0].update(
-        mediaType="application/vnd.oci.image.manifest.v1+json"),
-    "manifests-reordered": lambda i: i["manifests"].reverse(),
-    "index-media-type": lambda i: i.update(mediaType="application/vnd.oci.image.manifest.v1+json"),
-    "schema-version-string": lambda i: i.update(schemaVersion="2"),
-    "schema-version-true": lambda i: i.update(schemaVersion=True),
-    "manifests-not-a-list": lambda i: i.update(manifests={}),
-}
-
-
 @pytest.mark.parametrize("attack", list(INDEX_ATTACKS))
 def test_index_document(scene: Scene, attack: str) -> None:
     b = scene.bundle()
     index = b.index
-    INDEX_ATTACKS[attack](index)
+    INDEX_ATTACKS[attack][0](index)
     raw = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
     b.set_index(raw, sign_with=scene.private_key)
     scene.refused(scene.write_tar(b.tar()))
-
-
-INDEX_RAW_ATTACKS: dict[str, Callable[[bytes], bytes]] = {
-    "duplicate-key": lambda r: b'{"manifests":[],' + r[1:],
-    "deep-nesting": lambda r: b'{"x":' + _nested(b"[", b"]", 10_000) + b"," + r[1:],
-    "non-utf8": lambda r: r.replace(b"tiny", b"t\xffny", 1),
-    "float-size": lambda r: re.sub(rb'("size":\d+)', rb"\1.0", r, count=1),
-}
 
 
 @pytest.mark.parametrize("attack", list(INDEX_RAW_ATTACKS))
 def test_index_document_bytes(scene: Scene, attack: str) -> None:
     b = scene.bundle()
     raw = b.member(INDEX).data
-    b.set_index(INDEX_RAW_ATTACKS[attack](raw), sign_with=scene.private_key)
+    b.set_index(INDEX_RAW_ATTACKS[attack][0](raw), sign_with=scene.private_key)
     scene.refused(scene.write_tar(b.tar()))
-
-
-def _layer(m: dict[str, Any]) -> dict[str, Any]:
-    layer: dict[str, Any] = m["layers"][0]
-    return layer
-
-
-MANIFEST_ATTACKS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "layer-digest-traversal": lambda m: _layer(m).update(digest="sha256:../../../etc/passwd"),
-    "layer-digest-upper-case": lambda m: _layer(m).update(digest=_layer(m)["digest"].upper()
-                                                          .replace("SHA256", "sha256")),
-    "layer-not-in-bundle": lambda m: _layer(m).update(digest="sha256:" + "cd" * 32),
-    "layer-size-differs": lambda m: _layer(m).update(size=_layer(m)["size"] + 1),
-    "config-missing": lambda m: m.pop("config"),
-    "layers-not-a-list": lambda m: m.update(layers={}),
-    "schema-version-1": lambda m: m.update(schemaVersion=1),
-    "media-type-differs-from-index": lambda m: m.update(
-        mediaType="application/vnd.oci.image.manifest.v1+json"),
-    "unknown-media-type": lambda m: m.update(mediaType="text/plain"),
-}
 
 
 @pytest.mark.parametrize("attack", list(MANIFEST_ATTACKS))
@@ -631,25 +411,17 @@ def test_manifest_document(scene: Scene, attack: str) -> None:
     b = scene.bundle()
     i = b.kind("manifest")
     manifest = json.loads(b.members[i].data)
-    MANIFEST_ATTACKS[attack](manifest)
+    MANIFEST_ATTACKS[attack][0](manifest)
     b.rewrite_manifest(i, json.dumps(manifest, separators=(",", ":")).encode(),
                        sign_with=scene.private_key)
     scene.refused(scene.write_tar(b.tar()))
-
-
-MANIFEST_RAW_ATTACKS: dict[str, Callable[[bytes], bytes]] = {
-    "duplicate-key": lambda r: b'{"layers":[],' + r[1:],
-    "deep-nesting": lambda r: b'{"x":' + _nested(b"[", b"]", 10_000) + b"," + r[1:],
-    "nan": lambda r: _first_size(r, b"NaN"),
-    "over-4-MiB": lambda r: r[:-1] + b',"x":"' + b"x" * (4 * 1024 * 1024) + b'"}',
-}
 
 
 @pytest.mark.parametrize("attack", list(MANIFEST_RAW_ATTACKS))
 def test_manifest_document_bytes(scene: Scene, attack: str) -> None:
     b = scene.bundle()
     i = b.kind("manifest")
-    b.rewrite_manifest(i, MANIFEST_RAW_ATTACKS[attack](b.members[i].data),
+    b.rewrite_manifest(i, MANIFEST_RAW_ATTACKS[attack][0](b.members[i].data),
                        sign_with=scene.private_key)
     scene.refused(scene.write_tar(b.tar()))
 
@@ -744,21 +516,11 @@ def test_decompression_bomb_memory_stays_flat(scene: Scene, bomb: str,
                                                            before.outside)
 
 
-HOSTILE_FRAMES = {
-    "single-segment-claiming-2GiB": zstd_frame([rle_block(0, 1024, last=True)], window_log=None,
-                                               content_size=2 * GiB),
-    "window-256MiB": zstd_frame([rle_block(0, 1024, last=True)], window_log=28),
-    "window-2GiB": zstd_frame([rle_block(0, 1024, last=True)], window_log=31),
-    "content-size-1TiB-holding-1KiB": zstd_frame([rle_block(0, 1024, last=True)],
-                                                 window_log=17, content_size=2**40),
-}
-
-
 @pytest.mark.parametrize("frame", list(HOSTILE_FRAMES))
 @pytest.mark.parametrize("where", ["after-end", "instead-of-last-blob"])
 def test_hostile_zstd_frame(scene: Scene, frame: str, where: str) -> None:
     data = scene.bundle_file.read_bytes()
-    new = HOSTILE_FRAMES[frame]
+    new = HOSTILE_FRAMES[frame][0]
     crafted = data + new if where == "after-end" else _frames_replaced(data, -2, new)
     scene.refused(scene.write(crafted))
 
