@@ -21,9 +21,10 @@ import pytest
 from bundler import cosign, signing
 from bundler.layout import signature_member
 from tests.support.common import Keys, make_keys, run, tree
+from tests.support.hostile import HEADER_EDITS, TRAILING_RAW, TRAILING_TAR, skippable
 from tests.support.scene import INDEX, ROOT, Scene
 from tests.support.tar import EOA, blob_name, build, edit_header, flip, regular, sha256_hex, split
-from tests.support.zstd import compress, decompress, frames, zstd_frame
+from tests.support.zstd import compress, decompress, frames
 
 KINDS = ["root", "signature", "cosign", "oci-layout", "index.json", "manifest", "config", "template",
          "weights", "last"]
@@ -482,52 +483,23 @@ def test_extra_member_after_the_last_blob(scene: Scene, name: str) -> None:
     scene.refused(scene.write_tar(b.tar()))
 
 
-TRAILING_TAR = {
-    "one-byte": b"\x01",
-    "text": b"garbage after the end",
-    "after-a-zero-block": bytes(512) + b"\x01",
-    "after-100-KiB-of-zeros": bytes(100 * 1024) + b"x",
-    "a-whole-member": regular("extra.txt", b"hello").encode() + EOA,
-    "a-member-after-more-zeros": bytes(4096) + regular("extra.txt", b"hello").encode() + EOA,
-    "zeros-over-1-MiB": bytes(1024 * 1024 + 512),
-}
-
-
 @pytest.mark.parametrize("tail", list(TRAILING_TAR))
 def test_trailing_bytes_after_end_of_archive(scene: Scene, tail: str) -> None:
     b = scene.bundle()
-    scene.refused(scene.write_tar(b.tar(end=EOA + TRAILING_TAR[tail])))
-
-
-def _skippable(data: bytes, magic: int = 0x184D2A50) -> bytes:
-    """A skippable frame (RFC 8878 §3.1.2): magic, 4-byte length, user data."""
-    return magic.to_bytes(4, "little") + len(data).to_bytes(4, "little") + data
-
-
-TRAILING_RAW = {
-    "zero-byte": b"\x00",
-    "one-byte": b"\x01",
-    "three-bytes": b"abc",
-    "text": b"garbage " * 100,
-    "lone-zstd-magic": (0xFD2FB528).to_bytes(4, "little"),
-    "frame-header-only": zstd_frame([], window_log=17, content_size=1000),
-    "frame-of-text": compress(b"hello, not zeros"),
-    "skippable-frame-cut-short": _skippable(b"x" * 100)[:20],
-    "skippable-frame-header-only": _skippable(b"")[:6],
-}
+    scene.refused(scene.write_tar(b.tar(end=EOA + TRAILING_TAR[tail][0])))
 
 
 @pytest.mark.parametrize("tail", list(TRAILING_RAW))
 def test_trailing_bytes_after_zstd_stream(scene: Scene, tail: str) -> None:
     data = scene.bundle_file.read_bytes()
-    scene.refused(scene.write(data + TRAILING_RAW[tail]))
+    scene.refused(scene.write(data + TRAILING_RAW[tail][0]))
 
 
 @pytest.mark.parametrize("magic", [0x184D2A50, 0x184D2A5F])
 def test_skippable_frame_after_the_stream_is_accepted(scene: Scene, magic: int) -> None:
     """Control: a complete skippable frame is part of a valid zstd stream (§7)."""
     data = scene.bundle_file.read_bytes()
-    scene.accepted(scene.write(data + _skippable(b"user data", magic) + _skippable(b"", magic)))
+    scene.accepted(scene.write(data + skippable(b"user data", magic) + skippable(b"", magic)))
 
 
 def test_trailing_zeros_within_the_limit_are_accepted(scene: Scene) -> None:
@@ -552,48 +524,13 @@ def test_split_is_exact_for_every_member(scene: Scene) -> None:
 # reader noticing." §3: headers are deterministic and bodies padded with zero bytes.
 
 
-def _put(start: int, value: bytes) -> Callable[[bytearray], None]:
-    def edit(header: bytearray) -> None:
-        header[start : start + len(value)] = value
-    return edit
-
-
-def _prefix_split(header: bytearray) -> None:
-    name = bytes(header[0:100]).rstrip(b"\0")
-    prefix, _, rest = name.rpartition(b"/")
-    assert prefix, name
-    header[0:100] = rest.ljust(100, b"\0")
-    header[345:500] = prefix.ljust(155, b"\0")
-
-
-def _junk_after_name(header: bytearray) -> None:
-    end = bytes(header[0:100]).index(b"\0")
-    header[end + 1 : end + 9] = b"junkjunk"
-
-
-HEADER_EDITS: dict[str, Callable[[bytearray], None]] = {
-    "mtime": _put(136, b"%011o\0" % 1_700_000_000),
-    "mode-setuid": _put(100, b"%07o\0" % 0o4755),
-    "uid": _put(108, b"%07o\0" % 1000),
-    "gid": _put(116, b"%07o\0" % 1000),
-    "uname": _put(265, b"evil"),
-    "gname": _put(297, b"evil"),
-    "linkname": _put(157, b"/etc/passwd"),
-    "devmajor": _put(329, b"%07o\0" % 1),
-    "junk-after-name": _junk_after_name,
-    "name-in-prefix-field": _prefix_split,
-    "gnu-magic": _put(257, b"ustar  \0"),
-    "unused-tail": _put(500, b"x" * 12),
-}
-
-
 @pytest.mark.parametrize("edit", list(HEADER_EDITS))
 def test_header_field_changed(scene: Scene, edit: str) -> None:
     """A header field the reader does not use, changed in the last blob's header, the header
     checksum made right."""
     b = scene.bundle()
     i = b.kind("last")
-    raw = edit_header(b.members[i], HEADER_EDITS[edit])
+    raw = edit_header(b.members[i], HEADER_EDITS[edit][0])
     assert raw != b.members[i].encode()
     scene.refused(scene.write_tar(build([*b.members[:i], raw, *b.members[i + 1 :]])))
 

@@ -17,8 +17,17 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.scene import ROOT, Bundle
-from tests.support.tar import BLOCK, Member, build, pax_header, pax_record, raw_header
-from tests.support.zstd import rle_block, zstd_frame
+from tests.support.tar import (
+    BLOCK,
+    EOA,
+    Member,
+    build,
+    pax_header,
+    pax_record,
+    raw_header,
+    regular,
+)
+from tests.support.zstd import compress, rle_block, zstd_frame
 
 GiB = 1 << 30
 HUGE = 2**40
@@ -415,6 +424,87 @@ HOSTILE_FRAMES: dict[str, tuple[bytes, str]] = {
     "content-size-2-64-minus-1": (zstd_frame([rle_block(0, 1024, last=True)], window_log=17,
                                              content_size=2**64 - 1),
                                   "a frame declaring 2^64 - 1 bytes of content"),
+}
+
+
+
+def skippable(data: bytes, magic: int = 0x184D2A50) -> bytes:
+    """A skippable frame (RFC 8878 §3.1.2): magic, 4-byte length, user data."""
+    return magic.to_bytes(4, "little") + len(data).to_bytes(4, "little") + data
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes after the end (tests/adversarial/test_tamper.py; the corpus's "Trailing" group)
+
+# after the tar's end-of-archive marker, inside the compressed stream
+TRAILING_TAR: dict[str, tuple[bytes, str]] = {
+    "one-byte": (b"\x01", "one byte 0x01"),
+    "text": (b"garbage after the end", "text"),
+    "after-a-zero-block": (bytes(512) + b"\x01", "a zero block, then 0x01"),
+    "after-100-KiB-of-zeros": (bytes(100 * 1024) + b"x", "100 KiB of zeros, then 'x'"),
+    "a-whole-member": (regular("extra.txt", b"hello").encode() + EOA,
+                       "a whole member and another end marker"),
+    "a-member-after-more-zeros": (bytes(4096) + regular("../evil", EVIL).encode() + EOA,
+                                  "4 KiB of zeros, then a member '../evil'"),
+    "a-plain-member-after-more-zeros": (bytes(4096) + regular("extra.txt", b"hello").encode()
+                                        + EOA, "4 KiB of zeros, then a member 'extra.txt'"),
+    "zeros-over-1-MiB": (bytes(1024 * 1024 + 512), "1 MiB + 512 zero bytes"),
+}
+
+# after the zstd stream (the seek table)
+TRAILING_RAW: dict[str, tuple[bytes, str]] = {
+    "zero-byte": (b"\x00", "one zero byte"),
+    "one-byte": (b"\x01", "one byte 0x01"),
+    "three-bytes": (b"abc", "three bytes 'abc'"),
+    "text": (b"garbage " * 100, "800 bytes of text"),
+    "lone-zstd-magic": ((0xFD2FB528).to_bytes(4, "little"), "a lone zstd magic number"),
+    "frame-header-only": (zstd_frame([], window_log=17, content_size=1000),
+                          "a zstd frame header with no blocks"),
+    "frame-of-text": (compress(b"hello, not zeros"), "a complete zstd frame of text"),
+    "skippable-frame-cut-short": (skippable(b"x" * 100)[:20], "a skippable frame cut short"),
+    "skippable-frame-header-only": (skippable(b"")[:6], "6 bytes of a skippable frame"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Header fields the reader does not use, edited in a member's ustar header (checksum made
+# right by whoever applies them: tests.support.tar.edit_header)
+
+
+def put(start: int, value: bytes) -> Callable[[bytearray], None]:
+    def edit(header: bytearray) -> None:
+        header[start : start + len(value)] = value
+    return edit
+
+
+def _prefix_split(header: bytearray) -> None:
+    name = bytes(header[0:100]).rstrip(b"\0")
+    prefix, _, rest = name.rpartition(b"/")
+    assert prefix, name
+    header[0:100] = rest.ljust(100, b"\0")
+    header[345:500] = prefix.ljust(155, b"\0")
+
+
+def _junk_after_name(header: bytearray) -> None:
+    end = bytes(header[0:100]).index(b"\0")
+    header[end + 1 : end + 9] = b"junkjunk"
+
+
+HEADER_EDITS: dict[str, tuple[Callable[[bytearray], None], str]] = {
+    "mtime": (put(136, b"%011o\0" % 1_700_000_000), "an mtime"),
+    "mode-setuid": (put(100, b"%07o\0" % 0o4755), "mode 4755 (setuid)"),
+    "mode-world-writable": (put(100, b"%07o\0" % 0o777), "mode 0777"),
+    "uid": (put(108, b"%07o\0" % 1000), "uid 1000"),
+    "gid": (put(116, b"%07o\0" % 1000), "gid 1000"),
+    "uname": (put(265, b"root"), "uname root"),
+    "uname-evil": (put(265, b"evil"), "uname evil"),
+    "gname": (put(297, b"evil"), "gname evil"),
+    "linkname": (put(157, b"/etc/passwd"), "a link name /etc/passwd on a regular file"),
+    "devmajor": (put(329, b"%07o\0" % 1), "a device major number"),
+    "junk-after-name": (_junk_after_name, "bytes after the NUL that ends the name"),
+    "name-in-prefix-field": (_prefix_split, "its directory moved to the ustar prefix field"),
+    "gnu-magic": (put(257, b"ustar  \0"), "the GNU magic 'ustar  '"),
+    "unused-tail": (put(500, b"x" * 12), "bytes in the unused tail"),
 }
 
 
