@@ -1,6 +1,7 @@
-"""The catalogue of hostile edits to a bundle (formats/threat-model.md T12-T15), one copy for
-both users: tests/adversarial/test_hostile.py runs each on a fresh bundle of its own, and
-scripts/make-hostile-corpus writes each, made from its base bundle, into tests/corpus/.
+"""The catalogue of hostile edits to a bundle (formats/threat-model.md T3, T4, T12-T15), one
+copy for both users: tests/adversarial/test_hostile.py and test_tamper.py run each on a fresh
+bundle of their own, and scripts/make-hostile-corpus writes each, made from its base bundle,
+into tests/corpus/.
 
 Each table maps a case's tag to what the edit does and a line saying what it attacks (the
 corpus's README and cases.json show that line). Where an edit goes (which member, which
