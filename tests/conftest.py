@@ -1,31 +1,43 @@
-"""Shared fixtures: stores built in code, key pairs, the CLI runner, the loopback-only guard."""
+"""Shared fixtures (the loopback-only guard, key pairs, an isolated environment, stores and
+bundles) and the suite's shape: fixture modules in tests/support/ registered as plugins, and a
+marker per folder (unit, cli, adversarial, system) so that `pytest -m "not system"` leaves out
+every test that starts a server, an unshared namespace or a crash harness."""
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import json
-import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from bundler import oscompat, signing
-from bundler.cli import main
+from bundler import oscompat
+from tests.support.common import REPO, Keys, make_keys, run, small_store
 
-REPO = Path(__file__).resolve().parent.parent
-MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-CONFIG_V1 = "application/vnd.docker.container.image.v1+json"
-MODEL = "application/vnd.ollama.image.model"
-TEMPLATE = "application/vnd.ollama.image.template"
-PARAMS = "application/vnd.ollama.image.params"
+pytest_plugins = [
+    "tests.support.scene",
+    "tests.support.servers",
+    "tests.support.tls_registry",
+    "tests.support.token_registry",
+]
+
+GROUPS = ("unit", "cli", "adversarial", "system")
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's name (pyproject.toml registers the markers)."""
+    for item in items:
+        try:
+            group = item.path.resolve().relative_to(_TESTS).parts[0]
+        except ValueError:
+            continue
+        if group in GROUPS:
+            item.add_marker(getattr(pytest.mark, group))
 
 
 def _loopback(host: str) -> bool:
@@ -48,78 +60,6 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
         real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
-
-
-def write_blob(store: Path, data: bytes) -> dict[str, Any]:
-    hex_ = hashlib.sha256(data).hexdigest()
-    (store / "blobs").mkdir(parents=True, exist_ok=True)
-    (store / "blobs" / f"sha256-{hex_}").write_bytes(data)
-    return {"digest": f"sha256:{hex_}", "size": len(data)}
-
-
-def go_json(obj: Any) -> bytes:
-    """Compact JSON with Go's HTML escaping, as Ollama's registry and json.Marshal write it."""
-    text = json.dumps(obj, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
-
-
-def make_model(store: Path, path: str, layers: Sequence[tuple[str, bytes]],
-               config: bytes | None = None) -> bytes:
-    """Write blobs and a manifest at manifests/<path>, formatted as Ollama writes them."""
-    cfg = write_blob(store, config if config is not None else
-                     go_json({"model_format": "gguf", "model_family": "llama"}) + b"\n")
-    manifest = go_json({
-        "schemaVersion": 2, "mediaType": MANIFEST_V2,
-        "config": {"mediaType": CONFIG_V1, **cfg},
-        "layers": [{"mediaType": mt, **write_blob(store, data)} for mt, data in layers],
-    })
-    target = store / "manifests" / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(manifest)
-    return manifest
-
-
-def weights(n: int, seed: int = 0) -> bytes:
-    """Deterministic incompressible bytes behind a GGUF magic."""
-    out, i = bytearray(b"GGUF\x03\x00\x00\x00"), 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{seed}:{i}".encode()).digest()
-        i += 1
-    return bytes(out[:n])
-
-
-def small_store(root: Path) -> Path:
-    """Three models, one weights blob shared by two tags, names across hosts."""
-    w = weights(300_000)
-    make_model(root, "registry.ollama.ai/library/tiny/latest",
-               [(MODEL, w), (TEMPLATE, b"{{ .Prompt }}"), (PARAMS, b'{"stop":["\\u003c|eot|\\u003e"]}\n')])
-    make_model(root, "registry.ollama.ai/library/tiny/chat",
-               [(MODEL, w), (TEMPLATE, b"{{ .System }} {{ .Prompt }}")])
-    make_model(root, "hf.co/org/repo/Q4_K_M", [(MODEL, weights(200_000, seed=1))])
-    return root
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every file under root (but our lock file) with its sha256: compare stores byte for byte."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name not in (".ollama-bundle.lock",
-                                          ".ollama-bundle.releases.json"):
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-@dataclass
-class Keys:
-    key: Path
-    pub: Path
-    keyid: str
-
-
-def make_keys(directory: Path, name: str = "signer", passphrase: bytes | None = None) -> Keys:
-    key = signing.generate()
-    key_path, pub_path = signing.write_key_pair(directory / name, key, passphrase)
-    return Keys(key_path, pub_path, key.public.keyid)
 
 
 @pytest.fixture
@@ -153,12 +93,6 @@ def os_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     return bool(request.param)
 
 
-def run(args: Sequence[str], env: Mapping[str, str] | None = None,
-        input: bytes | None = None) -> Result:
-    return CliRunner().invoke(main, list(args), env=dict(env or {}), input=input,
-                              catch_exceptions=False)
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return small_store(tmp_path / "store")
@@ -170,13 +104,6 @@ def bundle_file(tmp_path: Path, store: Path, keys: Keys, env: dict[str, str]) ->
     r = run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o", str(out)])
     assert r.exit_code == 0, r.stderr
     return out
-
-
-def cli(*args: str, env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run `python -m bundler` as a real process."""
-    return subprocess.run([sys.executable, "-m", "bundler", *args], input=stdin,
-                          capture_output=True, env={**os.environ, **(env or {})}, check=False)
 
 
 @pytest.fixture

@@ -1,0 +1,190 @@
+"""The air-gapped side for real: the PEX that scripts/build-pex makes, carried inside a bundle,
+and the wheelhouse kit of scripts/build-kit, run in a network namespace with no network at all
+(only a loopback that is down), with `python3 -I` and an empty, read-only HOME.
+
+The builds need the package index, so they run once per session outside the namespace."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bundler import __version__
+from tests.support.common import REPO, make_keys, tree
+
+PYTHON = Path(sys.base_prefix) / "bin" / "python3"  # a stock interpreter, not our venv
+TOOL_MEMBER = f"ollama-bundle/tool/ollama-bundle-{__version__}.pex"
+
+
+@dataclass(frozen=True)
+class Built:
+    pex: Path
+    pex_again: Path
+    kit: Path
+
+
+def _build(script: str, out: Path) -> None:
+    r = subprocess.run([str(REPO / "scripts" / script), "-o", str(out)], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    d = tmp_path_factory.mktemp("offline-build")
+    _build("build-pex", d / "first.pex")
+    _build("build-pex", d / "second.pex")
+    _build("build-kit", d / "kit.tar")
+    yield Built(d / "first.pex", d / "second.pex", d / "kit.tar")
+
+
+def offline(script: str, workdir: Path) -> subprocess.CompletedProcess[str]:
+    """Run `script` (sh) in new network and mount namespaces: no interface but a loopback,
+    HOME an empty read-only tmpfs, an environment of PATH, HOME and LANG only."""
+    home = workdir / "home"
+    home.mkdir(exist_ok=True)
+    prelude = (f"set -eu; mount -t tmpfs -o ro,size=64k tmpfs {home}; cd {workdir}; "
+               # prove it: no network interface but lo, and HOME cannot be written
+               "[ \"$(awk 'NR > 2 {print $1}' /proc/net/dev)\" = lo: ] "
+               "|| { echo 'network present' >&2; exit 99; }; "
+               "! touch \"$HOME/x\" 2>/dev/null || { echo 'HOME writable' >&2; exit 99; }; ")
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": str(home), "LANG": "C.UTF-8"}
+    return subprocess.run(["unshare", "--net", "--mount", "sh", "-c", prelude + script],
+                          env=env, capture_output=True, text=True, check=False, timeout=600)
+
+
+def _sh(args: Sequence[str | Path]) -> str:
+    return " ".join("'" + str(a).replace("'", "'\\''") + "'" for a in args)
+
+
+@pytest.fixture
+def signed_bundle(tmp_path: Path, built: Built) -> tuple[Path, Path, Path]:
+    """A store, a key pair and a signed bundle of the store carrying the PEX."""
+    store = tmp_path / "store"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make-sample-store"), str(store),
+                    "--size", "1MiB"], check=True, capture_output=True)
+    keys = make_keys(tmp_path / "keys")
+    bundle = tmp_path / "models.tar.zst"
+    r = subprocess.run([sys.executable, "-m", "bundler", "export", "--all", "--models",
+                        str(store), "--key", str(keys.key), "--with-tool", str(built.pex),
+                        "-o", str(bundle)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    return store, keys.pub, bundle
+
+
+def test_pex_builds_are_byte_identical(built: Built) -> None:
+    first, second = built.pex.read_bytes(), built.pex_again.read_bytes()
+    assert len(first) > 1_000_000 and first == second
+
+
+def test_pex_carries_every_target(built: Built) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(built.pex) as z:
+        wheels = json.loads(z.read("PEX-INFO"))["distributions"]
+    for name in ("zstandard", "cffi"):
+        for py in ("cp311", "cp312", "cp313"):
+            for arch in ("x86_64", "aarch64"):
+                assert any(w.startswith(f"{name}-") and f"-{py}-" in w and w.endswith(
+                    f"{arch}.whl") for w in wheels), (name, py, arch)
+    for arch in ("x86_64", "aarch64"):  # one abi3 wheel serves every version
+        assert any(w.startswith("cryptography-") and "abi3-manylinux_2_28_" in w
+                   and w.endswith(f"{arch}.whl") for w in wheels), arch
+
+
+def test_tool_from_bundle_imports_it_offline(tmp_path: Path,
+                                             signed_bundle: tuple[Path, Path, Path]) -> None:
+    store, public, bundle = signed_bundle
+    work = tmp_path / "airgap"
+    work.mkdir()
+    shutil.copy(bundle, work / "models.tar.zst")
+    shutil.copy(public, work / "release.pub")
+    # README "First time on the air-gapped side", steps 1-5, with stock tools only
+    script = (
+        "KEYID=$(openssl pkey -pubin -in release.pub -outform DER | sha256sum | cut -c1-64); "
+        "tar --zstd -xf models.tar.zst --occurrence ollama-bundle/root.json "
+        "\"ollama-bundle/signatures/$KEYID.sig\" ollama-bundle/tool/; "
+        "base64 -d \"ollama-bundle/signatures/$KEYID.sig\" > root.sig.der; "
+        "openssl dgst -sha256 -verify release.pub -signature root.sig.der "
+        "ollama-bundle/root.json; "
+        "TOOL=$(ls ollama-bundle/tool/ollama-bundle-*.pex); "
+        "echo \"$(grep -o '\"toolFile\":{[^}]*}' ollama-bundle/root.json "
+        "| grep -o 'sha256:[0-9a-f]*' | cut -c8-)  $TOOL\" | sha256sum -c; "
+        f"{_sh([PYTHON])} -I \"$TOOL\" --version; "
+        f"{_sh([PYTHON])} -I \"$TOOL\" verify --trust release.pub models.tar.zst; "
+        f"{_sh([PYTHON])} -I \"$TOOL\" import models.tar.zst --trust release.pub "
+        "--models imported; "
+        "echo DONE")
+    r = offline(script, work)
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("DONE"), r.stdout + r.stderr
+    assert "Verified OK" in r.stdout and f"{TOOL_MEMBER}: OK" in r.stdout
+    assert f"tool {TOOL_MEMBER} verified" in r.stdout
+    assert tree(work / "imported") == tree(store)
+
+
+def test_tampered_tool_fails_the_stock_check(tmp_path: Path,
+                                             signed_bundle: tuple[Path, Path, Path]) -> None:
+    """The sha256sum step of the recipe catches a tool that is not the one the root names."""
+    _, _, bundle = signed_bundle
+    work = tmp_path / "airgap"
+    work.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(bundle), "-C", str(work),
+                    "ollama-bundle/root.json", "ollama-bundle/tool/"], check=True)
+    with (work / TOOL_MEMBER).open("ab") as f:
+        f.write(b"\0")
+    script = ("want=$(grep -o '\"toolFile\":{[^}]*}' ollama-bundle/root.json "
+              "| grep -o 'sha256:[0-9a-f]*' | cut -c8-); "
+              f"echo \"$want  {TOOL_MEMBER}\" | sha256sum -c")
+    r = offline(script, work)
+    assert r.returncode == 1 and "FAILED" in r.stdout, r.stdout + r.stderr
+
+
+def test_kit_installs_offline_and_verifies(tmp_path: Path, built: Built,
+                                           signed_bundle: tuple[Path, Path, Path]) -> None:
+    _, public, bundle = signed_bundle
+    work = tmp_path / "airgap"
+    work.mkdir()
+    kit = f"ollama-bundle-{__version__}-kit"
+    script = (f"tar -xf {_sh([built.kit])}; "
+              f"PYTHON={_sh([PYTHON])} ./{kit}/install.sh venv; "
+              f"venv/bin/bundle verify --trust {_sh([public])} {_sh([bundle])}; echo DONE")
+    r = offline(script, work)
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("DONE"), r.stdout + r.stderr
+    assert "OK " in r.stdout and "tool " in r.stdout
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_pex_runs_on_other_pythons(tmp_path: Path, built: Built, version: str) -> None:
+    """The other x86_64 targets, where this machine has those interpreters."""
+    candidates: list[str | Path | None] = [shutil.which(f"python{version}")]
+    if pyenv := shutil.which("pyenv"):  # pyenv's shims answer only for its global versions
+        root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False)
+        candidates += sorted(Path(root.stdout.strip()).glob(f"versions/{version}.*/bin/"
+                                                             f"python{version}"))
+    python = next((str(c) for c in candidates if c and subprocess.run(
+        [str(c), "-c", ""], capture_output=True, check=False).returncode == 0), None)
+    if python is None:
+        pytest.skip(f"no python{version} here")
+    r = offline(f"{_sh([python])} -I {_sh([built.pex])} --version", tmp_path)
+    assert r.returncode == 0 and __version__ in r.stdout, r.stdout + r.stderr
+
+
+def test_tool_digest_is_the_roots(tmp_path: Path, built: Built,
+                                  signed_bundle: tuple[Path, Path, Path]) -> None:
+    """What export wrote into the root is the built file's sha256 and size."""
+    _, _, bundle = signed_bundle
+    subprocess.run(["tar", "--zstd", "-xf", str(bundle), "-C", str(tmp_path),
+                    "ollama-bundle/root.json"], check=True)
+    root = json.loads((tmp_path / "ollama-bundle" / "root.json").read_bytes())
+    data = built.pex.read_bytes()
+    assert root["toolFile"] == {"digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+                                "size": len(data), "version": __version__}
