@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar
 
 import click
 from tqdm import tqdm
@@ -30,16 +30,16 @@ from bundler import (
     push,
     releases,
     signing,
+    split,
     store_import,
     verify,
-    volumes,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
 from bundler.layout import Base, External, ToolRef, format_created
 from bundler.oci import Manifest
 from bundler.progress import format_size, plural
-from bundler.reader import Head, open_split
+from bundler.reader import Head, open_bundle
 from bundler.registry import client as registry
 from bundler.registry import connect, transport
 from bundler.registry.connect import RegistryOptions
@@ -315,7 +315,7 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
         raise UsageError("name the models to export, or pass --all (not both)")
     if unsigned and key_path:
         raise UsageError("--unsigned and --key contradict each other")
-    part_size = None if split_size is None else volumes.parse_size(split_size)
+    part_size = None if split_size is None else split.parse_size(split_size)
     if output == "-" and (part_size is not None or verify_after_write or parity_percent):
         raise UsageError("--split, --parity and --verify-after-write need -o FILE, not stdout")
     if parity_percent:
@@ -431,7 +431,7 @@ def _resolve_bundle(args: tuple[str, ...]) -> str:
             found += inside
         else:
             found.append(arg)
-    firsts = [f for f in found if (volumes.split_name(Path(f).name) or ("", 0))[1] == 1]
+    firsts = [f for f in found if split.is_first_part(Path(f).name)]
     if len(firsts) == 1:
         return firsts[0]
     if len(found) == 1:
@@ -453,22 +453,7 @@ def _open_bundle(path: str, *, whole: bool = True) -> Iterator[BinaryIO]:
         with open(fd, "rb", buffering=0, closefd=False) as stdin:
             yield stdin
         return
-    if whole and (volumes.split_name(Path(path).name) or ("", 0))[1] == 1:
-        reader = open_split(Path(path))
-        try:
-            yield cast("BinaryIO", reader)
-        finally:
-            reader.close()
-        return
-    try:
-        f = Path(path).open("rb", buffering=0)
-    except FileNotFoundError:
-        raise NotFoundError(f"bundle not found: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a bundle file") from None
-    except OSError as e:
-        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
-    with f:
+    with open_bundle(Path(path), parts=whole) as f:
         yield f
 
 

@@ -12,10 +12,10 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol
 
 from bundler import __version__, cosign, modelkind, parity, signing
-from bundler.archive import ArchiveWriter, seek_table
+from bundler.archive import ArchiveWriter
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
@@ -50,13 +50,14 @@ from bundler.progress import (
     no_progress,
     plural,
 )
-from bundler.reader import open_split
+from bundler.reader import open_bundle
 from bundler.reference import ModelName, pick
 from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client, describe_error
+from bundler.split import Part, SplitOutput
 from bundler.store import Store
-from bundler.streams import ReadAhead, Sink, SplitOutput, open_output
+from bundler.streams import ReadAhead, Sink, open_output
 from bundler.verify import verify_bundle
-from bundler.volumes import Part, split_name
+from bundler.zstdframes import seek_table
 
 TOOL_NAME = "ollama-bundle"
 
@@ -350,7 +351,7 @@ def write_bundle(plan: ExportPlan, output: str | Sink, options: WriteOptions, *,
         on_event(f"wrote par2 repair data ({options.parity_percent} %) for "
                  f"{plural(len(files), 'file')}")
     if options.verify_after_write:
-        with _open_written(written) as f, meters("verify", None) as bar:
+        with open_bundle(Path(written)) as f, meters("verify", None) as bar:
             verify_bundle(f, [k.public for k in options.keys],
                           allow_unsigned=not options.keys,
                           on_total=lambda n: bar.reset(n), on_bytes=bar.update)
@@ -363,20 +364,6 @@ def _export(plan: ExportPlan, out: Sink | SplitOutput, options: WriteOptions,
     return export_bundle(plan, out, keys=options.keys, level=options.level,
                          created_epoch=options.created_epoch, on_bytes=on_bytes,
                          tool=options.tool)
-
-
-@contextlib.contextmanager
-def _open_written(path: str) -> Iterator[BinaryIO]:
-    """What was written, as 'bundle verify' opens it: a name NAME.001 as a split bundle."""
-    if (split_name(Path(path).name) or ("", 0))[1] == 1:
-        reader = open_split(Path(path))
-        try:
-            yield cast("BinaryIO", reader)
-        finally:
-            reader.close()
-        return
-    with Path(path).open("rb", buffering=0) as f:
-        yield f
 
 
 def _write_tool(writer: ArchiveWriter, tool: CarriedTool) -> None:

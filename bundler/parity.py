@@ -12,7 +12,7 @@ from glob import escape as glob_escape
 from pathlib import Path
 
 from bundler.errors import BundlerError, NotFoundError
-from bundler.volumes import split_name
+from bundler.split import split_name
 
 
 def _par2() -> str:

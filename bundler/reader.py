@@ -3,16 +3,17 @@ checked against the root while it streams."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from bundler import cosign, signing
 from bundler.archive import ArchiveReader, Member, member_header, member_spans, padding
 from bundler.digest import Digest
-from bundler.errors import IntegrityError, NotFoundError, UsageError
+from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
     INDEX_MEMBER,
     MAX_INDEX_BYTES,
@@ -35,9 +36,8 @@ from bundler.layout import (
 )
 from bundler.oci import MAX_MANIFEST_BYTES, Index
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
-from bundler.streams import PartsReader
+from bundler.split import PartsReader, is_first_part, part_name, split_name
 from bundler.trust import Signatures, check_registry_signatures, decide_trust, refuse_untrusted
-from bundler.volumes import part_name, split_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +124,29 @@ def open_split(first: Path) -> PartsReader:
     trailer = first.with_name(part_name(stem, len(root.parts) + 2))
     return PartsReader(paths, [(p.size, p.digest) for p in root.parts],
                        trailer if trailer.is_file() else None)
+
+
+@contextlib.contextmanager
+def open_bundle(path: Path, *, parts: bool = True) -> Iterator[BinaryIO]:
+    """A bundle file, unbuffered; with `parts`, a split bundle named by its first part NAME.001
+    is opened whole (formats/bundle-v1.md §10)."""
+    if parts and is_first_part(path.name):
+        reader = open_split(path)
+        try:
+            yield cast("BinaryIO", reader)
+        finally:
+            reader.close()
+        return
+    try:
+        f = path.open("rb", buffering=0)
+    except FileNotFoundError:
+        raise NotFoundError(f"bundle not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a bundle file") from None
+    except OSError as e:
+        raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        yield f
 
 
 def _head_frames(rows: list[tuple[int, int]], root: Root) -> int | None:

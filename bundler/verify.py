@@ -12,8 +12,8 @@ from bundler import signing
 from bundler.errors import IntegrityError, UsageError
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
 from bundler.reader import BundleReader, Head
+from bundler.split import part_name, split_name
 from bundler.streams import ReadAhead
-from bundler.volumes import part_name, split_name
 
 
 def list_bundle(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:

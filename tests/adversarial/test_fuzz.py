@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bundler import cosign, signing
-from bundler.archive import FrameWalker, member_spans, parse_seek_table, seek_table
+from bundler.archive import member_spans
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, UsageError
 from bundler.inventory import Inventory
@@ -25,6 +25,7 @@ from bundler.layout import Root
 from bundler.oci import Index, Manifest
 from bundler.reader import BundleReader
 from bundler.reference import ModelName
+from bundler.zstdframes import FrameWalker, parse_seek_table, seek_table
 from tests.support.zstd import compress, decompress
 
 # CI: 250 examples per property (a few thousand in all); scripts/fuzz sets many more

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bundler.errors import UsageError
-from bundler.volumes import parse_size
+from bundler.split import parse_size
 from tests.support.common import MODEL, TEMPLATE, Keys, make_model, run, tree, weights
 from tests.support.scene import assert_clean_error
 from tests.support.zstd import decompress, frames
