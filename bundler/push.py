@@ -169,12 +169,16 @@ def push_bundle(
     with BundleReader(src, on_bytes) as reader, _Uploads(client, jobs) as uploads:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
         items = plan_push(head, client.target, only)
-        items, refused, refusal = _store_empty_blob(client, items)
-        result = PushResult(head, client.target, items)
         placement = Placement.of(items)
         placement.find_external(head.root.external, client)
+        # a missing base refuses the push before anything is written (formats/bundle-v1.md §4.3)
         require_bases(head, [i.model for i in items], placement.found_external,
                       f"the registry {client.target.base}")
+        items, refused, refusal = _store_empty_blob(client, items)
+        if refused:
+            placement = Placement.of(items)
+            placement.find_external(head.root.external, client)
+        result = PushResult(head, client.target, items)
         placement.place(head.layer_blobs, client)
         result.present, result.mounted = placement.present, placement.mounted
         result.uploaded, result.uploaded_bytes = placement.uploaded, placement.uploaded_bytes
