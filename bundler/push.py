@@ -256,10 +256,11 @@ class Placement:
             home = next((r for r in repos if registry.has_blob(r, e.blob.digest, e.blob.size)),
                         None)
             source = self.natural.get(e.blob.digest)
-            if home is None and repos and source and registry.mount(repos[0], e.blob.digest,
-                                                                    source):
-                home = repos[0]
-                self.mounted += 1
+            if home is None and repos and source and registry.has_blob(source, e.blob.digest,
+                                                                       e.blob.size):
+                # mounted from there by cross_mounts, once the bases are known to be there:
+                # a push refused for a missing base writes nothing, not even a mount
+                home = source
             if home is not None:
                 self.homes[e.blob.digest] = (home, repos, e.blob.size)
                 self.found_external.add(e.blob.digest)

@@ -98,7 +98,9 @@ def test_missing_base_blob_is_refused_before_anything_is_written(
 def test_delta_chain_into_the_registry(train: dict[str, Path], registry: Registry,
                                        keys: Keys, store: Path) -> None:
     url = registry.url + "/train"
-    # a fresh namespace has nothing: month 3 alone is refused before a single blob is pushed
+    # a fresh namespace has nothing: month 3 alone is refused before a single blob is pushed,
+    # not even mounted from where the registry has month 1 under the models' own names
+    _ok(["import", str(train["m1"]), "--to-registry", registry.url, "--trust", str(keys.pub)])
     r = run(["import", str(train["m3"]), "--to-registry", registry.url + "/empty", "--trust",
              str(keys.pub)])
     assert r.exit_code == 4 and "leaves out" in r.stderr and "m2.tar.zst" in r.stderr, r.output
