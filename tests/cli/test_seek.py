@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.common import MODEL, TEMPLATE, Keys, make_model, run, tree, weights
+from tests.support.common import MODEL, TEMPLATE, Keys, make_model, rchar, run, tree, weights
 
 MB = 1_000_000
 # What a targeted read may read besides the blobs it writes: the head (root, signatures,
@@ -21,17 +21,10 @@ MB = 1_000_000
 SLACK = 256 * 1024
 
 
-def _rchar() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no rchar")
-
-
 def _counted(args: list[str]) -> tuple[Any, int]:
-    before = _rchar()
+    before = rchar()
     r = run([*args, "--json"])
-    read = _rchar() - before
+    read = rchar() - before
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout), read
 

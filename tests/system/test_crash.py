@@ -13,7 +13,16 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.common import MODEL, TEMPLATE, Keys, check_consistent, make_model, run, tree
+from tests.support.common import (
+    MODEL,
+    TEMPLATE,
+    Keys,
+    check_consistent,
+    make_model,
+    rchar,
+    run,
+    tree,
+)
 from tests.support.servers import SCHEMA2, Registry, _get
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -98,13 +107,6 @@ def test_ctrl_c_cleans_up(tmp_path: Path, keys: Keys, env: dict[str, str]) -> No
     assert not list(target.rglob(".bundle-*"))
 
 
-def _rchar() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no rchar")
-
-
 SLACK = 256 * 1024  # the head and the frames around the blobs read (see tests/test_seek.py)
 
 
@@ -133,9 +135,9 @@ def test_kill_9_during_an_import_from_split_parts_then_resume_reads_only_what_is
             break
     missing = sum(p.stat().st_size for p in (direct / "blobs").glob("sha256-*")
                   if not (target / "blobs" / p.name).exists())
-    before = _rchar()
+    before = rchar()
     r = run(["import", str(first), "--models", str(target), "--trust", str(keys.pub), "--json"])
-    read = _rchar() - before
+    read = rchar() - before
     assert r.exit_code == 0, r.output
     assert tree(target) == tree(direct)  # byte-identical to an uninterrupted import
     if json.loads(r.stdout)["readOnlyWhatWasNeeded"]:
@@ -179,10 +181,10 @@ def test_a_blob_cut_off_by_kill_9_is_continued_not_restarted(
     assert partial, "no kill landed while the blob was being written"
     kept = partial[0].stat().st_size
     check_consistent(target)
-    before = _rchar()
+    before = rchar()
     r = run(["import", str(bundle), "--models", str(target), "--trust", str(keys.pub),
              "--json"])
-    read = _rchar() - before - kept  # the partial file is read once, to hash it
+    read = rchar() - before - kept  # the partial file is read once, to hash it
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["readOnlyWhatWasNeeded"] is True
     assert read < size - kept + SLACK, (read, size, kept)

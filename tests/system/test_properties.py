@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, Phase, assume, given, note, settings
 from hypothesis import strategies as st
 
 from bundler.reference import ModelName
-from tests.support.common import Keys, run
+from tests.support.common import Keys, rchar, run
 from tests.support.generated import stores
 from tests.support.servers import OllamaRegistry
 from tests.support.storegen import Name, Options, StoreSpec, expected_view, ollama_view, write_store
@@ -251,13 +251,6 @@ def test_store_to_registry_and_back_is_the_same_bundle(
 BIG = Options(weights=(1_000_000, 24_000_000), max_models=2, max_tags=2)
 
 
-def _rchar() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no rchar")
-
-
 def _activity(pid: int) -> tuple[str, list[str]]:
     """What changes while a process works: its I/O counters and each thread's CPU time."""
     io = Path(f"/proc/{pid}/io").read_text()
@@ -314,10 +307,10 @@ def test_kill_9_at_a_random_byte_then_rerun_ends_identical_reading_only_what_is_
     missing = sum(len(b) for d, b in needed.items() if d not in done) - sum(kept.values())
     note(f"cut {cut} of {bundle.stat().st_size}; committed {len(done)}, staged {kept}, "
          f"missing {missing} bytes")
-    before = _rchar()
+    before = rchar()
     r = run(["import", str(bundle), "--models", str(target), "--trust", str(keys.pub),
              "--json"])
-    read = _rchar() - before
+    read = rchar() - before
     assert r.exit_code == 0, r.output
     assert_store_holds(target, spec)
     assert not list(blobs.glob(".bundle-*"))

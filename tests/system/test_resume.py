@@ -25,20 +25,22 @@ from bundler.digest import Digest
 from bundler.errors import BundlerError
 from bundler.progress import plural
 from bundler.store import Store, StoreLocation
-from tests.support.common import MANIFEST_V2, MODEL, TEMPLATE, Keys, make_model, run, tree, weights
+from tests.support.common import (
+    MANIFEST_V2,
+    MODEL,
+    TEMPLATE,
+    Keys,
+    io_counters,
+    make_model,
+    run,
+    tree,
+    weights,
+)
 from tests.support.faultproxy import fault_proxy
 from tests.support.servers import Registry
 
 MB = 1_000_000
 SLACK = 256 * 1024  # the head and the frames around the blobs read (see tests/cli/test_seek.py)
-
-
-def io_counters() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/io").read_text().splitlines():
-        key, value = line.split(":")
-        out[key] = int(value)
-    return out
 
 
 def counted(args: list[str], input: bytes | None = None) -> tuple[Any, int, int]:
