@@ -254,35 +254,29 @@ class ModelName:
         return (self.host.lower(), self.namespace.lower(), self.model.lower(), self.tag.lower())
 
     def canonical(self, existing: Iterable[ModelName]) -> ModelName:
-        """This name spelt as the existing manifests spell it (Ollama's getExistingName,
-        server/routes.go, as of v0.34.4).
+        """This name spelt as the existing manifests spell it (Ollama's getExistingName).
 
-        A name equal to an existing one ignoring case (all four parts) is spelt as that one.
-        Otherwise the existing name that shares the longest run of leading parts with this one
-        (host, then namespace, then model; case ignored) lends the spelling of those parts;
-        the rest, and always the tag, keep this name's spelling. Among candidates as good the
-        first in `existing` order wins (Ollama iterates a Go map, so its choice is then
-        arbitrary; pass `existing` in a stable order). Either way no directory is added next
-        to one that differs from it only in case. (Releases up to v0.34.3 matched each part on
-        its own against every existing name, the last match winning: formats/ollama-store.md
-        §2.)
+        As in Ollama's server/routes.go from v0.5.2 to v0.34.3: each part is matched on its
+        own, case-insensitively, against the same part of every existing name, not the whole
+        name. Every match overwrites, so the last matching name in `existing` order wins for
+        that part, and parts may come from different existing names. A part with no match
+        keeps this name's spelling. (Ollama iterates a Go map, so when several spellings of
+        one part exist its choice is arbitrary; pass `existing` in a stable order.)
+
+        v0.34.4 spells a name it writes from one existing name instead (a whole-name match,
+        else the longest run of leading parts). The older rule is kept on purpose: a name it
+        spells is found by every release, while one spelt the new way can be missed by the
+        per-part lookup of releases up to v0.34.3 (formats/ollama-store.md §2).
         """
         mine = self.folded()
-        names = list(existing)
-        for name in names:
-            if name.folded() == mine:
-                return name
-        best, best_length = None, 0
-        for name in names:
-            theirs, length = name.folded(), 0
-            while length < 3 and theirs[length] == mine[length]:
-                length += 1
-            if length > best_length:
-                best, best_length = name, length
-        if best is None:
-            return self
-        host, namespace, model, tag = (best.manifest_parts()[:best_length]
-                                       + self.manifest_parts()[best_length:])
+        chosen = list(self.manifest_parts())
+        for name in existing:
+            for index, (theirs, spelling) in enumerate(
+                zip(name.folded(), name.manifest_parts(), strict=True)
+            ):
+                if theirs == mine[index]:
+                    chosen[index] = spelling
+        host, namespace, model, tag = chosen
         return ModelName(host, namespace, model, tag)
 
 

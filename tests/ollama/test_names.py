@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from bundler.reference import InvalidNameError, ModelName
+from bundler.reference import InvalidNameError, ModelName, pick
 from bundler.store import Store, StoreLocation
+from tests.support.common import make_keys
 from tests.support.ollama import (
     DEFAULT_VERSION,
     RUN_VERSION,
     OllamaServer,
+    bundle,
     ollama_binary,
     ollama_serve,
 )
@@ -69,30 +71,22 @@ def test_every_readme_name_form_lands_where_we_put_it(server: OllamaServer) -> N
         assert ours.display_shortest() in listed, (form, listed)
 
 
-def test_case_variants_resolve_to_the_existing_spelling(server: OllamaServer) -> None:
-    """`ollama cp` to a case variant of an existing name writes under the spelling
-    ModelName.canonical gives (getExistingName of DEFAULT_VERSION; RUN_VERSION, older, spells
-    some parts otherwise: formats/ollama-store.md §2); lookups ignore case in both."""
+def test_case_variants_find_the_stored_spelling(server: OllamaServer) -> None:
+    """Every lookup ignores case, ours (pick) and Ollama's; `ollama cp` to a name equal to a
+    stored one ignoring case rewrites that one in place, under the spelling ModelName.canonical
+    gives (getExistingName, every release)."""
     store = Store(StoreLocation(server.models, "--models"))
-    newest = server.version() == DEFAULT_VERSION.removeprefix("v")
-    for variant in ("TINY:LATEST", "Team/TINY:Other", "LOCALHOST:5000/team/tiny:v2",
-                    "hf.co/ORG/repo:q4_k_m", "HF.CO/org/REPO:New", "hf.co/org/repo:Q4_K_M"):
-        existing = store.names()
-        before = manifests(server.models)
-        server.cli("cp", "tiny", variant)
-        written = manifests(server.models) - before
-        ours = ModelName.parse(variant).canonical(existing)
-        if ours in existing:  # the same model under its existing spelling: rewritten in place
-            assert written == set(), variant
-        elif newest:
-            assert written == {ours.manifest_parts()}, variant
-        else:
-            assert len(written) == 1 and ModelName(*next(iter(written))).folded() == ours.folded()
-        assert store.manifest_path(ours).is_file() or not newest, variant
-    for variant in ("TINY", "tiny:LATEST", "HF.CO/Org/Repo:Q4_K_M", "TEAM/tiny:OTHER",
-                    "localhost:5000/TEAM/TINY:V2"):
+    for name in ("hf.co/Org/Repo:Q4_K_M", "localhost:5000/Team/Other:V2"):
+        server.cli("cp", "tiny", name)
+    for variant in ("TINY", "tiny:LATEST", "HF.CO/org/REPO:q4_k_m", "LOCALHOST:5000/team/OTHER:v2"):
         shown = server.api("/api/show", {"model": variant})
         assert shown["details"]["family"] == "llama", variant
+        (ours,) = pick([variant], store.names(), "the store")
+        assert ours.folded() == ModelName.parse(variant).folded(), variant
+        before = manifests(server.models)
+        server.cli("cp", "tiny", variant)
+        assert manifests(server.models) == before, variant  # rewritten in place
+        assert ModelName.parse(variant).canonical(store.names()) == ours, variant
 
 
 def test_latest_is_the_default_tag(server: OllamaServer) -> None:
@@ -113,3 +107,36 @@ def test_names_ollama_refuses_we_refuse(server: OllamaServer) -> None:
         with pytest.raises(InvalidNameError):
             ModelName.parse(name)
     assert manifests(server.models) == before
+
+
+@pytest.mark.parametrize("writer", [DEFAULT_VERSION, RUN_VERSION])
+def test_a_name_an_import_spells_is_found_by_every_release(
+        made_store: Path, tmp_path: Path, writer: str) -> None:
+    """A bundle's `Team/TINY:Other` imported into a store that holds `tiny:latest` is written as
+    Team/tiny:Other, each part as the store spells it (the rule of Ollama up to 0.34.3;
+    0.34.4's `cp` would keep TINY, a spelling 0.34.3's per-part lookup can miss): both pinned
+    releases list it under that spelling and find it by any case."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    for root in (source, target):
+        shutil.copytree(made_store, root, symlinks=True)
+        keep = root / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
+        for path in (root / "manifests").rglob("*"):
+            if path.is_file() and path != keep:
+                path.unlink()
+    names = ("Team/TINY:Other", "TINY:Chat", "Other.Host:99/ns/TINY:x")
+    with ollama_serve(ollama_binary(writer), source, home=tmp_path / "h0") as server:
+        for name in names:
+            server.cli("cp", "tiny", name)
+    keys = make_keys(tmp_path / "keys")
+    out = tmp_path / "b.tar.zst"
+    bundle("export", *names, "--models", str(source), "--key", str(keys.key), "-o", str(out))
+    bundle("import", str(out), "--models", str(target), "--trust", str(keys.pub),
+           "--no-server-check")
+    spelt = {"tiny:latest", "Team/tiny:Other", "tiny:Chat", "Other.Host:99/ns/tiny:x"}
+    for version in (DEFAULT_VERSION, RUN_VERSION):
+        with ollama_serve(ollama_binary(version), target, home=tmp_path / version) as server:
+            listed = {m["name"] for m in server.tags()}
+            assert listed == spelt, version
+            for name in (*names, *listed, *(n.upper() for n in names)):
+                shown = server.api("/api/show", {"model": name})
+                assert shown["details"]["family"] == "llama", (version, name)

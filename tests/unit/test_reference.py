@@ -473,7 +473,7 @@ def test_folded() -> None:
     assert name.manifest_parts() == ("Hf.Co", "User_1", "Repo-X", "Q4_K_M")
 
 
-# --- getExistingName (server/routes.go, v0.34.4) ---------------------------------------------------
+# --- getExistingName (server/routes.go) ---------------------------------------------------
 
 N = ModelName.parse
 
@@ -481,7 +481,7 @@ CANONICAL: list[tuple[str, list[str], str]] = [
     # no existing names, or no match: the input is kept
     ("Llama3.2:Latest", [], "registry.ollama.ai/library/Llama3.2:Latest"),
     ("qwen:7b", ["llama3.2:latest"], "registry.ollama.ai/library/qwen:7b"),
-    # a name equal to an existing one ignoring case is spelt as that one
+    # the existing spelling wins
     ("LLAMA3.2:LATEST", ["llama3.2:latest"], "registry.ollama.ai/library/llama3.2:latest"),
     ("llama3.2", ["Llama3.2:Latest"], "registry.ollama.ai/library/Llama3.2:Latest"),
     (
@@ -489,25 +489,18 @@ CANONICAL: list[tuple[str, list[str], str]] = [
         ["llama3.2:latest"],
         "registry.ollama.ai/library/llama3.2:latest",
     ),
-    ("foo:TAG", ["Foo:Tag", "other:tag"], "registry.ollama.ai/library/Foo:Tag"),
-    # otherwise the one name sharing the longest run of leading parts (host, namespace, model)
-    # lends their spelling; the tag is kept as given
     ("HF.CO/User/Repo:q4", ["hf.co/user/repo:Q4_K_M"], "hf.co/user/repo:q4"),
-    ("foo:v1", ["Foo:latest", "bar:V1"], "registry.ollama.ai/library/Foo:v1"),
+    # per part, independently: parts may come from different existing names
+    ("foo:v1", ["Foo:latest", "bar:V1"], "registry.ollama.ai/library/Foo:V1"),
     ("myorg/Bar:x", ["MyOrg/foo:latest"], "registry.ollama.ai/MyOrg/Bar:x"),
     ("LOCALHOST:5000/NS/m:t", ["localhost:5000/ns/other:y"], "localhost:5000/ns/m:t"),
-    (
-        "myorg/mymodel:q8",
-        ["OtherOrg/OtherModel:Q8", "MyOrg/MyModel:q4"],
-        "registry.ollama.ai/MyOrg/MyModel:q8",
-    ),
-    # not a part that follows an unmatched one: the model of another namespace is not copied
-    ("Team/TINY:Other", ["tiny:latest"], "registry.ollama.ai/Team/TINY:Other"),
-    ("h:1/NS/Tiny:x", ["h:2/ns/tiny:x", "H:1/other/TINY:y"], "H:1/NS/Tiny:x"),
-    # several candidates as long: the first in iteration order wins
-    ("foo", ["Foo:latest", "FOO:latest"], "registry.ollama.ai/library/Foo:latest"),
-    ("foo", ["FOO:latest", "Foo:latest"], "registry.ollama.ai/library/FOO:latest"),
-    ("foo:x", ["Foo:a", "FOO:b"], "registry.ollama.ai/library/Foo:x"),
+    # several spellings of one part: the last in iteration order wins
+    ("foo", ["Foo:latest", "FOO:latest"], "registry.ollama.ai/library/FOO:latest"),
+    ("foo", ["FOO:latest", "Foo:latest"], "registry.ollama.ai/library/Foo:latest"),
+    ("foo:TAG", ["Foo:Tag", "other:tag"], "registry.ollama.ai/library/Foo:tag"),
+    # a part takes the spelling of any name, also of one in another namespace (Ollama 0.34.4
+    # would keep TINY: formats/ollama-store.md §2)
+    ("Team/TINY:Other", ["tiny:latest"], "registry.ollama.ai/Team/tiny:Other"),
 ]
 
 
