@@ -194,11 +194,10 @@ def check_pushed(client: Client, result: PushResult) -> None:
 
 
 def case_advice(spelt: str) -> str:
-    return (f"a colleague whose store already holds a model spelt {spelt.split('/')[-1]} (under "
-            "this registry's host and namespace; with Ollama up to 0.34.3 in any namespace: "
-            "Ollama spells a name as the store does and asks for that spelling, "
-            "server/routes.go getExistingName) gets that error even with the lowercase name: "
-            "'ollama rm' that copy first")
+    return (f"a colleague whose store already holds a model spelt {spelt.split('/')[-1]} (in any "
+            "namespace; Ollama matches each part of a name case-insensitively against the "
+            "store and asks for the stored spelling, server/routes.go getExistingName) gets "
+            "that error even with the lowercase name: 'ollama rm' that copy first")
 
 
 def case_note(client: Client, item: PushItem) -> str:
@@ -212,11 +211,11 @@ def case_note(client: Client, item: PushItem) -> str:
         headers={"Accept": MEDIA_TYPE_DOCKER_MANIFEST})
     if resp.status == 200:
         return ""
-    return (f"a colleague whose store already holds a model spelt {item.model.name.model} (under "
-            "this registry's host and namespace; with Ollama up to 0.34.3 any namespace) gets "
-            f"'{_ollama_manifest_error(resp)}' (HTTP {resp.status}): Ollama then asks for "
-            f"{spelt}:{item.tag}, spelling the name as the store does (server/routes.go "
-            "getExistingName); 'ollama rm' that copy first")
+    return (f"a colleague whose store already holds a model spelt {item.model.name.model} (any "
+            f"namespace) gets '{_ollama_manifest_error(resp)}' (HTTP {resp.status}): Ollama "
+            f"then asks for {spelt}:{item.tag}, matching each part of the name "
+            "case-insensitively against the store (server/routes.go getExistingName); 'ollama "
+            "rm' that copy first")
 
 
 def _check_transfer(name: str, registry: Transport, url: str,
