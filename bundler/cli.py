@@ -604,6 +604,9 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     lines.append(f"{verb} {plural(result.blobs_written, 'blob')} "
                  f"({format_size(result.bytes_written)}), "
                  f"{result.blobs_present} already present, into {result.store}")
+    if result.blobs_kept:
+        lines.append(f"kept {plural(result.blobs_kept, 'staged blob')} "
+                     f"({format_size(result.bytes_kept)}) from an interrupted import")
     if tensor:
         lines.append(f"note: {plural(tensor, 'tensor model')} (safetensors): Ollama runs them only "
                      "where its MLX runtime loads; elsewhere they are listed but do not run")

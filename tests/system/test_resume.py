@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,65 @@ def test_completely_staged_blobs_are_kept_not_read_or_written_again(
         assert doc["readOnlyWhatWasNeeded"] is True
         # the staged files are read once, to hash them; of the bundle only the rest
         assert read - kept < c.stat().st_size + SLACK, (read, kept)
+
+
+def test_ctrl_c_mid_blob_then_the_rerun_reads_and_writes_only_what_is_missing(
+        tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    """A real SIGINT while the second of two weights blobs is being written: both staged files
+    stay (the first complete, the second cut off); the re-run reads from the bundle only the
+    rest of the second, writes only that, and says what it kept, in text and in --json."""
+    store = tmp_path / "src"
+    sizes = {"a": 24 * MB, "b": 64 * MB}
+    for i, (name, size) in enumerate(sizes.items()):
+        make_model(store, f"registry.ollama.ai/library/{name}/latest",
+                   [(MODEL, weights(size, seed=90 + i)), (TEMPLATE, name.encode())])
+    bundle = tmp_path / "two.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    direct = tmp_path / "direct"
+    assert run(["import", str(bundle), "--models", str(direct), "--trust", str(keys.pub)]
+               ).exit_code == 0
+    a, b = _weights_of(direct, "a"), _weights_of(direct, "b")
+    target = tmp_path / "target"
+    cmd = [sys.executable, "-m", "bundler", "import", str(bundle), "--models", str(target),
+           "--trust", str(keys.pub), "-q"]
+    staged_b = target / "blobs" / f".bundle-{b.name[7:]}.partial"
+    staged_a = target / "blobs" / f".bundle-{a.name[7:]}.partial"
+    err = ""
+    for _ in range(20):  # until the interrupt lands while b is being written
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if staged_b.exists() and staged_b.stat().st_size > 8 * MB:
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate()[1].decode()
+        if (proc.returncode == 1 and staged_b.exists()
+                and 0 < staged_b.stat().st_size < sizes["b"]):
+            break
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        pytest.fail(f"no interrupt landed while the blob was being written: {err}")
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert staged_a.stat().st_size == sizes["a"]
+    staged = list((target / "blobs").glob(".bundle-*.partial"))  # with configs, templates
+    kept = sum(p.stat().st_size for p in staged)
+    assert not list((target / "manifests").rglob("latest"))
+    doc, read, written = counted(["import", str(bundle), "--models", str(target), "--trust",
+                                  str(keys.pub)])
+    assert tree(target) == tree(direct)
+    assert not list((target / "blobs").glob(".bundle-*"))
+    assert doc["readOnlyWhatWasNeeded"] is True
+    assert doc["kept"] == {"blobs": len(staged), "bytes": kept}, doc
+    missing = sum(p.stat().st_size for p in (direct / "blobs").iterdir()) - kept
+    assert doc["bytesWritten"] < missing + MB, (doc["bytesWritten"], missing)
+    assert written < missing + MB, (written, missing)
+    assert read - kept < missing + SLACK, (read, kept, missing)  # staged files hashed once
+    r = run(["import", str(bundle), "--models", str(tmp_path / "again"), "--trust",
+             str(keys.pub)])
+    assert "kept" not in r.output, r.output  # nothing was staged there
 
 
 def test_a_staged_blob_of_full_size_with_wrong_content_is_written_again(
