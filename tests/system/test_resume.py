@@ -117,7 +117,8 @@ def test_ctrl_c_mid_blob_then_the_rerun_reads_and_writes_only_what_is_missing(
         tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
     """A real SIGINT while the second of two weights blobs is being written: both staged files
     stay (the first complete, the second cut off); the re-run reads from the bundle only the
-    rest of the second, writes only that, and says what it kept, in text and in --json."""
+    rest of the second, writes only that, and says what it kept in --json (the text: system/
+    test_crash.py::test_ctrl_c_keeps_staged_blobs_for_the_rerun)."""
     store = tmp_path / "src"
     sizes = {"a": 24 * MB, "b": 64 * MB}
     for i, (name, size) in enumerate(sizes.items()):
@@ -170,6 +171,37 @@ def test_ctrl_c_mid_blob_then_the_rerun_reads_and_writes_only_what_is_missing(
     r = run(["import", str(bundle), "--models", str(tmp_path / "again"), "--trust",
              str(keys.pub)])
     assert "kept" not in r.output, r.output  # nothing was staged there
+
+
+def test_the_progress_total_of_a_resumed_import_leaves_kept_bytes_out(
+        three: tuple[Path, Path], tmp_path: Path, keys: Keys) -> None:
+    """Two of three weights blobs staged whole, a third cut off: the progress total is what
+    is still read, the bytes reported read add up to it, and bytesWritten is what is still
+    written, not the whole models."""
+    from bundler import signing, store_import
+
+    bundle, direct = three
+    target = tmp_path / "target"
+    a, b, c = _weights(direct)
+    _staged(target, a)
+    _staged(target, b)
+    half = c.stat().st_size // 2
+    _staged(target, c, c.read_bytes()[:half])
+    totals: list[int] = []
+    seen: list[int] = []
+    with bundle.open("rb", buffering=0) as f:
+        result = store_import.import_bundle(
+            f, Store(StoreLocation(target, "--models")), [signing.read_public(keys.pub)],
+            allow_unsigned=False, on_total=totals.append, on_bytes=seen.append)
+    assert tree(target) == tree(direct)
+    rest = c.stat().st_size - half
+    small = sum(p.stat().st_size for p in (direct / "blobs").iterdir()) - sum(
+        p.stat().st_size for p in (a, b, c))
+    assert totals == [rest + small], (totals, rest, small)
+    assert sum(seen) == totals[0]
+    assert result.bytes_written == rest + small
+    assert (result.blobs_kept, result.bytes_kept) == (3, a.stat().st_size + b.stat().st_size
+                                                      + half)
 
 
 def test_a_staged_blob_of_full_size_with_wrong_content_is_written_again(
