@@ -57,7 +57,11 @@ def _os_error(action: str, path: Path, e: OSError) -> BundlerError:
     if e.errno == errno.ENOSPC:
         return BundlerError(f"{action} {path}: no space left on device",
                             hint="free space on that file system and run the import again")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno == errno.EROFS:
+        return BundlerError(f"{action} {path}: {e.strerror}",
+                            hint="that file system is mounted read-only: remount it "
+                                 "read-write, or choose --models DIR on another one")
+    if e.errno in (errno.EACCES, errno.EPERM):
         return BundlerError(f"{action} {path}: {e.strerror}",
                             hint="run as the store's owner (or root), or choose --models DIR")
     return BundlerError(f"{action} {path}: {e.strerror}")

@@ -273,6 +273,7 @@ def test_read_only_store(tmpfs: Callable[[int], Path], tmp_path: Path, keys: Key
     assert code == 1, err
     assert_clean_error(err, out)
     assert "Read-only file system" in err
+    assert "mounted read-only" in err and "owner" not in err, err
     assert _listing(store) == before
     # a dry run writes nothing, so it works on a read-only store
     code, out, err = _import(bundle, store, keys, "--dry-run")
