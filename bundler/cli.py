@@ -489,7 +489,8 @@ def _layer_kinds(manifest: Manifest) -> str:
 @TRUST
 @common
 def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bool) -> None:
-    """List a bundle's models, signers and totals (reads only the head of the file)."""
+    """List a bundle's models, signers and totals (reads the head, and with the seek table
+    only the file's last frames to check that it is whole; exit 3 if it is truncated)."""
     out = _output(json_mode, quiet)
     keys = trusted_keys(trust, os.environ, HOME, out.log)
     with _open_bundle(bundle_path) as f:  # the head is in part 1, the end in the last
