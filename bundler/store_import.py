@@ -154,9 +154,10 @@ def import_bundle(
                                        "inodes), or import fewer models with --only")
         store.prepare()
         everything = sum(b.size for b in head.layer_blobs)
-        left = {d: min(store.partial_size(d), s) for d, s in to_write.items()}  # an
-        seekable = (reader.seekable() if sum(to_write.values()) < everything  # interrupted
-                    or any(left.values()) else None)  # import's staged bytes
+        # what an interrupted import staged of each blob (kept, not read again, if right)
+        left = {d: min(store.partial_size(d), s) for d, s in to_write.items()}
+        seekable = (reader.seekable() if sum(to_write.values()) < everything
+                    or any(left.values()) else None)
         on_total(everything if seekable is None
                  else sum(to_write.values()) - sum(left.values()))
         staged: list[StagedBlob] = []
