@@ -252,7 +252,10 @@ def test_our_push_their_pull(ollama_bin: Path, ollama_registry: OllamaRegistry, 
             assert argv[:3] == ["ollama", "pull", "--insecure"]
             done = server.cli(*argv[1:], check=False)
             assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"
+        # the README's optional rename to the usual name keeps the ID
+        server.cli("cp", f"{ollama_registry.netloc}/t5/tiny:latest", "tiny:latest")
         ids = _ids(server)
+    assert ids["tiny:latest"] == _sha(_manifest(store, "registry.ollama.ai/library/tiny/latest"))
     for name, path in sources.items():
         manifest = _manifest(store, path)
         assert ids[name] == _sha(manifest), name
