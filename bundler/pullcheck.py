@@ -170,7 +170,8 @@ def _manifest_failed(client: Client, plain: Transport, repository: str, tag: str
         return RegistryCheck(name, False, [
             finding, (f"Ollama asks for {repository} as spelt, and the registry keeps "
                      f"repositories in lower case: {lower}:{tag} is there")], [
-            f"pull it as {client.target.host}/{lower}:{tag}; " + case_advice(repository)])
+            f"pull it as {client.target.host}/{lower}:{tag}; "
+            + case_advice(repository, client.target.host)])
     return RegistryCheck(name, False, [finding], ["push the model first, or check the name"])
 
 
@@ -193,16 +194,21 @@ def check_pushed(client: Client, result: PushResult) -> None:
                 result.case_notes[item.pull_name(client.target)] = note
 
 
-def case_advice(spelt: str) -> str:
-    return (f"a colleague whose store already holds a model spelt {spelt.split('/')[-1]} (in any "
-            "namespace; Ollama matches each part of a name case-insensitively against the "
-            "store and asks for the stored spelling, server/routes.go getExistingName) gets "
-            "that error even with the lowercase name: 'ollama rm' that copy first")
+_STORED_SPELLING = (
+    "Ollama takes the spelling of the stored name whose host, namespace and model equal the "
+    "name's ignoring case (server/routes.go getExistingName; 0.24.0 and earlier releases "
+    "matched each part on its own, so a model spelt so under any host or namespace did this)")
+
+
+def case_advice(spelt: str, host: str) -> str:
+    return (f"a colleague whose store already holds {host}/{spelt} with another tag (an "
+            f"'ollama cp' to that spelling, say) gets that error even with the lowercase name: "
+            f"{_STORED_SPELLING}; 'ollama rm' that copy first")
 
 
 def case_note(client: Client, item: PushItem) -> str:
     """For a model whose name is not all lower case: what a colleague whose store already has
-    it spelt so sees (probed: the manifest GET Ollama would send)."""
+    it spelt so under this registry sees (probed: the manifest GET Ollama would send)."""
     spelt = f"{client.target.namespace or item.model.name.namespace}/{item.model.name.model}"
     if spelt == item.repository:
         return ""
@@ -211,11 +217,10 @@ def case_note(client: Client, item: PushItem) -> str:
         headers={"Accept": MEDIA_TYPE_DOCKER_MANIFEST})
     if resp.status == 200:
         return ""
-    return (f"a colleague whose store already holds a model spelt {item.model.name.model} (any "
-            f"namespace) gets '{_ollama_manifest_error(resp)}' (HTTP {resp.status}): Ollama "
-            f"then asks for {spelt}:{item.tag}, matching each part of the name "
-            "case-insensitively against the store (server/routes.go getExistingName); 'ollama "
-            "rm' that copy first")
+    return (f"a colleague whose store already holds {client.target.host}/{spelt} with another "
+            f"tag (an 'ollama cp' to that spelling, say) gets '{_ollama_manifest_error(resp)}' "
+            f"(HTTP {resp.status}): Ollama then asks for {spelt}:{item.tag}. "
+            f"{_STORED_SPELLING[0].upper()}{_STORED_SPELLING[1:]}; 'ollama rm' that copy first")
 
 
 def _check_transfer(name: str, registry: Transport, url: str,
