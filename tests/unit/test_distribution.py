@@ -107,7 +107,8 @@ def test_split_last() -> None:
     assert split_last(FileSpan(3, 10, 5)) == (FileSpan(3, 10, 4), FileSpan(3, 14, 1))
     assert split_last(FileSpan(3, 10, 1)) == (None, FileSpan(3, 10, 1))
     head, tail = split_last(memoryview(b"abc"))
-    assert head is not None and bytes(head) == b"ab" and bytes(tail) == b"c"
+    assert isinstance(head, memoryview) and isinstance(tail, memoryview)
+    assert bytes(head) == b"ab" and bytes(tail) == b"c"
 
 
 def test_pages() -> None:
