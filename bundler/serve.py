@@ -334,9 +334,9 @@ def _blob(catalog: Catalog, r: Route, method: str, path: str, range_header: str 
     length = last - first + 1
     if isinstance(source, bytes):
         return Answer(status, headers, source[first : last + 1], length=length)
+    source.start()  # on HEAD too: Ollama asks HEAD first, then the parts (download.go)
     if method == "HEAD" or length == 0:
         return Answer(status, headers, length=length)
-    source.start()
     return Answer(status, headers, stream=source.stream(first, last), length=length)
 
 
