@@ -4,6 +4,7 @@ split bundles; the hostile-request catalogue; signals; memory."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -21,6 +22,7 @@ from tests.support.common import MODEL, TEMPLATE, Keys, make_keys, make_model, r
 from tests.support.ollama_pull import PullError, pull
 from tests.support.servers import SCHEMA2, _get, _request
 from tests.support.serving import Served, serving, start
+from tests.support.tls_registry import make_certs
 
 PART = 40_000  # small parts, so that small test blobs still come down in several ranges
 
@@ -393,3 +395,53 @@ def test_memory_stays_flat_while_serving(tmp_path: Path, keys: Keys, env: dict[s
     assert peak_kib < 120 * 1024, f"peak RSS {peak_kib} KiB serving a 96 MiB blob"
     assert (tmp_path / "p1/blobs" / ("sha256-" + hashlib.sha256(big).hexdigest())).stat().st_size \
         == len(big)
+
+
+def test_tls_and_the_plain_read_path(tmp_path: Path, store: Path, bundle_file: Path, keys: Keys,
+                                     env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS (no sendfile through TLS: bytes read and written), then the portable paths (no
+    pread, no sendfile) on plain HTTP: the same bytes either way."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(certs)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs / "ca.pem"))  # for the pull client
+    manifest = (store / "manifests/hf.co/org/repo/Q4_K_M").read_bytes()
+    with serving(str(bundle_file), "--trust", str(keys.pub), "--tls-cert", str(certs / "srv.pem"),
+                 "--tls-key", str(certs / "srv.key"), tmp=tmp_path) as served:
+        assert served.url.startswith("https://")
+        assert served.ready["models"][0]["pull"].startswith("ollama pull 127.0.0.1:")
+        assert _pull(served, "org/repo", "Q4_K_M", tmp_path / "p1").manifest == manifest
+        check = run(["check-registry", served.url, "--ca-cert", str(certs / "ca.pem")])
+        assert check.exit_code == 0, check.output
+        # a client that does not trust the certificate gets no answer
+        plain = _raw(served, b"GET /v2/ HTTP/1.1\r\n\r\n")
+        assert not plain.startswith(b"HTTP/1.1 200")
+    with serving(str(bundle_file), "--trust", str(keys.pub), tmp=tmp_path,
+                 env={"OLLAMA_BUNDLE_PORTABLE": "1"}) as served:
+        assert _pull(served, "org/repo", "Q4_K_M", tmp_path / "p2").manifest == manifest
+    assert _blobs(tmp_path / "p1") == _blobs(tmp_path / "p2")
+    assert all(_blobs(store)[k] == v for k, v in _blobs(tmp_path / "p2").items())
+
+
+def test_htpasswd_is_for_other_clients(tmp_path: Path, bundle_file: Path, keys: Keys,
+                                       env: dict[str, str]) -> None:
+    users = tmp_path / "htpasswd"
+    users.write_text("alice:{SHA}" + base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
+                     + "\n")
+    with serving(str(bundle_file), "--trust", str(keys.pub), "--htpasswd", str(users),
+                 tmp=tmp_path) as served:
+        status, headers, body = _request("GET", f"{served.url}/v2/")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Basic ")
+        assert json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
+        for creds, want in [(b"alice:s3cret", 200), (b"alice:wrong", 401), (b"bob:s3cret", 401)]:
+            auth = {"Authorization": "Basic " + base64.b64encode(creds).decode()}
+            assert _request("GET", f"{served.url}/v2/_catalog", headers=auth)[0] == want
+        raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds",
+                              "alice:s3cret", f"docker://{served.netloc}/library/tiny:latest"],
+                             capture_output=True, check=False)
+        assert raw.returncode == 0, raw.stderr
+        check = run(["check-registry", served.url, "library/tiny:latest"])
+        assert check.exit_code == 5, check.output  # probed as Ollama pulls: anonymously
+        with pytest.raises(PullError):
+            _pull(served, "library/tiny", "latest", tmp_path / "p")
+    assert '127.0.0.1 - alice [' in served.log()
