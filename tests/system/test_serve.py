@@ -426,7 +426,7 @@ def test_tls_and_the_plain_read_path(tmp_path: Path, store: Path, bundle_file: P
 def test_htpasswd_is_for_other_clients(tmp_path: Path, bundle_file: Path, keys: Keys,
                                        env: dict[str, str]) -> None:
     users = tmp_path / "htpasswd"
-    users.write_text("alice:{SHA}" + base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
+    users.write_text("alice:{SHA}" + base64.b64encode(hashlib.sha1(b"s3cret", usedforsecurity=False).digest()).decode()
                      + "\n")
     with serving(str(bundle_file), "--trust", str(keys.pub), "--htpasswd", str(users),
                  tmp=tmp_path) as served:
