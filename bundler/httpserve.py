@@ -182,7 +182,6 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             if sent != answer.length:
                 self.close_connection = True
         finally:
-            self.wfile.flush() if not self.close_connection else None
             self.server.access(access_line(
                 self.client_address[0], getattr(self, "user", None), time.time(),
                 self.requestline, answer.status, sent))
@@ -204,6 +203,9 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
             done += len(data)
         return done
+
+    def handle_expect_100(self) -> bool:
+        return True  # no "100 Continue": a request body is never wanted (formats/serve-v1.md §5)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # the access line is written by _send, with the body bytes really sent
@@ -271,6 +273,10 @@ class Server(http.server.ThreadingHTTPServer):
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True,
                                           do_handshake_on_connect=False)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside an answer (a TLS handshake, a reset): one line."""
+        self.log(f"warning: connection from {client_address[0]} failed")
 
     @property
     def port(self) -> int:

@@ -162,9 +162,38 @@ class Catalog:
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(CHECKERS, thread_name_prefix="check"))
 
+    _users: int = 0
+    _retired: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.stack.close()
+
+    def held(self, stream: Iterator[Piece]) -> Iterator[Piece]:
+        """`stream`, with this catalog kept open until it ends (a SIGHUP may retire it)."""
+        with self._lock:
+            self._users += 1
+
+        def body() -> Iterator[Piece]:
+            try:
+                yield from stream
+            finally:
+                with self._lock:
+                    self._users -= 1
+                    last = self._retired and not self._users
+                if last:
+                    self.close()
+
+        return body()
+
+    def retire(self) -> None:
+        """Replaced by a reload: close it once no answer reads from it any more."""
+        with self._lock:
+            self._retired = True
+            idle = not self._users
+        if idle:
+            self.close()
 
     def manifest(self, repo: str, reference: str) -> Served | None:
         tags = self.tags.get(repo, {})
@@ -337,7 +366,8 @@ def _blob(catalog: Catalog, r: Route, method: str, path: str, range_header: str 
     source.start()  # on HEAD too: Ollama asks HEAD first, then the parts (download.go)
     if method == "HEAD" or length == 0:
         return Answer(status, headers, length=length)
-    return Answer(status, headers, stream=source.stream(first, last), length=length)
+    return Answer(status, headers, stream=catalog.held(source.stream(first, last)),
+                  length=length)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +459,6 @@ def serve(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], options: 
     catalog = load_catalog(paths, trusted, allow_unsigned=options.allow_unsigned,
                            namespace=options.namespace, on_event=on_event)
     current = [catalog]
-    old: list[Catalog] = []
     try:
         for note in catalog.notes:
             on_event(note)
@@ -460,8 +489,8 @@ def serve(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], options: 
                         on_event(f"error: reload refused, still serving the bundles as they "
                                  f"were: {e.message}")
                         continue
-                    old.append(current[0])
-                    current[0] = fresh
+                    retired, current[0] = current[0], fresh
+                    retired.retire()
                     on_event(f"reloaded: {plural(len(fresh.models), 'model')} from "
                              f"{plural(len(paths), 'bundle')}")
             server.shutdown()
@@ -471,8 +500,7 @@ def serve(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], options: 
             _restore(previous)
             server.server_close()
     finally:
-        for c in [*old, current[0]]:
-            c.close()
+        current[0].close()
 
 
 def _signals(stop: threading.Event, reload: threading.Event) -> dict[int, Any]:

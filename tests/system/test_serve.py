@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -335,6 +336,7 @@ def test_split_parts_and_sighup(tmp_path: Path, store: Path, keys: Keys,
         assert result.manifest == (store / "manifests/registry.ollama.ai/library/tiny/latest"
                                    ).read_bytes()
         assert _get(f"{served.url}/v2/org/repo/tags/list")[0] == 404
+        before = _open_files(served, "m1.tar.zst.002")
         _export(store, shelf / "m2.tar.zst", keys, "--all")  # next month's release appears
         served.proc.send_signal(signal.SIGHUP)
         for _ in range(100):
@@ -342,9 +344,16 @@ def test_split_parts_and_sighup(tmp_path: Path, store: Path, keys: Keys,
                 break
             time.sleep(0.1)
         _pull(served, "org/repo", "Q4_K_M", tmp_path / "p2")
+        # the set served before the reload was closed once nothing read from it any more
+        assert before >= 1 and _open_files(served, "m1.tar.zst.002") == before
     assert "reloaded: 3 models" in served.log()
     lines = log.read_text().splitlines()
     assert lines and all(line.startswith("127.0.0.1 - - [") for line in lines)
+
+
+def _open_files(served: Served, name: str) -> int:
+    fds = Path(f"/proc/{served.proc.pid}/fd")
+    return sum(1 for fd in fds.iterdir() if Path(os.readlink(fd)).name == name)
 
 
 def test_sigterm_lets_a_download_finish(tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
