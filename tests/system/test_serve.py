@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 import signal
 import socket
@@ -353,7 +352,7 @@ def test_split_parts_and_sighup(tmp_path: Path, store: Path, keys: Keys,
 
 def _open_files(served: Served, name: str) -> int:
     fds = Path(f"/proc/{served.proc.pid}/fd")
-    return sum(1 for fd in fds.iterdir() if Path(os.readlink(fd)).name == name)
+    return sum(1 for fd in fds.iterdir() if fd.readlink().name == name)
 
 
 def test_sigterm_lets_a_download_finish(tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
