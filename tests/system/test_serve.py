@@ -213,6 +213,17 @@ def test_connection_limits(tmp_path: Path, bundle_file: Path, keys: Keys,
         assert _get(f"{served.url}/v2/")[0] == 200
 
 
+def test_a_port_in_use_is_a_clean_usage_error(tmp_path: Path, bundle_file: Path, keys: Keys,
+                                              env: dict[str, str]) -> None:
+    with serving(str(bundle_file), "--trust", str(keys.pub), tmp=tmp_path) as served:
+        proc = start([str(bundle_file), "--trust", str(keys.pub), "--listen", served.netloc],
+                     tmp_path / "second.log")
+        stdout, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and stdout == b""
+        err = (tmp_path / "second.log").read_text()
+        assert err.count("error: cannot listen on ") == 1 and "Traceback" not in err
+
+
 def test_untrusted_bundle_is_refused_before_listening(
         tmp_path: Path, bundle_file: Path, env: dict[str, str]) -> None:
     other = make_keys(tmp_path / "other")
