@@ -875,12 +875,27 @@ def serve_cmd(bundles: tuple[Path, ...], listen: tuple[str, int], namespace: str
         log = (stack.enter_context(access_log.open("a", encoding="utf-8", buffering=1))
                if access_log is not None else sys.stderr)
 
+        live = sys.stderr.isatty() and not quiet and not json_mode  # the live status line
+        clear = "\r\x1b[K" if live else ""
+
         def access(line: str) -> None:
-            print(line, file=log, flush=True)
+            print((clear if log is sys.stderr else "") + line, file=log, flush=True)
+
+        def event(line: str) -> None:
+            sys.stderr.write(clear)  # (the live line, if any, is drawn again next time)
+            out.log(line)
+
+        def stats(s: httpserve.Stats) -> None:
+            sys.stderr.write(f"{clear}{plural(s.connections, 'connection')}, "
+                             f"{plural(s.answering, 'answer')} in progress, "
+                             f"{format_size(s.sent)} served")
+            sys.stderr.flush()
 
         def ready(r: serve.Ready) -> None:
             out.result("\n".join([f"serving {plural(len(r.models), 'model')} at {r.url}",
                                    *(m.to_json(r.host, r.insecure)["pull"] for m in r.models)]),
                        r.to_json() if json_mode else {})
 
-        serve.serve(bundles, keys, options, on_ready=ready, access=access, on_event=out.log)
+        serve.serve(bundles, keys, options, on_ready=ready, access=access,
+                    on_event=event,
+                    on_stats=stats if live else None)

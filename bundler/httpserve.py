@@ -56,6 +56,13 @@ class Limits:
     per_client: int = MAX_PER_CLIENT
 
 
+@dataclass(frozen=True, slots=True)
+class Stats:
+    connections: int
+    answering: int
+    sent: int
+
+
 class _RequestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: Server
@@ -167,11 +174,14 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             if answer.stream is None:
                 self.wfile.write(answer.body)
                 sent = len(answer.body)
+                self.server.count(sent)
                 return
             sent = 0
             try:
                 for piece in answer.stream:
-                    sent += self._write(piece)
+                    n = self._write(piece)
+                    sent += n
+                    self.server.count(n)
             except Cut:
                 self.close_connection = True
                 return
@@ -257,6 +267,7 @@ class Server(http.server.ThreadingHTTPServer):
         self.handler, self.limits, self.access, self.log = handler, limits, access, log
         self.authorize = authorize
         self.draining = False
+        self.sent = 0  # body bytes sent, in all
         self._lock = threading.Lock()
         self._clients: dict[str, int] = {}
         self._open = 0
@@ -319,6 +330,15 @@ class Server(http.server.ThreadingHTTPServer):
                     del self._clients[host]
                 self._idle.notify_all()
         super().shutdown_request(request)
+
+    def count(self, sent: int) -> None:
+        with self._lock:
+            self.sent += sent
+
+    def stats(self) -> Stats:
+        """What a live status line shows: connections open, answers in progress, bytes sent."""
+        with self._lock:
+            return Stats(self._open, len(self._busy), self.sent)
 
     def busy(self, handler: _RequestHandler, on: bool) -> None:
         with self._lock:

@@ -33,7 +33,7 @@ from bundler.distribution import (
     split_last,
 )
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
-from bundler.httpserve import Cut, Limits, Server, tls_context
+from bundler.httpserve import Cut, Limits, Server, Stats, tls_context
 from bundler.layout import BlobRef
 from bundler.oci import MEDIA_TYPE_OCI_MANIFEST
 from bundler.progress import OnEvent, no_events, plural
@@ -448,9 +448,10 @@ class Ready:
 
 def serve(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], options: ServeOptions,
           *, on_ready: Callable[[Ready], None], access: Callable[[str], None],
-          on_event: OnEvent = no_events, stop: threading.Event | None = None) -> None:
+          on_event: OnEvent = no_events, stop: threading.Event | None = None,
+          on_stats: Callable[[Stats], None] | None = None) -> None:
     """Verify every bundle, open the port, serve until SIGTERM/SIGINT (or `stop`), then drain.
-    SIGHUP re-reads the bundles."""
+    SIGHUP re-reads the bundles. `on_stats` is called about twice a second while serving."""
     if (options.tls_cert is None) != (options.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     tls = (tls_context(options.tls_cert, options.tls_key)
@@ -479,6 +480,8 @@ def serve(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], options: 
                            catalog.models))
             while not stop.is_set():
                 reload.wait(0.5)
+                if on_stats is not None:
+                    on_stats(server.stats())
                 if reload.is_set() and not stop.is_set():
                     reload.clear()
                     try:

@@ -7,10 +7,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import pty
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -222,6 +226,32 @@ def test_a_port_in_use_is_a_clean_usage_error(tmp_path: Path, bundle_file: Path,
         assert proc.returncode == 2 and stdout == b""
         err = (tmp_path / "second.log").read_text()
         assert err.count("error: cannot listen on ") == 1 and "Traceback" not in err
+
+
+def test_a_live_line_on_a_terminal(tmp_path: Path, bundle_file: Path, keys: Keys,
+                                   env: dict[str, str]) -> None:
+    """On a terminal, stderr carries a status line of connections and bytes served, redrawn
+    in place; the access log lines are written above it."""
+    main, side = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "bundler", "serve", str(bundle_file),
+                             "--trust", str(keys.pub), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=side)
+    os.close(side)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().split(" at ")[1].strip().rstrip("/")
+        assert _get(f"{url}/v2/library/tiny/manifests/latest")[0] == 200
+        seen = b""
+        while b"B served" not in seen.rpartition(b"GET /v2/library/tiny/manifests/latest")[2]:
+            ready, _, _ = select.select([main], [], [], 30)  # (a guard against a hang)
+            assert ready, seen
+            seen += os.read(main, 65536)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        os.close(main)
+    assert proc.returncode == 0
+    assert b"\r\x1b[K0 connections, 0 answers in progress, " in seen
 
 
 def test_untrusted_bundle_is_refused_before_listening(
