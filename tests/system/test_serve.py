@@ -22,12 +22,22 @@ from typing import Any
 
 import pytest
 
-from tests.support.common import MODEL, TEMPLATE, Keys, make_keys, make_model, run, weights
+from tests.support.common import (
+    MODEL,
+    TEMPLATE,
+    Keys,
+    go_json,
+    make_keys,
+    make_model,
+    run,
+    weights,
+)
 from tests.support.ollama_pull import PullError, pull
 from tests.support.servers import SCHEMA2, _get, _request
 from tests.support.serving import Served, serving, start
 from tests.support.tls_registry import make_certs
 
+TENSOR = "application/vnd.ollama.image.tensor"
 PART = 40_000  # small parts, so that small test blobs still come down in several ranges
 
 
@@ -105,6 +115,25 @@ def test_pulls_are_byte_identical_and_real_clients_read_it(
             assert status == 200 and "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
     # the access log, in the Common Log Format
     assert '"GET /v2/library/tiny/manifests/latest HTTP/1.1" 200 ' in served.log()
+
+
+def test_a_tensor_model_pulls_as_x_transfer_does(tmp_path: Path, keys: Keys,
+                                                  env: dict[str, str]) -> None:
+    """Tensor layers make Ollama pull through x/transfer (formats/ollama-store.md §8): a plain
+    GET of each blob URL, which must answer 200; our 200 (with its Location) is that."""
+    store = tmp_path / "s"
+    make_model(store, "registry.ollama.ai/x/flux/latest",  # named layers, as x/create writes
+               [(TENSOR, weights(300_000, 1)), (TENSOR, weights(3000, 2)),
+                ("application/vnd.ollama.image.json", b'{"_class_name":"x"}')],
+               config=go_json({"model_format": "safetensors", "requires": "0.14.0"}) + b"\n")
+    bundle = _export(store, tmp_path / "b.tar.zst", keys, "--all")
+    with serving(str(bundle), "--trust", str(keys.pub), tmp=tmp_path) as served:
+        result = _pull(served, "x/flux", "latest", tmp_path / "p")
+        assert result.path == "tensor"
+        assert result.manifest == (store / "manifests/registry.ollama.ai/x/flux/latest").read_bytes()
+        check = run(["check-registry", served.url, "x/flux:latest"])
+        assert check.exit_code == 0, check.output
+    assert all(_blobs(store)[k] == v for k, v in _blobs(tmp_path / "p").items())
 
 
 def test_manifest_and_blob_answers(tmp_path: Path, store: Path, bundle_file: Path, keys: Keys,
