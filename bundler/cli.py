@@ -22,6 +22,7 @@ from bundler import (
     __version__,
     config,
     export,
+    httpserve,
     inventory,
     modelkind,
     ollama_local,
@@ -29,13 +30,16 @@ from bundler import (
     pullcheck,
     push,
     releases,
+    serve,
     signing,
     split,
     store_import,
     verify,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
+from bundler.distribution import parse_listen
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
+from bundler.httpserve import Limits
 from bundler.layout import Base, External, ToolRef, format_created
 from bundler.oci import Manifest
 from bundler.progress import format_size, plural
@@ -810,3 +814,92 @@ def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet:
             "registry is", hint=next((a for c in failed for a in c.advice), None))
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _listen(_c: click.Context, _p: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_listen(value, serve.DEFAULT_PORT)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@main.command("serve")
+@click.argument("bundles", metavar="BUNDLE...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--listen", "listen", default=f"127.0.0.1:{serve.DEFAULT_PORT}", show_default=True,
+              metavar="HOST:PORT", callback=_listen,
+              help="Address to listen on (0.0.0.0 for every interface; port 0: any free one).")
+@click.option("--namespace", metavar="NS",
+              help="Serve every model under this namespace (as a namespace in the URL of "
+                   "import --to-registry does); default: each model's own.")
+@TRUST
+@click.option("--allow-unsigned", is_flag=True,
+              help="Serve a bundle without a trusted signature (digests are still checked).")
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Serve HTTPS with this PEM certificate (chain), with --tls-key.")
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="The PEM private key of --tls-cert.")
+@click.option("--htpasswd", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Require Basic credentials from this file (htpasswd -s). Ollama cannot pull "
+                   "through it: it never sends Basic credentials. For other OCI clients only.")
+@click.option("--access-log", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Append the access log (Common Log Format) to FILE instead of stderr.")
+@click.option("--max-connections", type=click.IntRange(1, 1024), default=httpserve.MAX_CONNECTIONS,
+              show_default=True, help="Connections served at once.")
+@click.option("--max-per-client", type=click.IntRange(1, 1024), default=httpserve.MAX_PER_CLIENT,
+              show_default=True, help="Connections served at once to one client address "
+                                      "(Ollama opens 16 per blob).")
+@click.option("--drain-timeout", type=click.FloatRange(0, 86400),
+              default=serve.DRAIN_TIMEOUT, show_default=True, metavar="SECONDS",
+              help="On SIGTERM, how long downloads in progress may take to finish.")
+@common
+def serve_cmd(bundles: tuple[Path, ...], listen: tuple[str, int], namespace: str | None,
+              trust: tuple[Path, ...], allow_unsigned: bool, tls_cert: Path | None,
+              tls_key: Path | None, htpasswd: Path | None, access_log: Path | None,
+              max_connections: int, max_per_client: int, drain_timeout: float,
+              json_mode: bool, quiet: bool) -> None:
+    """Serve bundles read-only over the Distribution API, for `ollama pull`.
+
+    BUNDLE is a bundle file, the first part of a split bundle, or a directory (every
+    *.tar.zst and *.001 in it, looked for again on SIGHUP). Every signature is checked as
+    import checks it before the port opens; each blob's digest the first time it is read.
+    Colleagues run the printed `ollama pull --insecure HOST:PORT/...` commands. SIGTERM
+    lets downloads in progress finish, then exits; SIGHUP re-reads the bundles.
+    """
+    out = _output(json_mode, quiet)
+    keys = trusted_keys(trust, os.environ, HOME, out.log)
+    options = serve.ServeOptions(listen[0], listen[1], namespace, allow_unsigned, tls_cert,
+                                 tls_key, htpasswd, Limits(max_connections, max_per_client),
+                                 drain_timeout)
+    with contextlib.ExitStack() as stack:
+        log = (stack.enter_context(access_log.open("a", encoding="utf-8", buffering=1))
+               if access_log is not None else sys.stderr)
+
+        live = sys.stderr.isatty() and not quiet and not json_mode  # the live status line
+        clear = "\r\x1b[K" if live else ""
+
+        def access(line: str) -> None:
+            print((clear if log is sys.stderr else "") + line, file=log, flush=True)
+
+        def event(line: str) -> None:
+            sys.stderr.write(clear)  # (the live line, if any, is drawn again next time)
+            out.log(line)
+
+        def stats(s: httpserve.Stats) -> None:
+            sys.stderr.write(f"{clear}{plural(s.connections, 'connection')}, "
+                             f"{plural(s.answering, 'answer')} in progress, "
+                             f"{format_size(s.sent)} served")
+            sys.stderr.flush()
+
+        def ready(r: serve.Ready) -> None:
+            out.result("\n".join([f"serving {plural(len(r.models), 'model')} at {r.url}",
+                                   *(m.to_json(r.host, r.insecure)["pull"] for m in r.models)]),
+                       r.to_json() if json_mode else {})
+
+        serve.serve(bundles, keys, options, on_ready=ready, access=access,
+                    on_event=event,
+                    on_stats=stats if live else None)

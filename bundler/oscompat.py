@@ -45,10 +45,11 @@ class Features:
     drop_cache: Callable[[int, int, int], None] | None  # posix_fadvise DONTNEED; else leave it
     dir_fsync: bool  # fsync a directory after a rename (POSIX); else rely on the file's fsync
     switch_user: bool  # seteuid/setegid to a store's owner (POSIX); else write as ourselves
+    sendfile: Callable[[int, int, int, int], int] | None = None  # else read and write
 
 
 PLAIN = Features(pread=None, sync_file_range=None, fdatasync=None, drop_cache=None,
-                 dir_fsync=False, switch_user=False)
+                 dir_fsync=False, switch_user=False, sendfile=None)
 
 
 def portable() -> bool:
@@ -94,6 +95,7 @@ _NATIVE = Features(
     dir_fsync=sys.platform != "win32" and hasattr(os, "O_DIRECTORY"),
     switch_user=all(hasattr(os, f) for f in ("geteuid", "seteuid", "setegid", "setgroups",
                                              "getgroups")),
+    sendfile=getattr(os, "sendfile", None),
 )
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from bundler import cosign, signing
-from bundler.archive import ArchiveReader, Member, member_header, member_spans, padding
+from bundler.archive import (
+    ArchiveReader,
+    Member,
+    MemberBytes,
+    member_header,
+    member_spans,
+    padding,
+)
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
@@ -386,6 +393,25 @@ class BundleReader:
                 return None
             out[ref.digest] = Seekable(ref, body, self._on_bytes)
         self._seeking = True
+        return out
+
+    def ranges(self) -> dict[Digest, MemberBytes] | None:
+        """After `read_head()`, for a file (or split parts) with the writer's seek table: each
+        config and layer blob's body by byte range (formats/serve-v1.md §3), read on its own
+        and not verified (the caller verifies). None if the bundle cannot be read that way."""
+        assert self._head is not None
+        rows = self._archive.seek_rows()
+        source = self._archive.positional()
+        if (rows is None or source is None or self._spans is None
+                or self._head_bytes != self._head_frame):
+            return None
+        out: dict[Digest, MemberBytes] = {}
+        for ref in self._head.layer_blobs:
+            name = blob_member(ref.digest)
+            member = MemberBytes.of(source, rows, self._spans[name], name, ref.size)
+            if member is None:
+                return None
+            out[ref.digest] = member
         return out
 
     def reread(self) -> Reread | None:
