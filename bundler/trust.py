@@ -78,7 +78,7 @@ def _sudo_note(env: Mapping[str, str], used: Path, system: Path | None) -> str:
     """Under sudo HOME is root's, so the invoking user's own trust directory is not read:
     say so when it holds keys (their names are listed, nothing in it is read or trusted)."""
     user = env.get("SUDO_USER", "")
-    if not user or user == "root" or oscompat.effective_uid() != 0:
+    if not user or user == "root" or oscompat.effective_uid() != 0 or system is None:
         return ""
     try:
         passwd = Path("/etc/passwd").read_text("utf-8", "replace")
@@ -94,9 +94,8 @@ def _sudo_note(env: Mapping[str, str], used: Path, system: Path | None) -> str:
         return ""
     if not count:
         return ""
-    where = f"{system}/" if system is not None else "--trust"
     return (f"; under sudo, {user}'s trust directory {theirs} ({plural(count, 'key')}) is not "
-            f"read (HOME is root's): copy the key into {where}, or pass --trust")
+            f"read (HOME is root's): copy the key into {system}/, or pass --trust")
 
 
 def revoked_ids(path: Path) -> set[str]:
