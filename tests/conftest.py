@@ -1,7 +1,8 @@
 """Shared fixtures (the loopback-only guard, key pairs, an isolated environment, stores and
 bundles) and the suite's shape: fixture modules in tests/support/ registered as plugins, and a
-marker per folder (unit, cli, adversarial, system) so that `pytest -m "not system"` leaves out
-every test that starts a server, an unshared namespace or a crash harness."""
+marker per folder (unit, cli, adversarial, system, ollama) so that `pytest -m "not system and not
+ollama"` leaves out every test that starts a server, an unshared namespace, a crash harness or
+the real Ollama."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ pytest_plugins = [
     "tests.support.token_registry",
 ]
 
-GROUPS = ("unit", "cli", "adversarial", "system")
+GROUPS = ("unit", "cli", "adversarial", "system", "ollama")
 _TESTS = Path(__file__).resolve().parent
 
 
