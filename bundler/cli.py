@@ -442,7 +442,7 @@ def _resolve_bundle(args: tuple[str, ...]) -> str:
 
 
 @contextlib.contextmanager
-def _open_bundle(path: str, *, whole: bool = True) -> Iterator[BinaryIO]:
+def _open_bundle(path: str) -> Iterator[BinaryIO]:
     # Unbuffered (FileIO): the decompressing thread may be left blocked in a read of a stalled
     # pipe after Ctrl-C, and a BufferedReader's lock would then abort interpreter shutdown.
     if path == "-":
@@ -454,7 +454,7 @@ def _open_bundle(path: str, *, whole: bool = True) -> Iterator[BinaryIO]:
         with open(fd, "rb", buffering=0, closefd=False) as stdin:
             yield stdin
         return
-    with open_bundle(Path(path), parts=whole) as f:
+    with open_bundle(Path(path)) as f:
         yield f
 
 
@@ -490,10 +490,11 @@ def _layer_kinds(manifest: Manifest) -> str:
 @TRUST
 @common
 def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bool) -> None:
-    """List a bundle's models, signers and totals (reads only the head of the file)."""
+    """List a bundle's models, signers and totals (reads the head, and with the seek table
+    only the file's last frames to check that it is whole; exit 3 if it is truncated)."""
     out = _output(json_mode, quiet)
     keys = trusted_keys(trust, os.environ, HOME, out.log)
-    with _open_bundle(bundle_path, whole=False) as f:  # the head is in part 1
+    with _open_bundle(bundle_path) as f:  # the head is in part 1, the end in the last
         head = verify.list_bundle(f, keys)
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
              f"{head.root.tool_version}")
@@ -605,6 +606,9 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     lines.append(f"{verb} {plural(result.blobs_written, 'blob')} "
                  f"({format_size(result.bytes_written)}), "
                  f"{result.blobs_present} already present, into {result.store}")
+    if result.blobs_kept:
+        lines.append(f"kept {plural(result.blobs_kept, 'staged blob')} "
+                     f"({format_size(result.bytes_kept)}) from an interrupted import")
     if tensor:
         lines.append(f"note: {plural(tensor, 'tensor model')} (safetensors): Ollama runs them only "
                      "where its MLX runtime loads; elsewhere they are listed but do not run")

@@ -403,6 +403,23 @@ class BundleReader:
 
         return body
 
+    def check_complete(self) -> None:
+        """After `read_head()`, for a reader that wants no blob: that the bundle is whole to
+        its end-of-archive marker (formats/bundle-v1.md §9 step 7). With the writer's seek
+        table (whose frame sizes add up to the file's size, §7.1) only the frames after the
+        last blob are read; without one (a file cut short loses it) every blob is read on
+        and verified."""
+        assert self._head is not None
+        rows = self._archive.seek_rows()
+        if rows is not None and self._spans is not None \
+                and self._head_bytes == self._head_frame:
+            self._archive.check_end_at(max(end for _, end in self._spans.values()))
+            return
+        for _, body in self.blobs():
+            for _ in body:
+                pass
+        self.finish()
+
     def finish(self) -> None:
         """Require the end-of-archive marker after the last blob: next in the stream, or
         after `seekable()`, where the seek table puts the end of the last blob's frames."""

@@ -129,6 +129,10 @@ def read_private(path: Path, passphrase: bytes | Callable[[], bytes | None] | No
         ) from None
     except OSError as e:
         raise BundlerError(f"cannot read signing key {path}: {e.strerror}") from None
+    if data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):  # signature-v1.md §2
+        raise UsageError(f"{path} is a public key, not a signing key",
+                         hint="give --key the private key (PREFIX.key, beside the .pub); the "
+                              ".pub file is what importers pass to --trust")
     if oscompat.posix_permissions() and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(
             f"signing key {path} is readable by other users (mode {stat.S_IMODE(mode):04o})",

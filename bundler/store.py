@@ -57,7 +57,11 @@ def _os_error(action: str, path: Path, e: OSError) -> BundlerError:
     if e.errno == errno.ENOSPC:
         return BundlerError(f"{action} {path}: no space left on device",
                             hint="free space on that file system and run the import again")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno == errno.EROFS:
+        return BundlerError(f"{action} {path}: {e.strerror}",
+                            hint="that file system is mounted read-only: remount it "
+                                 "read-write, or choose --models DIR on another one")
+    if e.errno in (errno.EACCES, errno.EPERM):
         return BundlerError(f"{action} {path}: {e.strerror}",
                             hint="run as the store's owner (or root), or choose --models DIR")
     return BundlerError(f"{action} {path}: {e.strerror}")
@@ -218,6 +222,26 @@ class Store:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.blobs_dir if self.blobs_dir.is_dir() else self.root).free
 
+    def free_inodes(self) -> int | None:
+        """Files and directories that can still be created there; None if the file system
+        does not count them (statvfs reports f_files 0)."""
+        try:
+            st = os.statvfs(self.blobs_dir if self.blobs_dir.is_dir() else self.root)
+        except (OSError, AttributeError):  # AttributeError: no os.statvfs (Windows)
+            return None
+        return st.f_favail if st.f_files else None
+
+    def inodes_needed(self, blobs: int, names: Iterable[ModelName]) -> int:
+        """What an import creates (formats/ollama-store.md §4): a staged file per blob, a
+        file per manifest and the directories missing on their paths, blobs/ and manifests/
+        if missing, and the releases record's temp file."""
+        names = list(names)
+        missing = {p for name in names
+                   for p in self.manifest_path(name).relative_to(self.manifests_dir).parents[:-1]
+                   if not (self.manifests_dir / p).is_dir()}
+        return (blobs + len(names) + len(missing) + 1
+                + sum(not d.is_dir() for d in (self.blobs_dir, self.manifests_dir)))
+
     def stage(self, digest: Digest, *, resume: bool = False) -> StagedBlob:
         """A blob's staging file, blobs/.bundle-<hex>.partial (a name Ollama's prune removes).
         With `resume`, what an interrupted import left there is kept and appended to (the
@@ -302,8 +326,9 @@ class Store:
                 if isinstance(k, str) and isinstance(v, dict)
                 and isinstance(v.get("created"), str) and isinstance(v.get("root"), str)}
 
-    def record_releases(self, entries: dict[str, dict[str, str]]) -> None:
-        """Add or replace records (under the lock, after the manifests are written)."""
+    def stage_releases(self, entries: dict[str, dict[str, str]]) -> StagedManifest:
+        """The records with these added or replaced, in a temp file (under the lock, before
+        the manifests are renamed); commit_releases renames it into place."""
         records = {**self.releases(), **entries}
         raw = json.dumps({"models": records}, indent=1, sort_keys=True).encode() + b"\n"
         tmp = self.root / f"{_PARTIAL_PREFIX}{secrets.token_hex(8)}{_PARTIAL_SUFFIX}"
@@ -314,14 +339,26 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.root / RELEASES_NAME)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise _os_error("cannot write", self.root / RELEASES_NAME, e) from None
+        return StagedManifest(tmp, self.root / RELEASES_NAME)
 
-    def write_manifest(self, name: ModelName, raw: bytes) -> None:
-        """Exact bytes, via a temp file at depth 1 (invisible to Ollama), fsync, rename."""
+    def commit_releases(self, staged: StagedManifest) -> None:
+        try:
+            os.replace(staged.tmp, staged.final)
+        except OSError as e:
+            staged.discard()
+            raise _os_error("cannot write", staged.final, e) from None
+
+    def record_releases(self, entries: dict[str, dict[str, str]]) -> None:
+        """Add or replace records (under the lock, after the manifests are written)."""
+        self.commit_releases(self.stage_releases(entries))
+
+    def stage_manifest(self, name: ModelName, raw: bytes) -> StagedManifest:
+        """Exact bytes in a temp file at depth 1 (invisible to Ollama), fsynced, with the
+        directories of its final path made: what commit_manifest renames."""
         final = self.manifest_path(name)
         for parent in reversed(final.relative_to(self.manifests_dir).parents[:-1]):
             self._mkdir(self.manifests_dir / parent)
@@ -334,12 +371,29 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
-            oscompat.fsync_dir(final.parent)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise _os_error("cannot write manifest", final, e) from None
+        return StagedManifest(tmp, final)
+
+    def commit_manifest(self, staged: StagedManifest) -> None:
+        """Rename a staged manifest into place (it needs no new inode) and fsync its
+        directory."""
+        try:
+            os.replace(staged.tmp, staged.final)
+            oscompat.fsync_dir(staged.final.parent)
+        except OSError as e:
+            raise _os_error("cannot write manifest", staged.final, e) from None
+
+    def write_manifest(self, name: ModelName, raw: bytes) -> None:
+        """Exact bytes, via a temp file at depth 1 (invisible to Ollama), fsync, rename."""
+        staged = self.stage_manifest(name, raw)
+        try:
+            self.commit_manifest(staged)
+        except BaseException:
+            staged.discard()
+            raise
 
     def sync_blobs_dir(self) -> None:
         oscompat.fsync_dir(self.blobs_dir)
@@ -352,6 +406,18 @@ class Store:
             path.chmod(0o755)
         except OSError as e:
             raise _os_error("cannot create directory", path, e) from None
+
+
+@dataclass(frozen=True, slots=True)
+class StagedManifest:
+    """A manifest written to its temp file, not yet renamed to its final path."""
+
+    tmp: Path
+    final: Path
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
 
 
 class StagedBlob:
@@ -408,6 +474,12 @@ class StagedBlob:
             os.ftruncate(self._f.fileno(), 0)
             os.lseek(self._f.fileno(), 0, os.SEEK_SET)
             self.existing = 0
+
+    def close(self) -> None:
+        """Close the file and leave it, as a crash would, for the next import to continue."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
     def discard(self) -> None:
         if self._f is not None:

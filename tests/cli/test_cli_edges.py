@@ -107,6 +107,13 @@ def test_key_options(tmp_path: Path, store: Path, keys: Keys, env: dict[str, str
     r = run(["export", "tiny", "--models", str(store), "--key", str(tmp_path / "notpem.key"),
              "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "PKCS#8" in r.stderr
+    # the public key given where the signing key goes: said so, not "wrong passphrase"
+    keys.pub.chmod(0o644)
+    r = run(["export", "tiny", "--models", str(store), "--key", str(keys.pub),
+             "-o", str(tmp_path / "b")], env={"BUNDLE_PASSPHRASE": "pw"})
+    assert r.exit_code == 2, r.output
+    assert "public key" in r.stderr and "chmod" not in r.stderr, r.stderr
+    assert "passphrase" not in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root; CI runs as root")

@@ -516,3 +516,49 @@ SAME_AS: dict[str, str] = {
     "PAX_CASES/size-huge-index": "size-huge-pax-index-json",
     "GNU_LONG/longname-traversal": "traversal-gnu-longname",
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory amplification: a small file whose head holds far more than it weighs
+
+
+def manifest_bomb(b: Bundle, count: int, size: int) -> bytes:
+    """The bundle, unsigned, with `count` models whose manifests are `size` bytes each (its
+    first manifest with an annotation that differs in each, padded with spaces), as one zstd
+    frame: a small file whose manifests, held whole, are `count * size` bytes."""
+    import json
+
+    import zstandard
+
+    from tests.support.tar import blob_name, sha256_hex
+
+    first = b.members[b.first_blob]
+    template = json.loads(first.data)
+    raws = []
+    for i in range(count):
+        doc = {**template, "annotations": {"bomb": str(i)}}
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        raws.append(body + b" " * (size - len(body)))
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": template["mediaType"],
+                            "digest": f"sha256:{sha256_hex(raw)}", "size": len(raw),
+                            "annotations": {REF: f"registry.ollama.ai/library/bomb:{i}"}}
+                           for i, raw in enumerate(raws)]}
+    index_bytes = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+    n_manifests = len({d["digest"] for d in b.index["manifests"]})
+    used = {d["digest"][7:] for d in [template["config"], *template["layers"]]}
+    rest = [m for m in b.members[b.first_blob + n_manifests:] if m.name[13:] in used]
+    root = b.root
+    root["index"] = {"digest": f"sha256:{sha256_hex(index_bytes)}", "size": len(index_bytes)}
+    root["blobs"] = ([{"digest": f"sha256:{sha256_hex(raw)}", "size": len(raw)} for raw in raws]
+                     + [{"digest": f"sha256:{sha256_hex(m.data)}", "size": len(m.data)}
+                        for m in rest])
+    root.pop("cosign", None)
+    root_bytes = json.dumps(root, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    head = [regular(ROOT, root_bytes), b.member("oci-layout"), regular("index.json", index_bytes)]
+    obj = zstandard.ZstdCompressor(level=19).compressobj()
+    out = [obj.compress(m.encode()) for m in head]
+    out += [obj.compress(regular(blob_name(raw), raw).encode()) for raw in raws]
+    out += [obj.compress(m.encode()) for m in rest]
+    out.append(obj.compress(EOA) + obj.flush())
+    return b"".join(out)
