@@ -173,8 +173,9 @@ def registry_options(f: Callable[..., None]) -> Callable[..., None]:
 TRUST = click.option(
     "--trust", "trust", multiple=True, metavar="PUB",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Trust this public key (repeatable), besides every *.pub in the trust directory "
-         "($BUNDLE_TRUST_DIR, default ~/.config/ollama-bundle/trusted).")
+    help="Trust this public key (repeatable), besides every *.pub in the trust directories: "
+         "/etc/ollama-bundle/trusted (every user's) and $BUNDLE_TRUST_DIR (default "
+         "~/.config/ollama-bundle/trusted).")
 MODELS = click.option(
     "--models", "models_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
     help="Ollama model store (default: $OLLAMA_MODELS, else the store of the Ollama service "
@@ -658,7 +659,7 @@ def _read_password() -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
-def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsigned: bool,
+def _push(bundle_path: str, url: str, keys: Sequence[signing.PublicKey], allow_unsigned: bool,
           only: tuple[str, ...], jobs: int, out: Output, options: RegistryOptions) -> None:
     client = _client(url, out, options)
     with _open_bundle(bundle_path) as f, out.progress("push") as bar:

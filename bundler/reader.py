@@ -267,7 +267,7 @@ class BundleReader:
         signatures = decide_trust(root_raw, carried, trusted)
         if enforce_trust and not signatures.is_trusted:
             if not allow_unsigned:
-                raise refuse_untrusted(signatures)
+                raise refuse_untrusted(signatures, trusted)
             on_event("warning: no trusted signature; accepting on digests alone "
                      "(--allow-unsigned)")
         documents: dict[str, bytes] = {}
