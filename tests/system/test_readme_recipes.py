@@ -32,7 +32,7 @@ import pytest
 from tests.support.common import MODEL, PARAMS, REPO, TEMPLATE, make_model, tree, weights
 from tests.support.ollama import ollama_binary, ollama_serve
 from tests.support.readme import blocks, section, substitute
-from tests.support.servers import _kill_leftovers, free_port
+from tests.support.servers import _kill_leftovers, free_port, run_moto
 
 VENV_BIN = REPO / ".venv" / "bin"
 REGISTRY_SCRIPT = REPO / "scripts" / "registry-for-ollama"
@@ -295,8 +295,7 @@ def test_serving_models_from_a_private_registry_as_printed(
     `registry.example` stands for here, instead of every interface."""
     port, upstream = free_port(), free_port()
     data = tmp_path / "registry"
-    first, s3 = blocks("Serving models to colleagues from a private registry")
-    assert "--s3-bucket" in s3  # needs S3; tests/system/test_registry_s3.py runs that mode
+    first, _s3 = blocks("Serving models to colleagues from a private registry")
     script = substitute(first, {
         "start --port 5000 --listen 0.0.0.0":
             f"start --port {port} --listen 127.0.0.1 --upstream-port {upstream} --data {data}",
@@ -318,6 +317,45 @@ def test_serving_models_from_a_private_registry_as_printed(
     assert f"ollama pull --insecure {name}" in text  # what the push prints, too
     assert listed == {name: connected.ids["llama3.2:latest"],
                       "llama3.2:latest": connected.ids["llama3.2:latest"]}
+
+
+def test_the_s3_set_up_as_printed(tmp_path: Path, ollama: Path, connected: Connected) -> None:
+    """The S3 block as printed, with moto's server mode on 127.0.0.2 standing in for
+    `https://s3.example:9000` (plain HTTP: moto has no TLS here) and placeholder credentials,
+    which moto accepts. A push through it, then a colleague's real `ollama pull --insecure`
+    that follows the registry's 307 to the storage host."""
+    _first, block = blocks("Serving models to colleagues from a private registry")
+    port, upstream = free_port(), free_port()
+    data = tmp_path / "registry"
+    with run_moto(tmp_path / "moto") as s3:
+        script = substitute(block, {
+            "start --port 5000 --listen 0.0.0.0":
+                f"start --port {port} --listen 127.0.0.1 --upstream-port {upstream} "
+                f"--data {data}",
+            "--s3-bucket models": f"--s3-bucket {s3.bucket}",
+            "https://s3.example:9000": s3.url,
+        })
+        home = tmp_path / "home"
+        user_trusting(home, connected.pub)
+        env = clean_env(home, f"{ollama.parent}:{VENV_BIN}:/usr/sbin:/usr/bin:/bin")
+        (tmp_path / "colleague").mkdir()
+        (tmp_path / "ollama-home").mkdir()
+        with registry_recipe_stopped_after(data), \
+                ollama_serve(ollama, tmp_path / "colleague",
+                             home=tmp_path / "ollama-home") as server:
+            r = subprocess.run(["sh", "-exc", script], cwd=REPO, env=env, capture_output=True,
+                               text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert f"S3 bucket {s3.bucket} at {s3.url}" in r.stdout
+            push = subprocess.run(
+                [str(VENV_BIN / "bundle"), "import", str(connected.bundle), "--only",
+                 "llama3.2", "--to-registry", f"http://127.0.0.1:{port}/team"],
+                env=env, capture_output=True, text=True, timeout=300, check=False)
+            assert push.returncode == 0, push.stdout + push.stderr
+            name = f"127.0.0.1:{port}/team/llama3.2:latest"
+            server.cli("pull", "--insecure", name)
+            listed = {m["name"]: m["digest"] for m in server.tags()}
+    assert listed == {name: connected.ids["llama3.2:latest"]}
 
 
 def test_release_trains_as_printed(tmp_path: Path, connected: Connected) -> None:
