@@ -5,7 +5,10 @@ missing, renamed or unlisted tool member is refused like any other change (throu
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,48 @@ def test_with_tool_defaults_to_the_running_pex(tmp_path: Path, store: Path,
     assert r.exit_code == 0, r.output
     members = split(decompress(out.read_bytes()))
     assert [m.data for m in members if m.info.name == MEMBER] == [pex.read_bytes()]
+
+
+def test_tool_member_is_stored_executable(tool_bundle: Path, tmp_path: Path) -> None:
+    """Member 2b has mode 0755 (formats/bundle-v1.md §3), so `tar -x` gives a file that runs;
+    every other member stays 0644."""
+    with tarfile.open(fileobj=io.BytesIO(decompress(tool_bundle.read_bytes()))) as tf:
+        modes = {m.name: m.mode for m in tf.getmembers()}
+    assert modes.pop(MEMBER) == 0o755
+    assert set(modes.values()) == {0o644}
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(tool_bundle), "-C", str(out), MEMBER],
+                   check=True)
+    assert (out / MEMBER).stat().st_mode & 0o777 == 0o755
+
+
+def _tool_mode(mode: int) -> object:
+    def edit(ms: list) -> list:  # type: ignore[type-arg]
+        i = [m.info.name for m in ms].index(MEMBER)
+        ms[i] = regular(MEMBER, ms[i].data, mode=mode)
+        return ms
+    return edit
+
+
+def test_tool_member_of_an_older_writer_at_0644_is_accepted(scene: Scene,
+                                                           tool_bundle: Path) -> None:
+    """Writers before the executable tool member stored it 0644: readers accept that mode
+    for member 2b (formats/bundle-v1.md §3), and only that one besides 0755."""
+    scene.accepted(_rebuilt(scene, tool_bundle, _tool_mode(0o644)))
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o4755, 0o700, 0o744])
+def test_tool_member_with_another_mode_is_refused(scene: Scene, tool_bundle: Path,
+                                                  mode: int) -> None:
+    err = scene.refused(_rebuilt(scene, tool_bundle, _tool_mode(mode)))
+    assert f"bundle member '{MEMBER}': tar header differs from the canonical one" in err
+
+
+def test_other_members_at_0755_are_refused(scene: Scene, tool_bundle: Path) -> None:
+    def edit(ms: list) -> list:  # type: ignore[type-arg]
+        i = [m.info.name for m in ms].index("index.json")
+        ms[i] = regular("index.json", ms[i].data, mode=0o755)
+        return ms
+    err = scene.refused(_rebuilt(scene, tool_bundle, edit))
+    assert "bundle member 'index.json': tar header differs" in err
