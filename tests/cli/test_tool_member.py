@@ -231,3 +231,35 @@ def test_other_members_at_0755_are_refused(scene: Scene, tool_bundle: Path) -> N
         return ms
     err = scene.refused(_rebuilt(scene, tool_bundle, edit))
     assert "bundle member 'index.json': tar header differs" in err
+
+
+@pytest.mark.parametrize("args", [
+    ["--with-tool", "tiny"],  # meant: the default tool, then the model tiny
+    ["tiny", "--with-tool", "tiny:chat"],
+    ["tiny", "--with-tool", "tool.zip"],
+])
+def test_with_tool_value_that_is_not_a_pex_name_is_refused(tmp_path: Path, store: Path,
+                                                           env: dict[str, str],
+                                                           args: list[str]) -> None:
+    """`--with-tool [FILE]` takes a value only when it names a .pex file: a model name after
+    it is not taken for the tool file, it is refused with the way to say it."""
+    (tmp_path / "tool.zip").write_bytes(fake_pex(tmp_path / "t.pex").read_bytes())
+    out = tmp_path / "b.tar.zst"
+    r = run(["export", *args, "--models", str(store), "--unsigned", "-o", str(out)],
+            {**env, "PEX": str(fake_pex(tmp_path / "running.pex"))})
+    value = args[args.index("--with-tool") + 1]
+    assert r.exit_code == 2, r.output
+    assert f"--with-tool {value}: FILE must be a PEX file named *.pex" in r.stderr, r.stderr
+    assert "put --with-tool after the model names" in r.stderr
+    assert not out.exists()
+
+
+def test_with_tool_before_the_models_takes_a_pex(tmp_path: Path, store: Path,
+                                                 env: dict[str, str]) -> None:
+    pex = fake_pex(tmp_path / "tool.pex")
+    out = tmp_path / "b.tar.zst"
+    r = run(["export", "--with-tool", str(pex), "tiny", "--models", str(store), "--unsigned",
+             "-o", str(out)], env)
+    assert r.exit_code == 0, r.output
+    assert [m.data for m in split(decompress(out.read_bytes())) if m.info.name == MEMBER] \
+        == [pex.read_bytes()]
