@@ -188,3 +188,12 @@ def test_tool_digest_is_the_roots(tmp_path: Path, built: Built,
     data = built.pex.read_bytes()
     assert root["toolFile"] == {"digest": "sha256:" + hashlib.sha256(data).hexdigest(),
                                 "size": len(data), "version": __version__}
+
+
+def test_read_only_home_warns_once(tmp_path: Path, built: Built) -> None:
+    """Under a read-only HOME pex unpacks into a temporary root and says so: once, although
+    it runs itself again from the unpacked copy (scripts/pex_preamble.py)."""
+    r = offline(f"{_sh([PYTHON])} -I {_sh([built.pex])} --version", tmp_path)
+    assert r.returncode == 0 and __version__ in r.stdout, r.stdout + r.stderr
+    assert r.stderr.count("PEX_ROOT is configured as") == 1, r.stderr
+    assert "falling back to a temporary PEX_ROOT" in r.stderr
