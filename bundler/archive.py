@@ -52,11 +52,12 @@ def padding(size: int) -> int:
     return -size % BLOCK
 
 
-def member_header(name: str, size: int) -> bytes:
-    """Deterministic ustar header (§3), preceded by a PAX `size` header when size >= 8 GiB."""
+def member_header(name: str, size: int, mode: int = 0o644) -> bytes:
+    """Deterministic ustar header (§3), preceded by a PAX `size` header when size >= 8 GiB;
+    `mode` is 0644 but for the carried tool's 0755."""
     info = tarfile.TarInfo(name)
     info.size = size
-    info.mode = 0o644
+    info.mode = mode
     info.mtime = 0
     info.uid = info.gid = 0
     info.uname = info.gname = ""
@@ -110,11 +111,11 @@ class ArchiveWriter:
         self._frame([bytes(data)], len(data), level)
 
     def write_stream(self, name: str, size: int, chunks: Iterable[memoryview | bytes], *,
-                     level: int | None) -> None:
+                     level: int | None, mode: int = 0o644) -> None:
         """One member in frames of at most FRAME_MAX bytes (the first starts at its header),
         compressed at `level` or stored as raw blocks (None); `chunks` must add up to exactly
         `size` bytes."""
-        header = member_header(name, size)
+        header = member_header(name, size, mode)
         pieces = iter(_checked(name, size, chunks, header))
         total = len(header) + size + padding(size)
         carry: list[memoryview] = []
@@ -441,6 +442,10 @@ class Member:
     def is_canonical(self) -> bool:
         """True if the header is exactly what the writer emits (formats/bundle-v1.md §3)."""
         return self.header == member_header(self.name, self.size)
+
+    def is_canonical_with(self, modes: Iterable[int]) -> bool:
+        """True if the header is what the writer emits with one of `modes`."""
+        return any(self.header == member_header(self.name, self.size, m) for m in modes)
 
 
 class ArchiveReader:

@@ -297,10 +297,11 @@ def _stdout() -> Iterator[Sink]:
                    "or inventory (from 'bundle inventory') has (repeatable).")
 @click.option("--with-tool", "with_tool", is_flag=False, flag_value="", default=None,
               metavar="[FILE]",
-              help="Carry this tool in the bundle, as the PEX FILE (default: the PEX this runs "
-                   "from, else dist/ollama-bundle-VERSION.pex from scripts/build-pex), for "
-                   "the air-gapped side (formats/bundle-v1.md §11; versions of this tool "
-                   "older than this option refuse such a bundle).")
+              help="Carry this tool in the bundle, as the PEX FILE, whose name must end in "
+                   ".pex (default: the PEX this runs from, else dist/ollama-bundle-VERSION.pex "
+                   "from scripts/build-pex), for the air-gapped side (formats/bundle-v1.md "
+                   "§11; versions of this tool older than this option refuse such a bundle). "
+                   "Without FILE, put it after the model names or before another option.")
 @registry_options
 @PASSPHRASE_FILE
 @common
@@ -316,6 +317,10 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     MODEL is an Ollama name (tiny, tiny:chat, hf.co/org/repo:Q4_K_M); or pass --all.
     """
     out = _output(json_mode, quiet)
+    if with_tool and not with_tool.endswith(".pex"):  # a model name after --with-tool
+        raise UsageError(f"--with-tool {with_tool}: FILE must be a PEX file named *.pex",
+                         hint="to carry the default tool, put --with-tool after the model names "
+                              "(bundle export MODEL... --with-tool -o OUT)")
     if bool(names) == all_models:
         raise UsageError("name the models to export, or pass --all (not both)")
     if unsigned and key_path:

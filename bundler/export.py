@@ -24,6 +24,7 @@ from bundler.layout import (
     OCI_LAYOUT,
     OCI_LAYOUT_MEMBER,
     ROOT_MEMBER,
+    TOOL_MODE,
     BlobRef,
     Contents,
     CosignRef,
@@ -373,7 +374,8 @@ def _write_tool(writer: ArchiveWriter, tool: CarriedTool) -> None:
         raise BundlerError(f"--with-tool {tool.path}: {e.strerror}") from None
     with f:
         source = ReadAhead(f)
-        writer.write_stream(tool.ref.member, tool.ref.blob.size, source, level=None)
+        writer.write_stream(tool.ref.member, tool.ref.blob.size, source, level=None,
+                            mode=TOOL_MODE)
     if source.digest != tool.ref.blob.digest:
         raise IntegrityError(f"--with-tool {tool.path}: the file changed while it was exported")
 

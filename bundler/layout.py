@@ -42,6 +42,11 @@ MAX_TOOL_BYTES = 512 * 1024 * 1024
 MAX_MODELS = 10_000
 MAX_HEAD_MANIFEST_BYTES = 16 * 1024 * 1024
 
+# formats/bundle-v1.md §3: the carried tool is written executable; writers before that wrote
+# it 0644 like every other member, and readers accept both for it (and only for it).
+TOOL_MODE = 0o755
+TOOL_MODES_READ = (TOOL_MODE, 0o644)
+
 # formats/bundle-v1.md §7: weights barely compress; JSON and text do.
 WEIGHTS_MEDIA_TYPES = frozenset(f"application/vnd.ollama.image.{kind}" for kind in (
     "model", "projector", "adapter", "draft", "tensor"))

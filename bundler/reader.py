@@ -31,6 +31,7 @@ from bundler.layout import (
     OCI_LAYOUT_MEMBER,
     ROOT_MEMBER,
     TOOL_DIRECTORY,
+    TOOL_MODES_READ,
     BlobRef,
     Model,
     Root,
@@ -196,9 +197,10 @@ class Seekable:
                      "import again")
 
 
-def _require_canonical(m: Member) -> None:
-    # formats/bundle-v1.md §3: headers are exactly what the writer emits
-    if not m.is_canonical:
+def _require_canonical(m: Member, modes: Sequence[int] | None = None) -> None:
+    # formats/bundle-v1.md §3: headers are exactly what the writer emits (for the carried
+    # tool, with one of the modes writers have used for it)
+    if not (m.is_canonical if modes is None else m.is_canonical_with(modes)):
         raise IntegrityError(f"bundle member {m.name[:200]!r}: tar header differs from the "
                              "canonical one (mode, owner, time or other fields were changed)",
                              hint="this is not an intact bundle")
@@ -298,7 +300,7 @@ class BundleReader:
                 raise IntegrityError(f"bundle: {found} where {tool.member} belongs",
                                      hint="members are missing, reordered or added: this is "
                                           "not an intact bundle")
-            _require_canonical(m)
+            _require_canonical(m, TOOL_MODES_READ)
             if m.size != tool.blob.size:
                 raise IntegrityError(f"{tool.member}: size differs from the signed root's")
             h = hashlib.sha256()

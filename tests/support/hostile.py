@@ -12,6 +12,7 @@ group, byte for byte: the generator skips them (it refuses two files with the sa
 
 from __future__ import annotations
 
+import json
 import re
 import tarfile
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from tests.support.tar import (
     pax_record,
     raw_header,
     regular,
+    sha256_hex,
 )
 from tests.support.zstd import compress, rle_block, zstd_frame
 
@@ -562,3 +564,74 @@ def manifest_bomb(b: Bundle, count: int, size: int) -> bytes:
     out += [obj.compress(m.encode()) for m in rest]
     out.append(obj.compress(EOA) + obj.flush())
     return b"".join(out)
+
+
+# Decoys for the stock-tools check of the carried tool (README "First time on the air-gapped
+# side", formats/threat-model.md T27)
+
+# Each takes a signed bundle that carries a tool (`b`, its tool member named `name`) and a
+# payload the attacker wants run, and gives the crafted archive's members. None of them holds
+# a key: the root and its signature are the signer's, except where the root is replaced.
+def _invisible_and_newline(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # The genuine tool under its name plus a zero-width space (so `*.pex` does not match it),
+    # the payload under that name, a newline and '#.pex': `ls *.pex` gives one line per
+    # name... and this one name is two lines, of which sha256sum checks the first (the
+    # genuine file) and takes the second for a comment.
+    hidden = name + "\u200b"
+    at = b.pos(name)
+    return [*b.members[:at], regular(hidden, b.member(name).data),
+            regular(hidden + "\n#.pex", payload, mode=0o755), *b.members[at + 1:]]
+
+
+def _forged_root(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # A root naming the payload, under the signer's (now wrong) signature: it fails the
+    # openssl check, but a recipe that goes on anyway finds the payload "OK".
+    root = b.root
+    root["toolFile"].update(digest="sha256:" + sha256_hex(payload), size=len(payload))
+    ms = [m.copy() for m in b.members]
+    ms[b.pos(ROOT)] = regular(ROOT, json.dumps(root, sort_keys=True,
+                                               separators=(",", ":")).encode() + b"\n")
+    ms[b.pos(name)] = regular(name, payload, mode=0o755)
+    return ms
+
+
+def _first_at_the_name(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # the payload under the tool's own name, before the genuine member of that name
+    at = b.pos(name)
+    return [*b.members[:at], regular(name, payload, mode=0o755), *b.members[at:]]
+
+
+def _directory_at_the_name(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # a member inside a "directory" of the tool's name, which tar takes as matching the name
+    at = b.pos(name)
+    return [*b.members[:at], regular(f"{name}/x", payload, mode=0o755), *b.members[at:]]
+
+
+def _link_at_the_name(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # the tool's name is a symbolic link to a file the payload is written to
+    link = regular(name, b"", type=tarfile.SYMTYPE, linkname="../../payload.pex")
+    at = b.pos(name)
+    return [*b.members[:at], link, regular("payload.pex", payload, mode=0o755),
+            *b.members[at + 1:]]
+
+
+def _second_pex(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # the genuine tool where it belongs, and a second, newer-looking one the root does not name
+    at = b.pos(name)
+    other = re.sub(r"-[^/]*\.pex$", "-99.0.pex", name)
+    return [*b.members[:at + 1], regular(other, payload, mode=0o755), *b.members[at + 1:]]
+
+
+# tag: (the crafted members, what it attacks, whether the genuine tool is still there, as
+# the only member of its name, for a careful recipe to find)
+TOOL_DECOYS: dict[str, tuple[Callable[[Bundle, str, bytes], list[Member]], str, bool]] = {
+    "invisible-and-newline": (_invisible_and_newline, "a name with a zero-width space and a "
+                              + "newline, the genuine tool hidden beside it", False),
+    "forged-root": (_forged_root, "a root naming the payload, its signature no longer valid",
+                    False),
+    "first-at-the-name": (_first_at_the_name, "the payload first under the tool's name", False),
+    "directory-at-the-name": (_directory_at_the_name, "the payload inside a directory of "
+                              + "the tool's name", False),
+    "link-at-the-name": (_link_at_the_name, "a symbolic link at the tool's name", False),
+    "second-pex": (_second_pex, "a second .pex member the root does not name", True),
+}
