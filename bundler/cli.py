@@ -791,18 +791,13 @@ def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet:
     checks = [pullcheck.check_registry(client, repo, tag) for repo, tag in targets]
     text = [line for c in checks for line in _check_text(c)]
     if not names:
-        bound = f" (at most {pullcheck.MAX_PROBES})" if found > len(checks) else ""
-        text.append(f"probed {len(checks)} of {found} model tags{bound} under "
+        text.append(pullcheck.probed_text(len(checks), found, "model tags") + " under "
                     f"{client.target.base}/{client.target.namespace or ''}")
     out.result("\n".join(text), {"registry": client.target.base,
                                   "namespace": client.target.namespace,
                                   "modelTags": found, "probed": len(checks),
                                   "limit": pullcheck.MAX_PROBES,
                                   "checks": [c.to_json() for c in checks]})
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        raise registry.RegistryError(
-            f"`ollama pull` will not work for {len(failed)} of {len(checks)} models as the "
-            "registry is", hint=next((a for c in failed for a in c.advice), None))
+    pullcheck.require_pulls(checks)
 
 

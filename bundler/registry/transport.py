@@ -15,10 +15,15 @@ from urllib.parse import urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from bundler.errors import NetworkError, UsageError
+from bundler.errors import IntegrityError, NetworkError, UsageError
 
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 300.0  # a registry may hash a multi-GB blob before it answers the final PUT
+# What an answer read whole may hold: a document (manifest, token, a page of a list) at most
+# Distribution's manifest limit (registry/handlers/manifests.go, maxManifestBodySize), the
+# body of an error answer far less; more is never read.
+ANSWER_LIMIT = 4 * 1024 * 1024
+ERROR_ANSWER_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +134,7 @@ class Transport:
         try:
             raw = self._pool(url).urlopen(
                 method, url, body=body, headers=dict(headers or {}), redirect=False,
-                preload_content=not stream, decode_content=False,
+                preload_content=False, decode_content=False,
                 **({"timeout": timeout} if timeout is not None else {}),
             )
         except urllib3.exceptions.SSLError as e:
@@ -143,11 +148,9 @@ class Transport:
                 hint="check the address, that the registry is running, the scheme (http:// or "
                      "--plain-http for a plain-HTTP registry) and HTTPS_PROXY/NO_PROXY",
             ) from None
-        resp = Response(raw.status, raw.headers, b"" if stream else raw.data, url,
-                        raw if stream else None)
-        if not stream:
-            raw.release_conn()
-        return resp
+        if stream:
+            return Response(raw.status, raw.headers, b"", url, raw)
+        return Response(raw.status, raw.headers, _bounded(raw, method, url), url)
 
 
 LOCAL_TIMEOUT = 2.0
@@ -172,6 +175,29 @@ def get_local(url: str, *, timeout: float = LOCAL_TIMEOUT, limit: int = 16 * 102
     return Response(raw.status, raw.headers, body, url)
 
 
+def _bounded(raw: urllib3.BaseHTTPResponse, method: str, url: str) -> bytes:
+    """The body of an answer read whole: at most ANSWER_LIMIT bytes, and the limit plus one
+    read to tell. A longer document is an error (OversizedAnswer); a longer error body is cut
+    at ERROR_ANSWER_LIMIT (its status is what counts). The connection of an answer not read
+    to its end is closed, not reused."""
+    limit = ANSWER_LIMIT if raw.status < 300 else ERROR_ANSWER_LIMIT
+    try:
+        body = raw.read(limit + 1)
+        if len(body) > limit:
+            raw.close()
+            if raw.status < 300:
+                raise OversizedAnswer(
+                    f"the registry's answer to {method} {_redact(url)} is larger than "
+                    f"{limit // (1024 * 1024)} MiB (more is never read)",
+                    hint="the registry, or a proxy in front of it, is broken or hostile")
+            body = body[:limit]
+    except Urllib3Error as e:
+        raise NetworkError(f"reading {_redact(url)} failed: {e}") from None
+    finally:
+        raw.release_conn()
+    return body
+
+
 class _Body:
     def __init__(self, raw: urllib3.BaseHTTPResponse, url: str) -> None:
         self._raw, self._url = raw, url
@@ -191,6 +217,10 @@ class _Body:
 
 class TlsError(NetworkError):
     """The registry's TLS certificate was refused: permanent, not worth a retry."""
+
+
+class OversizedAnswer(IntegrityError):
+    """An answer longer than a document of its kind may be: a size error, never retried."""
 
 
 def _redact(url: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -75,6 +76,10 @@ def hostile_registry(route: Route, host: str = "127.0.0.1",
 
         def log_message(self, format: str, *args: object) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()  # headers and body go in separate writes: no Nagle delay
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
