@@ -24,7 +24,7 @@ from bundler.registry.client import (
     Target,
     parse_challenge,
 )
-from bundler.registry.listing import EndlessList, model_tags
+from bundler.registry.listing import EndlessListError, model_tags
 from bundler.registry.transport import Response, TlsError, Transport
 
 MAX_PROBES = 100  # model tags one check-registry without MODEL probes
@@ -292,7 +292,7 @@ def check_targets(client: Client, names: Sequence[str],
         return out, len(out)
     try:
         found = list(itertools.islice(model_tags(client), MAX_PROBES + 1))
-    except EndlessList:
+    except EndlessListError:
         raise
     except RegistryError as e:
         raise UsageError(f"the registry does not list its repositories ({e.message})",

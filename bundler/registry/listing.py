@@ -26,7 +26,7 @@ def model_tags(client: Client) -> Iterator[tuple[str, str]]:
                     yield repo, tag
 
 
-class EndlessList(RegistryError):
+class EndlessListError(RegistryError):
     """A list whose pages would never end: the registry's fault, not a refusal to list."""
 
 
@@ -62,9 +62,9 @@ def _paged(client: Client, path: str, key: str, scope: str) -> Iterator[str]:
             raise RegistryError(f"the registry's next page of {path} is on another host "
                                 f"({url.split('?')[0]})")
         if url in asked:
-            raise EndlessList(f"the registry's pages of {path} repeat: it names the same "
+            raise EndlessListError(f"the registry's pages of {path} repeat: it names the same "
                                 "next page twice", hint="the registry is broken or hostile; "
                                 "name the models to check: namespace/model:tag")
         asked.add(url)
-    raise EndlessList(f"the registry's list {path} goes on beyond {MAX_PAGES} pages of "
+    raise EndlessListError(f"the registry's list {path} goes on beyond {MAX_PAGES} pages of "
                         f"{PAGE}")

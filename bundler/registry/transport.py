@@ -177,7 +177,7 @@ def get_local(url: str, *, timeout: float = LOCAL_TIMEOUT, limit: int = 16 * 102
 
 def _bounded(raw: urllib3.BaseHTTPResponse, method: str, url: str) -> bytes:
     """The body of an answer read whole: at most ANSWER_LIMIT bytes, and the limit plus one
-    read to tell. A longer document is an error (OversizedAnswer); a longer error body is cut
+    read to tell. A longer document is an error (OversizedAnswerError); a longer error body is cut
     at ERROR_ANSWER_LIMIT (its status is what counts). The connection of an answer not read
     to its end is closed, not reused."""
     limit = ANSWER_LIMIT if raw.status < 300 else ERROR_ANSWER_LIMIT
@@ -186,7 +186,7 @@ def _bounded(raw: urllib3.BaseHTTPResponse, method: str, url: str) -> bytes:
         if len(body) > limit:
             raw.close()
             if raw.status < 300:
-                raise OversizedAnswer(
+                raise OversizedAnswerError(
                     f"the registry's answer to {method} {_redact(url)} is larger than "
                     f"{limit // (1024 * 1024)} MiB (more is never read)",
                     hint="the registry, or a proxy in front of it, is broken or hostile")
@@ -219,7 +219,7 @@ class TlsError(NetworkError):
     """The registry's TLS certificate was refused: permanent, not worth a retry."""
 
 
-class OversizedAnswer(IntegrityError):
+class OversizedAnswerError(IntegrityError):
     """An answer longer than a document of its kind may be: a size error, never retried."""
 
 
