@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from bundler.digest import Digest
 from bundler.errors import NetworkError, UsageError
 from bundler.progress import OnEvent, no_events
-from bundler.registry.transport import Response, TlsError, Transport
+from bundler.registry.transport import RefusedError, Response, TlsError, Transport
 
 MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MAX_TRIES = 6
@@ -137,6 +137,7 @@ class Client:
         self._on_event, self._sleep = on_event, sleep
         self._tokens: dict[str, str] = {}  # scope -> Authorization value
         self._basic = False
+        self._reached = False  # once the registry answered, a refused connection is retried
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -176,10 +177,13 @@ class Client:
             except TlsError:
                 raise
             except NetworkError as e:
+                if isinstance(e, RefusedError) and not self._reached:
+                    raise  # nothing listens where the user said, from the start: say so now
                 if attempt == MAX_TRIES:
                     raise
                 self._wait(attempt, None, f"{e.message}; retrying")
                 continue
+            self._reached = True
             if resp.status == 401 and not authed:
                 authed = True
                 self._authenticate(resp, scope)

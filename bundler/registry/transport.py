@@ -138,19 +138,60 @@ class Transport:
                 **({"timeout": timeout} if timeout is not None else {}),
             )
         except urllib3.exceptions.SSLError as e:
+            netloc = urlsplit(url).netloc
+            if _speaks_plain_http(e):
+                raise TlsError(
+                    f"TLS to {netloc} failed: the server answers in plain HTTP, not TLS ({e})",
+                    hint=f"use http://{netloc} (or --plain-http) for a plain-HTTP registry",
+                ) from None
             raise TlsError(
-                f"TLS to {urlsplit(url).netloc} failed: {e.reason if hasattr(e, 'reason') else e}",
+                f"TLS to {netloc} failed: {e.reason if hasattr(e, 'reason') else e}",
                 hint="pass --ca-cert FILE for a private CA (or --insecure-skip-tls-verify)",
             ) from None
+        except urllib3.exceptions.NewConnectionError as e:
+            if not _refused(e):
+                raise NetworkError(f"{method} {_redact(url)} failed: {e}", hint=_CHECK) from None
+            parts = urlsplit(url)
+            raise RefusedError(
+                f"nothing answers at {parts.scheme}://{parts.netloc} (connection refused)",
+                hint="check that the registry is running and the address and port (and "
+                     "HTTPS_PROXY/NO_PROXY, if a proxy should be in the way)") from None
         except Urllib3Error as e:
-            raise NetworkError(
-                f"{method} {_redact(url)} failed: {e}",
-                hint="check the address, that the registry is running, the scheme (http:// or "
-                     "--plain-http for a plain-HTTP registry) and HTTPS_PROXY/NO_PROXY",
-            ) from None
+            raise NetworkError(f"{method} {_redact(url)} failed: {e}", hint=_CHECK) from None
         if stream:
             return Response(raw.status, raw.headers, b"", url, raw)
         return Response(raw.status, raw.headers, _bounded(raw, method, url), url)
+
+
+_CHECK = ("check the address, that the registry is running, the scheme (http:// or "
+          "--plain-http for a plain-HTTP registry) and HTTPS_PROXY/NO_PROXY")
+# OpenSSL's words for a TLS handshake answered in plain HTTP ("HTTP/1.1 400 ..." read as a
+# TLS record): before 3.2 WRONG_VERSION_NUMBER, from 3.2 on "record layer failure"
+_PLAIN_HTTP_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "record layer failure",
+                       "wrong version number", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG")
+
+
+def _speaks_plain_http(error: BaseException) -> bool:
+    """Whether a TLS failure is OpenSSL reading a plain-HTTP answer as a TLS record."""
+    seen: BaseException | None = error
+    for _ in range(8):  # the ssl.SSLError is somewhere in urllib3's chain of causes
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError) and seen.reason in _PLAIN_HTTP_REASONS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return any(reason in str(error) for reason in _PLAIN_HTTP_REASONS)
+
+
+def _refused(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 LOCAL_TIMEOUT = 2.0
@@ -217,6 +258,10 @@ class _Body:
 
 class TlsError(NetworkError):
     """The registry's TLS certificate was refused: permanent, not worth a retry."""
+
+
+class RefusedError(NetworkError):
+    """Nothing listens at the address: on the first contact, not worth a retry."""
 
 
 class OversizedAnswerError(IntegrityError):
