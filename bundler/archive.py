@@ -9,7 +9,6 @@ with decompressed data, so decompression overlaps hashing and writing.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
@@ -89,18 +88,18 @@ class ArchiveWriter:
             for part in raw_blocks(pieces, size):
                 self._write(part)
         else:
-            z = self._cctx(level).stream_writer(
-                cast("BinaryIO", self), size=size, closefd=False, write_size=CHUNK_SIZE)
             try:
-                for piece in pieces:
-                    z.write(piece)
-            except BaseException:
-                # the source failed (e.g. gave other than `size` bytes): that error is the
-                # one to report, not zstd's "Src size is incorrect" from ending the frame
-                with contextlib.suppress(zstandard.ZstdError):
-                    z.close()
+                with self._cctx(level).stream_writer(
+                    cast("BinaryIO", self), size=size, closefd=False, write_size=CHUNK_SIZE,
+                ) as z:
+                    for piece in pieces:
+                        z.write(piece)
+            except zstandard.ZstdError as e:
+                # the source failed (e.g. gave other than `size` bytes) and ending the frame
+                # then failed too ("Src size is incorrect"): the source's error is the one
+                if e.__context__ is not None:
+                    raise e.__context__ from None
                 raise
-            z.close()
         self._frames.append((self._written - start, size))
 
     def write(self, data: bytes | memoryview) -> int:

@@ -669,7 +669,10 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
     if result.head.registry_signatures:
         lines.append(f"cosign signatures: {result.cosign_signatures} added to sha256-<digest>.sig"
                      f" tags (signers {', '.join(d.keyid[:16] for d in result.head.registry_signatures)})")
-    lines += _check_text(result.check)
+    lines += [line for c in result.checks for line in _check_text(c)]
+    if result.checks:
+        lines.append(pullcheck.probed_text(len(result.checks), len(result.items),
+                                           "pushed models"))
     lines += ["colleagues pull with:", *(f"  {c}" for c in result.commands)]
     lines += [f"  note for {n}: {note}" for n, note in result.case_notes.items()]
     out.result("\n".join(lines), result.to_json())

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from bundler import __version__, cosign, modelkind, parity, signing
 from bundler.archive import ArchiveWriter
@@ -481,7 +481,7 @@ class RegistrySource:
             f"content (sha256 {got})", hint="a proxy or mirror altered it; nothing was written")
 
 
-def _copy_at_most(resp: Response, out: BinaryIO, limit: int | None, what: str) -> None:
+def _copy_at_most(resp: Response, out: IO[bytes], limit: int | None, what: str) -> None:
     """The streamed body into `out`, but never more than `limit` bytes (what the manifest
     says is left of the blob): a longer answer is a size error, its excess not written."""
     length = resp.header("Content-Length")

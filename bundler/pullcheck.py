@@ -184,14 +184,14 @@ def _ollama_manifest_error(resp: Response) -> str:
 
 
 def check_pushed(client: Client, result: PushResult) -> None:
-    """After a push: probe the first model as `ollama pull` would (`check_registry`), and note
-    for each renamed model what a colleague whose store spells it otherwise sees (`case_note`)."""
-    if result.items:
-        result.check = check_registry(client, result.items[0].repository,
-                                      result.items[0].tag)
-        for item in result.items:
-            if item.renamed(client.target) and (note := case_note(client, item)):
-                result.case_notes[item.pull_name(client.target)] = note
+    """After a push: probe each pushed model (at most MAX_PROBES) as `ollama pull` would
+    (`check_registry`), and note for each renamed model what a colleague whose store spells
+    it otherwise sees (`case_note`)."""
+    result.checks = [check_registry(client, item.repository, item.tag)
+                     for item in result.items[:MAX_PROBES]]
+    for item in result.items:
+        if item.renamed(client.target) and (note := case_note(client, item)):
+            result.case_notes[item.pull_name(client.target)] = note
 
 
 def probed_text(probed: int, found: int | None, what: str) -> str:
