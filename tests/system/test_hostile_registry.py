@@ -1,7 +1,7 @@
 """Registries that answer what the real one never would (tests/support/hostile_registry.py):
 upload Locations on other hosts or over plain HTTP, and answers without end. Credentials go
-only to the registry itself (formats/threat-model.md, T16 and T28); every answer is read only
-up to what it may hold, and a failure is one clean error line (T29)."""
+only to the registry itself (formats/threat-model.md, T16 and T29); every answer is read only
+up to what it may hold, and a failure is one clean error line (T30)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def test_an_upload_location_over_plain_http_from_an_https_registry_is_refused(
 
 
 # ---------------------------------------------------------------------------------------------
-# Answers without end: each is read only up to what it may hold (T29)
+# Answers without end: each is read only up to what it may hold (T30)
 
 MiB = 1024 * 1024
 HUGE = 64  # MiB a hostile answer holds (more would only slow the test down)
