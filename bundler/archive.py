@@ -91,11 +91,18 @@ class ArchiveWriter:
             for part in raw_blocks(pieces, size):
                 self._write(part)
         else:
-            with self._cctx(level).stream_writer(
-                cast("BinaryIO", self), size=size, closefd=False, write_size=CHUNK_SIZE,
-            ) as z:
-                for piece in pieces:
-                    z.write(piece)
+            try:
+                with self._cctx(level).stream_writer(
+                    cast("BinaryIO", self), size=size, closefd=False, write_size=CHUNK_SIZE,
+                ) as z:
+                    for piece in pieces:
+                        z.write(piece)
+            except zstandard.ZstdError as e:
+                # the source failed (e.g. gave other than `size` bytes) and ending the frame
+                # then failed too ("Src size is incorrect"): the source's error is the one
+                if e.__context__ is not None:
+                    raise e.__context__ from None
+                raise
         self._frames.append((self._written - start, size))
 
     def write(self, data: bytes | memoryview) -> int:

@@ -683,7 +683,10 @@ def _push(bundle_path: str, url: str, keys: Sequence[signing.PublicKey], allow_u
     if result.head.registry_signatures:
         lines.append(f"cosign signatures: {result.cosign_signatures} added to sha256-<digest>.sig"
                      f" tags (signers {', '.join(d.keyid[:16] for d in result.head.registry_signatures)})")
-    lines += _check_text(result.check)
+    lines += [line for c in result.checks for line in _check_text(c)]
+    if result.checks:
+        lines.append(pullcheck.probed_text(len(result.checks), len(result.items),
+                                           "pushed models"))
     lines += ["colleagues pull with:", *(f"  {c}" for c in result.commands)]
     lines += [f"  note for {n}: {note}" for n, note in result.case_notes.items()]
     out.result("\n".join(lines), result.to_json())
@@ -805,19 +808,14 @@ def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet:
     checks = [pullcheck.check_registry(client, repo, tag) for repo, tag in targets]
     text = [line for c in checks for line in _check_text(c)]
     if not names:
-        bound = f" (at most {pullcheck.MAX_PROBES})" if found > len(checks) else ""
-        text.append(f"probed {len(checks)} of {found} model tags{bound} under "
+        text.append(pullcheck.probed_text(len(checks), found, "model tags") + " under "
                     f"{client.target.base}/{client.target.namespace or ''}")
     out.result("\n".join(text), {"registry": client.target.base,
                                   "namespace": client.target.namespace,
                                   "modelTags": found, "probed": len(checks),
                                   "limit": pullcheck.MAX_PROBES,
                                   "checks": [c.to_json() for c in checks]})
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        raise registry.RegistryError(
-            f"`ollama pull` will not work for {len(failed)} of {len(checks)} models as the "
-            "registry is", hint=next((a for c in failed for a in c.advice), None))
+    pullcheck.require_pulls(checks)
 
 
 
