@@ -113,6 +113,16 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
     return os.open(path, flags | nofollow | O_BINARY, mode)
 
 
+def is_device_name(path: Path) -> bool:
+    """Whether `path` is one of the system's own device names, /dev/... (such as /dev/stdout,
+    a link to the process's standard output): links there are the system's, not planted.
+    Windows has no /dev."""
+    if sys.platform == "win32":
+        return False
+    parent = Path(os.path.normpath(path.absolute())).parent  # lexical: no link followed
+    return parent == Path("/dev") or Path("/dev") in parent.parents
+
+
 def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
     """os.open in binary mode (Windows would otherwise translate line ends)."""
     return os.open(path, flags | O_BINARY, mode)
