@@ -74,14 +74,11 @@ def _plan_changes(head: Head, store: Store, only: Sequence[str]) -> list[ModelCh
     changes = []
     for m in models:
         target = m.name.canonical(existing)
-        path = store.manifest_path(target)
-        try:
-            current = Digest.of(path.read_bytes())
-        except FileNotFoundError:
+        raw = store.read_manifest(target)
+        if raw is None:
             changes.append(ModelChange(m, target, "new"))
             continue
-        except OSError as e:
-            raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+        current = Digest.of(raw)
         same = current == m.manifest.digest
         changes.append(ModelChange(m, target, "unchanged" if same else "replaced",
                                    None if same else current))

@@ -4,11 +4,17 @@ creates nothing (formats/ollama-store.md §4, §7; formats/threat-model.md T30).
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.common import Keys, make_keys, run
+from tests.support.common import Keys, make_keys, run, tree
 from tests.support.scene import assert_clean_error
 
 
@@ -34,3 +40,88 @@ def test_a_refused_import_creates_no_store(tmp_path: Path, bundle_file: Path, ke
     assert r.exit_code == 3, r.output
     assert_clean_error(r.stderr)
     assert not target.exists() and not target.parent.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Store files that are not regular files: each run is a real process, bounded in time (a hang
+# is the failure) and in memory (so that reading /dev/zero whole fails instead of eating the
+# machine)
+
+
+def _limited() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (1024**3, 1024**3))
+
+
+def _bundle(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run([sys.executable, "-m", "bundler", *args], capture_output=True,
+                              text=True, env={**os.environ, **env}, timeout=60,
+                              preexec_fn=_limited, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"bundle {args[0]} hung on a store file")
+
+
+def _plant(path: Path, kind: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+
+
+def _manifest(store: Path) -> Path:
+    return store / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
+
+
+IMPORT_TARGETS = {
+    "releases": lambda t: t / ".ollama-bundle.releases.json",
+    "lock": lambda t: t / ".ollama-bundle.lock",
+    "manifest": _manifest,
+}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("which", list(IMPORT_TARGETS))
+def test_import_refuses_a_store_file_that_is_not_a_regular_file(
+        tmp_path: Path, bundle_file: Path, keys: Keys, env: dict[str, str], which: str,
+        kind: str) -> None:
+    target = tmp_path / "target"
+    assert run(["import", str(bundle_file), "--models", str(target), "--trust",
+                str(keys.pub)]).exit_code == 0
+    planted = IMPORT_TARGETS[which](target)
+    _plant(planted, kind)
+    before = tree(target)
+    p = _bundle("import", str(bundle_file), "--models", str(target), "--trust", str(keys.pub),
+                env=env)
+    assert p.returncode == 1, p.stderr
+    assert str(planted) in p.stderr and "regular file" in p.stderr, p.stderr
+    assert_clean_error(p.stderr)
+    assert tree(target) == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("which", ["manifest", "blob"])
+def test_export_and_inventory_refuse_a_store_file_that_is_not_a_regular_file(
+        tmp_path: Path, store: Path, keys: Keys, env: dict[str, str], which: str,
+        kind: str) -> None:
+    if which == "manifest":
+        planted = _manifest(store)
+    else:
+        layers = json.loads(_manifest(store).read_bytes())["layers"]
+        planted = store / "blobs" / layers[0]["digest"].replace(":", "-")
+    _plant(planted, kind)
+    out = tmp_path / "out"
+    for args in (["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                  str(out / "b.tar.zst")],
+                 ["inventory", "--models", str(store), "-o", str(out / "inv.json")]):
+        out.mkdir()
+        p = _bundle(*args, env=env)
+        if which == "blob" and args[0] == "inventory":  # inventory lists only blobs it can use
+            assert p.returncode == 0, p.stderr
+        else:
+            assert p.returncode == 3, p.stderr
+            assert str(planted) in p.stderr and "regular file" in p.stderr, p.stderr
+            assert_clean_error(p.stderr)
+            assert list(out.iterdir()) == []
+        shutil.rmtree(out)
