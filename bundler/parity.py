@@ -10,6 +10,7 @@ regular file (a symbolic link is never followed)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -19,11 +20,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from glob import escape as glob_escape
 from pathlib import Path
+from typing import BinaryIO
 
 from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
-from bundler.split import split_name
+from bundler.reader import read_root
+from bundler.split import part_name, sidecar_name, split_name
 
 # The par2 2.0 packet header: magic, length (of the whole packet), packet MD5, recovery set
 # id, type; a file description packet's body: file id, MD5, MD5 of the first 16 KiB, length,
@@ -79,10 +82,58 @@ class Repair:
 
 
 def bundle_files(first: Path) -> list[Path]:
-    """The files of a bundle: every part of a split bundle given as NAME.001, else the file."""
+    """The files of a bundle that repair may write (formats/bundle-v1.md §10): the file given;
+    for a split bundle given as NAME.001, the parts part 1's signed root lists (1 to N, and
+    N + 1, the seek table's), or, when part 1 cannot be read, those the sidecar lists if it
+    names only this bundle's parts in order, else every NAME.NNN beside part 1."""
     stem, number = split_name(first.name) or ("", 0)
-    return ([f for f in sorted(first.parent.glob(f"{glob_escape(stem)}.[0-9][0-9][0-9]*"))
-             if split_name(f.name)] if number == 1 else [first])
+    if number != 1:
+        return [first]
+    count = _count_from_head(first) or _count_from_sidecar(first, stem)
+    if count:
+        return [p for p in (first.with_name(part_name(stem, i)) for i in range(1, count + 1))
+                if os.path.lexists(p)]
+    return [f for f in sorted(first.parent.glob(f"{glob_escape(stem)}.[0-9][0-9][0-9]*"))
+            if split_name(f.name)]
+
+
+def _open_regular(path: Path) -> BinaryIO | None:
+    """A regular file (never followed, never waited on), or None."""
+    try:
+        fd = oscompat.open_nofollow(path, os.O_RDONLY | oscompat.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _count_from_head(first: Path) -> int | None:
+    """Parts 1 to N + 1, as part 1's root (unverified) says, or None if it cannot be read."""
+    f = _open_regular(first)
+    if f is None:
+        return None
+    try:
+        with f:
+            return len(read_root(f).parts) + 2
+    except (BundlerError, OSError):
+        return None
+
+
+def _count_from_sidecar(first: Path, stem: str) -> int | None:
+    """How many files the sidecar lists, if it names exactly NAME.001, NAME.002, ... of this
+    bundle (it is not signed: any other name makes it count for nothing)."""
+    f = _open_regular(first.with_name(sidecar_name(stem)))
+    if f is None:
+        return None
+    try:
+        with f:
+            names = [p["name"] for p in json.loads(f.read(1024 * 1024))["parts"]]
+    except (ValueError, TypeError, KeyError, OSError):
+        return None
+    expected = [part_name(stem, i + 1) for i in range(len(names))]
+    return len(names) if names and names == expected else None
 
 
 def recovery_files(path: Path) -> list[Path]:

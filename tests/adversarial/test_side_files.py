@@ -81,3 +81,25 @@ def test_repair_refuses_a_recovery_set_through_a_symlink_on_the_medium(
     assert "sub/" in r.stderr, r.stderr
     assert_clean_error(r.stderr)
     assert snapshot(medium, outside) == before  # nothing created, nothing replaced
+
+
+def test_repair_writes_only_the_parts_the_signed_head_lists(
+        tmp_path: Path, store: Path, keys: Keys, env: dict[str, str]) -> None:
+    """A file named like a part that the head does not list is no part: even with a
+    recovery set of its own (naming only itself), repair leaves it alone."""
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    out = medium / "m.tar.zst"
+    r = run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o", str(out),
+             "--split", "64KiB", "--parity", "10"])
+    assert r.exit_code == 0, r.output
+    stray = medium / "m.tar.zst.050"
+    stray.write_bytes(b"x" * 4096)
+    subprocess.run(["par2", "create", "-q", "-q", "-r100", "-n1", f"{stray}.par2", str(stray)],
+                   check=True, capture_output=True)
+    stray.write_bytes(b"the user's own notes, not a part\n")
+    before = snapshot(medium)
+    r = run(["repair", str(medium / "m.tar.zst.001"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert stray.name not in r.stdout
+    assert snapshot(medium) == before
