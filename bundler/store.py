@@ -96,7 +96,8 @@ def read_regular(path: Path, limit: int, error: type[BundlerError], what: str, *
         os.close(fd)
     if len(data) > limit:
         raise error(f"{path} is larger than {limit // (1024 * 1024)} MiB: not {what}",
-                    hint=_NOT_REGULAR_HINT.replace("only regular files", "only small files"))
+                    hint="neither Ollama nor ollama-bundle wrote it: remove it or move it out "
+                         "of the store")
     return bytes(data)
 
 
@@ -181,11 +182,11 @@ class Store:
 
     def read_manifest(self, name: ModelName, error: type[BundlerError] = BundlerError,
                       ) -> bytes | None:
-        """The manifest file's bytes (at most 4 MiB and one byte: more is no manifest), or
-        None if there is none; what is not a regular file is refused as `error`."""
+        """The manifest file's bytes (at most 4 MiB: more is no manifest), or None if there
+        is none; what is not a regular file, or is larger, is refused as `error`."""
         path = self.manifest_path(name)
         try:
-            return read_regular(path, MAX_MANIFEST_BYTES + 1, error, "a manifest")
+            return read_regular(path, MAX_MANIFEST_BYTES, error, "a manifest")
         except FileNotFoundError:
             return None
         except OSError as e:

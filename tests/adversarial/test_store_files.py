@@ -125,3 +125,20 @@ def test_export_and_inventory_refuse_a_store_file_that_is_not_a_regular_file(
             assert_clean_error(p.stderr)
             assert list(out.iterdir()) == []
         shutil.rmtree(out)
+
+
+def test_release_records_larger_than_their_bound_are_refused(
+        tmp_path: Path, bundle_file: Path, keys: Keys, env: dict[str, str]) -> None:
+    target = tmp_path / "target"
+    assert run(["import", str(bundle_file), "--models", str(target), "--trust",
+                str(keys.pub)]).exit_code == 0
+    records = target / ".ollama-bundle.releases.json"
+    with records.open("r+b") as f:
+        f.truncate(16 * 1024 * 1024 + 1)  # sparse: the bound and one byte
+    before = tree(target)
+    p = _bundle("import", str(bundle_file), "--models", str(target), "--trust", str(keys.pub),
+                env=env)
+    assert p.returncode == 1, p.stderr
+    assert str(records) in p.stderr and "larger than 16 MiB" in p.stderr, p.stderr
+    assert_clean_error(p.stderr)
+    assert tree(target) == before and records.stat().st_size == 16 * 1024 * 1024 + 1
