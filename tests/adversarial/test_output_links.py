@@ -1,7 +1,7 @@
 """Outputs never follow a symbolic link planted at their name: `export -o`, `inventory -o`,
 split parts and their sidecar are written beside the name and renamed onto it, replacing the
 link itself; `keygen` refuses a PREFIX.key or PREFIX.pub link, dangling or not
-(formats/README.md "Output files", formats/threat-model.md T30)."""
+(formats/README.md "Output files", formats/threat-model.md T32)."""
 
 from __future__ import annotations
 

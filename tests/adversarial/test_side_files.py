@@ -1,6 +1,6 @@
 """What lies around a bundle on the medium is not signed: par2 recovery sets made by stock
 `par2 create` from other files must not make `bundle repair` write anything but the bundle's
-own files (formats/bundle-v1.md §10, formats/threat-model.md T29)."""
+own files (formats/bundle-v1.md §10, formats/threat-model.md T31)."""
 
 from __future__ import annotations
 

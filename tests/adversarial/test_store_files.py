@@ -1,6 +1,6 @@
 """Store files the importer and exporter open are opened without blocking or following a
 link, refused unless they are regular files, and read within a bound; and a refused import
-creates nothing (formats/ollama-store.md §4, §7; formats/threat-model.md T31)."""
+creates nothing (formats/ollama-store.md §4, §7; formats/threat-model.md T33)."""
 
 from __future__ import annotations
 
