@@ -711,7 +711,8 @@ def repair_cmd(bundle_path: str, json_mode: bool, quiet: bool) -> None:
     'export --parity' wrote beside them.
 
     BUNDLE is a bundle file or a split bundle (NAME.001, its parts, or their directory).
-    Exit code 0 if every file is intact or was repaired, 3 otherwise.
+    Exit code 0 if every file is intact or was repaired, 3 otherwise; also 3, before
+    anything is written, if a recovery file names any other file, or a file is a link.
     """
     out = _output(json_mode, quiet)
     if bundle_path == "-":

@@ -139,6 +139,7 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
         for blob in model.manifest.blobs:
             size = store.blob_size(blob.digest)
             if size != blob.size:
+                store.require_regular_blob(blob.digest)  # a FIFO or device: named as such
                 problem = "is missing" if size is None else (
                     f"has {plural(size, 'byte')}, the manifest says {blob.size}")
                 raise IntegrityError(

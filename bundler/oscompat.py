@@ -102,6 +102,24 @@ _NATIVE = Features(
 # -- files ---------------------------------------------------------------------------------------
 
 
+class NotRegularFileError(Exception):
+    """A file we open is a FIFO, a device, a socket or a directory (`mode` says which)."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        super().__init__(str(path))
+        self.path, self.mode = path, mode
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO', 'a character device', ... for an st_mode that is not a regular file's."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
     """os.open that never follows a symbolic link at `path` (OSError ELOOP if one is there):
     O_NOFOLLOW where the OS has it; elsewhere (Windows) an lstat just before the open."""
@@ -111,6 +129,16 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
             if stat.S_ISLNK(os.lstat(path).st_mode):
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
     return os.open(path, flags | nofollow | O_BINARY, mode)
+
+
+def is_device_name(path: Path) -> bool:
+    """Whether `path` is one of the system's own device names, /dev/... (such as /dev/stdout,
+    a link to the process's standard output): links there are the system's, not planted.
+    Windows has no /dev."""
+    if _WINDOWS:
+        return False
+    parent = Path(os.path.normpath(path.absolute())).parent  # lexical: no link followed
+    return parent == Path("/dev") or Path("/dev") in parent.parents
 
 
 def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
@@ -171,8 +199,11 @@ def exclusive_lock(path: Path, on_wait: Callable[[], object]) -> Iterator[None]:
     followed if it is a link), calling `on_wait` once if another process holds it. The lock
     goes with the descriptor, so a killed holder never leaves it taken (formats/ollama-store.md
     §7): flock(2) on POSIX (in portable mode too), byte 0 locked with msvcrt.locking on Windows."""
-    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT | O_NONBLOCK)
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or device planted there: never locked, nor waited on
+            raise NotRegularFileError(path, mode)
         if sys.platform == "win32":
             with _windows_lock(fd, on_wait):
                 yield

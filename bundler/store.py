@@ -21,7 +21,7 @@ from bundler import oscompat
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
 from bundler.layout import Model
-from bundler.oci import Manifest
+from bundler.oci import MAX_MANIFEST_BYTES, Manifest
 from bundler.progress import OnEvent, no_events
 from bundler.reference import ModelName
 from bundler.streams import WriteBehind
@@ -51,6 +51,54 @@ def locate(option: Path | None, env: Mapping[str, str], home: Path) -> StoreLoca
     if value:
         return StoreLocation(Path(value), "$OLLAMA_MODELS")
     return StoreLocation(home / ".ollama" / "models", "default")
+
+
+MAX_RELEASES_BYTES = 16 * 1024 * 1024  # the release records (§5): some 100,000 models
+_NOT_REGULAR_HINT = ("remove it or move it out of the store: Ollama and ollama-bundle keep "
+                     "only regular files there")
+
+
+def _not_regular(error: type[BundlerError], path: Path, kind: str) -> BundlerError:
+    prefix = "corrupt store: " if issubclass(error, IntegrityError) else ""
+    return error(f"{prefix}{path} is {kind}, not a regular file", hint=_NOT_REGULAR_HINT)
+
+
+def open_regular(path: Path, error: type[BundlerError], *, follow: bool = True) -> int:
+    """A descriptor of the regular file at `path`, opened read-only without blocking (a FIFO
+    planted there must not hang us) and, with `follow` False, without following a link; what
+    is not a regular file is refused as `error` (formats/ollama-store.md §4.2).
+    FileNotFoundError and other OSErrors pass through."""
+    flags = os.O_RDONLY | oscompat.O_NONBLOCK
+    try:
+        fd = oscompat.open_fd(path, flags) if follow else oscompat.open_nofollow(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow:
+            raise _not_regular(error, path, "a symbolic link") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(error, path, oscompat.file_kind(mode))
+    return fd
+
+
+def read_regular(path: Path, limit: int, error: type[BundlerError], what: str, *,
+                 follow: bool = True) -> bytes:
+    """At most `limit` bytes of the regular file at `path` (`open_regular`); larger is refused
+    as `error`: never more than limit + 1 bytes are read."""
+    fd = open_regular(path, error, follow=follow)
+    try:
+        data = bytearray()
+        while len(data) <= limit and (chunk := os.read(fd, min(CHUNK_SIZE,
+                                                                limit + 1 - len(data)))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise error(f"{path} is larger than {limit // (1024 * 1024)} MiB: not {what}",
+                    hint="neither Ollama nor ollama-bundle wrote it: remove it or move it out "
+                         "of the store")
+    return bytes(data)
 
 
 def _os_error(action: str, path: Path, e: OSError) -> BundlerError:
@@ -132,10 +180,22 @@ class Store:
                     hint="Ollama cannot store this name here either; leave it out with --only, "
                          "or import it --to-registry")
 
+    def read_manifest(self, name: ModelName, error: type[BundlerError] = BundlerError,
+                      ) -> bytes | None:
+        """The manifest file's bytes (at most 4 MiB: more is no manifest), or None if there
+        is none; what is not a regular file, or is larger, is refused as `error`."""
+        path = self.manifest_path(name)
+        try:
+            return read_regular(path, MAX_MANIFEST_BYTES, error, "a manifest")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _os_error("cannot read", path, e) from None
+
     def read_model(self, name: ModelName) -> Model:
         path = self.manifest_path(name)
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path, MAX_MANIFEST_BYTES, IntegrityError, "a manifest")
         except FileNotFoundError:
             raise NotFoundError(f"model {name.display_shortest()} not found in "
                                 f"{self.location.describe()}") from None
@@ -169,12 +229,23 @@ class Store:
     def has_blob(self, digest: Digest, size: int) -> bool:
         return self.blob_size(digest) == size
 
+    def require_regular_blob(self, digest: Digest) -> None:
+        """IntegrityError if the blob's name (either spelling) holds something that is not a
+        regular file, such as a FIFO or a link to a device (formats/ollama-store.md §4.2)."""
+        for path in (self.blob_path(digest), self.blobs_dir / f"sha256:{digest.hex}"):
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode):
+                raise _not_regular(IntegrityError, path, oscompat.file_kind(mode))
+
     def open_blob(self, digest: Digest) -> BinaryIO:
         path = self.find_blob(digest)
         try:
             if path is None:
                 raise FileNotFoundError
-            return path.open("rb", buffering=0)
+            return os.fdopen(open_regular(path, IntegrityError), "rb", buffering=0)
         except FileNotFoundError:
             raise IntegrityError(f"corrupt store: blob {digest} vanished during the export",
                                  hint="another program removed it; run the export again") from None
@@ -193,7 +264,11 @@ class Store:
             try:
                 stack.enter_context(oscompat.exclusive_lock(path, lambda: on_event(
                     f"waiting for another import into {self.root} to finish")))
+            except oscompat.NotRegularFileError as e:
+                raise _not_regular(BundlerError, path, oscompat.file_kind(e.mode)) from None
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise _not_regular(BundlerError, path, "a symbolic link") from None
                 raise _os_error("cannot open lock file", path, e) from None
             self._remove_stale(on_event)
             yield
@@ -316,9 +391,11 @@ class Store:
 
     def releases(self) -> dict[str, dict[str, str]]:
         """Per model (full name, folded): the `root` digest and `created` time of the release
-        that last wrote it (formats/ollama-store.md §5). Unreadable means none."""
+        that last wrote it (formats/ollama-store.md §5). Unreadable means none; what is not a
+        regular file (never followed) or is larger than 16 MiB is refused (§4.2)."""
         try:
-            obj = json.loads((self.root / RELEASES_NAME).read_bytes())
+            obj = json.loads(read_regular(self.root / RELEASES_NAME, MAX_RELEASES_BYTES,
+                                          BundlerError, "release records", follow=False))
         except (OSError, ValueError):
             return {}
         models = obj.get("models") if isinstance(obj, dict) else None

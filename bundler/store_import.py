@@ -74,14 +74,11 @@ def _plan_changes(head: Head, store: Store, only: Sequence[str]) -> list[ModelCh
     changes = []
     for m in models:
         target = m.name.canonical(existing)
-        path = store.manifest_path(target)
-        try:
-            current = Digest.of(path.read_bytes())
-        except FileNotFoundError:
+        raw = store.read_manifest(target)
+        if raw is None:
             changes.append(ModelChange(m, target, "new"))
             continue
-        except OSError as e:
-            raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+        current = Digest.of(raw)
         same = current == m.manifest.digest
         changes.append(ModelChange(m, target, "unchanged" if same else "replaced",
                                    None if same else current))
@@ -113,10 +110,13 @@ def import_bundle(
     on_event: OnEvent = no_events,
 ) -> ImportResult:
     """Verify everything, stage blobs, then commit blobs and finally manifests, all under the
-    store's lock (formats/ollama-store.md §4). A dry run reads only the head."""
-    lock = contextlib.nullcontext() if dry_run else store.locked(on_event)
-    with lock, BundleReader(src, on_bytes) as reader:
+    store's lock, which is taken (the store created) only once the head is trusted
+    (formats/ollama-store.md §4). A dry run reads only the head."""
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(BundleReader(src, on_bytes))
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
+        if not dry_run:  # nothing, not the store nor its lock file, before the head is trusted
+            stack.enter_context(store.locked(on_event))
         changes = _plan_changes(head, store, only)
         for c in changes:
             store.require_storable(c.target)

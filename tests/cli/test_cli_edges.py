@@ -44,12 +44,13 @@ def test_output_paths(tmp_path: Path, store: Path, keys: Keys, env: dict[str, st
     # a device is written into, not replaced
     assert run([*base, "/dev/null"]).exit_code == 0
     assert Path("/dev/null").is_char_device()
-    # a symlink to a file: the file is written, the link stays
+    # a symlink: replaced by the file, its target left alone (formats/README.md)
     target = tmp_path / "real.tar.zst"
+    target.write_bytes(b"kept")
     link = tmp_path / "link.tar.zst"
     link.symlink_to(target)
     assert run([*base, str(link)]).exit_code == 0
-    assert link.is_symlink() and target.stat().st_size > 0
+    assert not link.is_symlink() and link.stat().st_size > 0 and target.read_bytes() == b"kept"
     # a FIFO is written into too
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
