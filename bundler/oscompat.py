@@ -168,6 +168,24 @@ def pread(fd: int, n: int, offset: int) -> bytes:
         return os.read(fd, n)
 
 
+if sys.platform == "win32":
+
+    def free_inodes(path: Path) -> int | None:
+        """None: Windows has no statvfs, and NTFS has no fixed number of files."""
+        return None
+
+else:
+
+    def free_inodes(path: Path) -> int | None:
+        """Files and directories that can still be created on `path`'s file system; None
+        where it does not count them (statvfs reports f_files 0)."""
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_favail if st.f_files else None
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename in `path` durable: fsync the directory where the OS can open one. Windows
     cannot open a directory; there a rename is as durable as the file system makes it."""

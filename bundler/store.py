@@ -300,11 +300,7 @@ class Store:
     def free_inodes(self) -> int | None:
         """Files and directories that can still be created there; None if the file system
         does not count them (statvfs reports f_files 0)."""
-        try:
-            st = os.statvfs(self.blobs_dir if self.blobs_dir.is_dir() else self.root)
-        except (OSError, AttributeError):  # AttributeError: no os.statvfs (Windows)
-            return None
-        return st.f_favail if st.f_files else None
+        return oscompat.free_inodes(self.blobs_dir if self.blobs_dir.is_dir() else self.root)
 
     def inodes_needed(self, blobs: int, names: Iterable[ModelName]) -> int:
         """What an import creates (formats/ollama-store.md §4): a staged file per blob, a
