@@ -9,6 +9,7 @@ with decompressed data, so decompression overlaps hashing and writing.
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import re
@@ -24,6 +25,7 @@ import zstandard
 
 from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
+from bundler.distribution import FileSpan, Frame, frames_for, member_frames
 from bundler.errors import IntegrityError
 from bundler.progress import plural
 from bundler.streams import Prefetch, Sink
@@ -50,11 +52,12 @@ def padding(size: int) -> int:
     return -size % BLOCK
 
 
-def member_header(name: str, size: int) -> bytes:
-    """Deterministic ustar header (§3), preceded by a PAX `size` header when size >= 8 GiB."""
+def member_header(name: str, size: int, mode: int = 0o644) -> bytes:
+    """Deterministic ustar header (§3), preceded by a PAX `size` header when size >= 8 GiB;
+    `mode` is 0644 but for the carried tool's 0755."""
     info = tarfile.TarInfo(name)
     info.size = size
-    info.mode = 0o644
+    info.mode = mode
     info.mtime = 0
     info.uid = info.gid = 0
     info.uname = info.gname = ""
@@ -88,11 +91,18 @@ class ArchiveWriter:
             for part in raw_blocks(pieces, size):
                 self._write(part)
         else:
-            with self._cctx(level).stream_writer(
-                cast("BinaryIO", self), size=size, closefd=False, write_size=CHUNK_SIZE,
-            ) as z:
-                for piece in pieces:
-                    z.write(piece)
+            try:
+                with self._cctx(level).stream_writer(
+                    cast("BinaryIO", self), size=size, closefd=False, write_size=CHUNK_SIZE,
+                ) as z:
+                    for piece in pieces:
+                        z.write(piece)
+            except zstandard.ZstdError as e:
+                # the source failed (e.g. gave other than `size` bytes) and ending the frame
+                # then failed too ("Src size is incorrect"): the source's error is the one
+                if e.__context__ is not None:
+                    raise e.__context__ from None
+                raise
         self._frames.append((self._written - start, size))
 
     def write(self, data: bytes | memoryview) -> int:
@@ -108,11 +118,11 @@ class ArchiveWriter:
         self._frame([bytes(data)], len(data), level)
 
     def write_stream(self, name: str, size: int, chunks: Iterable[memoryview | bytes], *,
-                     level: int | None) -> None:
+                     level: int | None, mode: int = 0o644) -> None:
         """One member in frames of at most FRAME_MAX bytes (the first starts at its header),
         compressed at `level` or stored as raw blocks (None); `chunks` must add up to exactly
         `size` bytes."""
-        header = member_header(name, size)
+        header = member_header(name, size, mode)
         pieces = iter(_checked(name, size, chunks, header))
         total = len(header) + size + padding(size)
         carry: list[memoryview] = []
@@ -243,6 +253,10 @@ class _FileAt:
 
     def pread(self, n: int, offset: int) -> bytes:
         return oscompat.pread(self.fd, n, self.start + offset)
+
+    def locate(self, offset: int) -> tuple[int, int, int]:
+        """The descriptor, its offset and the bytes from there on that hold `offset`."""
+        return self.fd, self.start + offset, self.size - offset
 
     def close(self) -> None:
         if self.owned:
@@ -436,6 +450,10 @@ class Member:
         """True if the header is exactly what the writer emits (formats/bundle-v1.md §3)."""
         return self.header == member_header(self.name, self.size)
 
+    def is_canonical_with(self, modes: Iterable[int]) -> bool:
+        """True if the header is what the writer emits with one of `modes`."""
+        return any(self.header == member_header(self.name, self.size, m) for m in modes)
+
 
 class ArchiveReader:
     """Reads a bundle's tar stream member by member. Use as a context manager."""
@@ -579,6 +597,10 @@ class ArchiveReader:
         read at any offset and has a valid one."""
         return self._rows
 
+    def positional(self) -> Positional | None:
+        """The source read at any offset, if it can be (a file, split parts)."""
+        return self._file
+
     def check_end_at(self, offset: int) -> None:
         """The frames from compressed offset `offset` up to the seek table hold the
         end-of-archive marker and nothing else, complete (what `next_member()` requires at the
@@ -686,3 +708,129 @@ class ArchiveReader:
 
     def read_body(self) -> bytes:
         return b"".join(bytes(v) for v in self.body())
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte ranges of a member, through the seek table (formats/serve-v1.md §3)
+
+
+_RAW_BLOCK_MAX = 128 * 1024
+
+
+class MemberBytes:
+    """A member's body read by byte range: only the frames that hold the range are read; the
+    bytes of stored frames come as FileSpans where the source can say which file holds them
+    (for sendfile), else as views of one buffer; compressed frames are decompressed from their
+    start. Thread-safe: each call reads on its own."""
+
+    def __init__(self, source: Positional, frames: list[Frame], name: str, size: int) -> None:
+        self._source, self._frames = source, frames
+        self.name, self.size = name, size
+        self.header = member_header(name, size)
+        self._blocks: dict[int, tuple[list[int], list[int]] | None] = {}  # frame -> index
+
+    @classmethod
+    def of(cls, source: Positional, rows: list[tuple[int, int]], span: tuple[int, int],
+           name: str, size: int) -> MemberBytes | None:
+        frames = member_frames(rows, span)
+        content = len(member_header(name, size)) + size + padding(size)
+        if not frames or sum(f.length for f in frames) != content:
+            return None
+        return cls(source, frames, name, size)
+
+    def header_ok(self) -> bool:
+        """The member's tar header is the canonical one for its name and size (§3)."""
+        got = b"".join(bytes(cast("memoryview", p)) for p in
+                       self._pieces(0, len(self.header) - 1, raw_spans=False))
+        return got == self.header
+
+    def pieces(self, first: int, last: int, *, raw_spans: bool = True,
+               ) -> Iterator[memoryview | FileSpan]:
+        """Body bytes first..last (inclusive). Each view is valid until the next is taken."""
+        h = len(self.header)
+        return self._pieces(h + first, h + last, raw_spans=raw_spans)
+
+    def _pieces(self, first: int, last: int, *, raw_spans: bool,
+                ) -> Iterator[memoryview | FileSpan]:
+        for frame, skip, take in frames_for(self._frames, first, last):
+            blocks = self._raw_index(frame)
+            if blocks is None:
+                yield from self._decompressed(frame, skip, take)
+            else:
+                yield from self._raw(blocks, skip, take, raw_spans=raw_spans)
+
+    def _raw_index(self, frame: Frame) -> tuple[list[int], list[int]] | None:
+        """For a stored frame (raw blocks only, §7): each block's decompressed start within
+        the frame and its compressed offset; None for any other frame."""
+        if frame.offset in self._blocks:
+            return self._blocks[frame.offset]
+        index: tuple[list[int], list[int]] | None = None
+        head = self._source.pread(14, frame.offset)
+        if (len(head) == 14 and head[:6] == RAW_FRAME
+                and int.from_bytes(head[6:], "little") == frame.length):
+            starts, offsets = [], []
+            at, pos, end = frame.offset + 14, 0, frame.offset + frame.size
+            while True:
+                block = self._source.pread(3, at)
+                if len(block) != 3:
+                    break
+                value = int.from_bytes(block, "little")
+                kind, size, last = (value >> 1) & 3, value >> 3, value & 1
+                if kind != 0 or size > _RAW_BLOCK_MAX or at + 3 + size > end:
+                    break
+                starts.append(pos)
+                offsets.append(at + 3)
+                pos, at = pos + size, at + 3 + size
+                if last:
+                    if pos == frame.length and at == end:
+                        index = (starts, offsets)
+                    break
+        self._blocks[frame.offset] = index
+        return index
+
+    def _raw(self, blocks: tuple[list[int], list[int]], skip: int, take: int, *,
+             raw_spans: bool) -> Iterator[memoryview | FileSpan]:
+        starts, offsets = blocks
+        i = bisect.bisect_right(starts, skip) - 1
+        locate = getattr(self._source, "locate", None) if raw_spans else None
+        while take > 0:
+            end = starts[i + 1] if i + 1 < len(starts) else None
+            within = skip - starts[i]
+            n = take if end is None else min(take, end - skip)
+            offset = offsets[i] + within
+            while n > 0:
+                if locate is not None:
+                    fd, at, available = locate(offset)
+                    count = min(n, available)
+                    if count <= 0:
+                        raise IntegrityError("bundle ends early when reading a stored frame")
+                    yield FileSpan(fd, at, count)
+                else:
+                    data = self._source.pread(min(n, CHUNK_SIZE), offset)
+                    if not data:
+                        raise IntegrityError("bundle ends early when reading a stored frame")
+                    count = len(data)
+                    yield memoryview(data)
+                offset, n, skip, take = offset + count, n - count, skip + count, take - count
+            i += 1
+
+    def _decompressed(self, frame: Frame, skip: int, take: int) -> Iterator[memoryview]:
+        reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(
+            cast("BinaryIO", _PositionalReader(self._source, frame.offset,
+                                               frame.offset + frame.size)),
+            read_size=CHUNK_SIZE, read_across_frames=False)
+        buffer = memoryview(bytearray(min(CHUNK_SIZE, max(skip, take))))
+        try:
+            while skip:
+                n = reader.readinto(buffer[: min(len(buffer), skip)])
+                if not n:
+                    raise IntegrityError(f"bundle: {self.name}: a frame ends early")
+                skip -= n
+            while take:
+                n = reader.readinto(buffer[: min(len(buffer), take)])
+                if not n:
+                    raise IntegrityError(f"bundle: {self.name}: a frame ends early")
+                take -= n
+                yield buffer[:n]
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"bundle: reading {self.name}: {e}") from None

@@ -22,6 +22,7 @@ from bundler import (
     __version__,
     config,
     export,
+    httpserve,
     inventory,
     modelkind,
     ollama_local,
@@ -29,13 +30,16 @@ from bundler import (
     pullcheck,
     push,
     releases,
+    serve,
     signing,
     split,
     store_import,
     verify,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
+from bundler.distribution import parse_listen
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
+from bundler.httpserve import Limits
 from bundler.layout import Base, External, ToolRef, format_created
 from bundler.oci import Manifest
 from bundler.progress import format_size, plural
@@ -169,8 +173,9 @@ def registry_options(f: Callable[..., None]) -> Callable[..., None]:
 TRUST = click.option(
     "--trust", "trust", multiple=True, metavar="PUB",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Trust this public key (repeatable), besides every *.pub in the trust directory "
-         "($BUNDLE_TRUST_DIR, default ~/.config/ollama-bundle/trusted).")
+    help="Trust this public key (repeatable), besides every *.pub in the trust directories: "
+         "/etc/ollama-bundle/trusted (every user's) and $BUNDLE_TRUST_DIR (default "
+         "~/.config/ollama-bundle/trusted).")
 MODELS = click.option(
     "--models", "models_dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
     help="Ollama model store (default: $OLLAMA_MODELS, else the store of the Ollama service "
@@ -292,10 +297,11 @@ def _stdout() -> Iterator[Sink]:
                    "or inventory (from 'bundle inventory') has (repeatable).")
 @click.option("--with-tool", "with_tool", is_flag=False, flag_value="", default=None,
               metavar="[FILE]",
-              help="Carry this tool in the bundle, as the PEX FILE (default: the PEX this runs "
-                   "from, else dist/ollama-bundle-VERSION.pex from scripts/build-pex), for "
-                   "the air-gapped side (formats/bundle-v1.md §11; versions of this tool "
-                   "older than this option refuse such a bundle).")
+              help="Carry this tool in the bundle, as the PEX FILE, whose name must end in "
+                   ".pex (default: the PEX this runs from, else dist/ollama-bundle-VERSION.pex "
+                   "from scripts/build-pex), for the air-gapped side (formats/bundle-v1.md "
+                   "§11; versions of this tool older than this option refuse such a bundle). "
+                   "Without FILE, put it after the model names or before another option.")
 @registry_options
 @PASSPHRASE_FILE
 @common
@@ -311,6 +317,10 @@ def export_cmd(names: tuple[str, ...], all_models: bool, output: str, models_dir
     MODEL is an Ollama name (tiny, tiny:chat, hf.co/org/repo:Q4_K_M); or pass --all.
     """
     out = _output(json_mode, quiet)
+    if with_tool and not with_tool.endswith(".pex"):  # a model name after --with-tool
+        raise UsageError(f"--with-tool {with_tool}: FILE must be a PEX file named *.pex",
+                         hint="to carry the default tool, put --with-tool after the model names "
+                              "(bundle export MODEL... --with-tool -o OUT)")
     if bool(names) == all_models:
         raise UsageError("name the models to export, or pass --all (not both)")
     if unsigned and key_path:
@@ -441,7 +451,7 @@ def _resolve_bundle(args: tuple[str, ...]) -> str:
 
 
 @contextlib.contextmanager
-def _open_bundle(path: str, *, whole: bool = True) -> Iterator[BinaryIO]:
+def _open_bundle(path: str) -> Iterator[BinaryIO]:
     # Unbuffered (FileIO): the decompressing thread may be left blocked in a read of a stalled
     # pipe after Ctrl-C, and a BufferedReader's lock would then abort interpreter shutdown.
     if path == "-":
@@ -453,7 +463,7 @@ def _open_bundle(path: str, *, whole: bool = True) -> Iterator[BinaryIO]:
         with open(fd, "rb", buffering=0, closefd=False) as stdin:
             yield stdin
         return
-    with open_bundle(Path(path), parts=whole) as f:
+    with open_bundle(Path(path)) as f:
         yield f
 
 
@@ -489,10 +499,11 @@ def _layer_kinds(manifest: Manifest) -> str:
 @TRUST
 @common
 def ls_cmd(bundle_path: str, trust: tuple[Path, ...], json_mode: bool, quiet: bool) -> None:
-    """List a bundle's models, signers and totals (reads only the head of the file)."""
+    """List a bundle's models, signers and totals (reads the head, and with the seek table
+    only the file's last frames to check that it is whole; exit 3 if it is truncated)."""
     out = _output(json_mode, quiet)
     keys = trusted_keys(trust, os.environ, HOME, out.log)
-    with _open_bundle(bundle_path, whole=False) as f:  # the head is in part 1
+    with _open_bundle(bundle_path) as f:  # the head is in part 1, the end in the last
         head = verify.list_bundle(f, keys)
     title = (f"{bundle_path}: created {head.root.created} by {head.root.tool_name} "
              f"{head.root.tool_version}")
@@ -604,6 +615,9 @@ def import_cmd(bundle_path: str, models_dir: Path | None, trust: tuple[Path, ...
     lines.append(f"{verb} {plural(result.blobs_written, 'blob')} "
                  f"({format_size(result.bytes_written)}), "
                  f"{result.blobs_present} already present, into {result.store}")
+    if result.blobs_kept:
+        lines.append(f"kept {plural(result.blobs_kept, 'staged blob')} "
+                     f"({format_size(result.bytes_kept)}) from an interrupted import")
     if tensor:
         lines.append(f"note: {plural(tensor, 'tensor model')} (safetensors): Ollama runs them only "
                      "where its MLX runtime loads; elsewhere they are listed but do not run")
@@ -650,7 +664,7 @@ def _read_password() -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
-def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsigned: bool,
+def _push(bundle_path: str, url: str, keys: Sequence[signing.PublicKey], allow_unsigned: bool,
           only: tuple[str, ...], jobs: int, out: Output, options: RegistryOptions) -> None:
     client = _client(url, out, options)
     with _open_bundle(bundle_path) as f, out.progress("push") as bar:
@@ -669,7 +683,10 @@ def _push(bundle_path: str, url: str, keys: list[signing.PublicKey], allow_unsig
     if result.head.registry_signatures:
         lines.append(f"cosign signatures: {result.cosign_signatures} added to sha256-<digest>.sig"
                      f" tags (signers {', '.join(d.keyid[:16] for d in result.head.registry_signatures)})")
-    lines += _check_text(result.check)
+    lines += [line for c in result.checks for line in _check_text(c)]
+    if result.checks:
+        lines.append(pullcheck.probed_text(len(result.checks), len(result.items),
+                                           "pushed models"))
     lines += ["colleagues pull with:", *(f"  {c}" for c in result.commands)]
     lines += [f"  note for {n}: {note}" for n, note in result.case_notes.items()]
     out.result("\n".join(lines), result.to_json())
@@ -694,7 +711,8 @@ def repair_cmd(bundle_path: str, json_mode: bool, quiet: bool) -> None:
     'export --parity' wrote beside them.
 
     BUNDLE is a bundle file or a split bundle (NAME.001, its parts, or their directory).
-    Exit code 0 if every file is intact or was repaired, 3 otherwise.
+    Exit code 0 if every file is intact or was repaired, 3 otherwise; also 3, before
+    anything is written, if a recovery file names any other file, or a file is a link.
     """
     out = _output(json_mode, quiet)
     if bundle_path == "-":
@@ -791,18 +809,102 @@ def check_registry_cmd(url: str, names: tuple[str, ...], json_mode: bool, quiet:
     checks = [pullcheck.check_registry(client, repo, tag) for repo, tag in targets]
     text = [line for c in checks for line in _check_text(c)]
     if not names:
-        bound = f" (at most {pullcheck.MAX_PROBES})" if found > len(checks) else ""
-        text.append(f"probed {len(checks)} of {found} model tags{bound} under "
+        text.append(pullcheck.probed_text(len(checks), found, "model tags") + " under "
                     f"{client.target.base}/{client.target.namespace or ''}")
     out.result("\n".join(text), {"registry": client.target.base,
                                   "namespace": client.target.namespace,
                                   "modelTags": found, "probed": len(checks),
                                   "limit": pullcheck.MAX_PROBES,
                                   "checks": [c.to_json() for c in checks]})
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        raise registry.RegistryError(
-            f"`ollama pull` will not work for {len(failed)} of {len(checks)} models as the "
-            "registry is", hint=next((a for c in failed for a in c.advice), None))
+    pullcheck.require_pulls(checks)
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _listen(_c: click.Context, _p: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_listen(value, serve.DEFAULT_PORT)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@main.command("serve")
+@click.argument("bundles", metavar="BUNDLE...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--listen", "listen", default=f"127.0.0.1:{serve.DEFAULT_PORT}", show_default=True,
+              metavar="HOST:PORT", callback=_listen,
+              help="Address to listen on (0.0.0.0 for every interface; port 0: any free one).")
+@click.option("--namespace", metavar="NS",
+              help="Serve every model under this namespace (as a namespace in the URL of "
+                   "import --to-registry does); default: each model's own.")
+@TRUST
+@click.option("--allow-unsigned", is_flag=True,
+              help="Serve a bundle without a trusted signature (digests are still checked).")
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Serve HTTPS with this PEM certificate (chain), with --tls-key.")
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="The PEM private key of --tls-cert.")
+@click.option("--htpasswd", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Require Basic credentials from this file (htpasswd -s). Ollama cannot pull "
+                   "through it: it never sends Basic credentials. For other OCI clients only.")
+@click.option("--access-log", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Append the access log (Common Log Format) to FILE instead of stderr.")
+@click.option("--max-connections", type=click.IntRange(1, 1024), default=httpserve.MAX_CONNECTIONS,
+              show_default=True, help="Connections served at once.")
+@click.option("--max-per-client", type=click.IntRange(1, 1024), default=httpserve.MAX_PER_CLIENT,
+              show_default=True, help="Connections served at once to one client address "
+                                      "(Ollama opens 16 per blob).")
+@click.option("--drain-timeout", type=click.FloatRange(0, 86400),
+              default=serve.DRAIN_TIMEOUT, show_default=True, metavar="SECONDS",
+              help="On SIGTERM, how long downloads in progress may take to finish.")
+@common
+def serve_cmd(bundles: tuple[Path, ...], listen: tuple[str, int], namespace: str | None,
+              trust: tuple[Path, ...], allow_unsigned: bool, tls_cert: Path | None,
+              tls_key: Path | None, htpasswd: Path | None, access_log: Path | None,
+              max_connections: int, max_per_client: int, drain_timeout: float,
+              json_mode: bool, quiet: bool) -> None:
+    """Serve bundles read-only over the Distribution API, for `ollama pull`.
+
+    BUNDLE is a bundle file, the first part of a split bundle, or a directory (every
+    *.tar.zst and *.001 in it, looked for again on SIGHUP). Every signature is checked as
+    import checks it before the port opens; each blob's digest the first time it is read.
+    Colleagues run the printed `ollama pull --insecure HOST:PORT/...` commands. SIGTERM
+    lets downloads in progress finish, then exits; SIGHUP re-reads the bundles.
+    """
+    out = _output(json_mode, quiet)
+    keys = trusted_keys(trust, os.environ, HOME, out.log)
+    options = serve.ServeOptions(listen[0], listen[1], namespace, allow_unsigned, tls_cert,
+                                 tls_key, htpasswd, Limits(max_connections, max_per_client),
+                                 drain_timeout)
+    with contextlib.ExitStack() as stack:
+        log = (stack.enter_context(access_log.open("a", encoding="utf-8", buffering=1))
+               if access_log is not None else sys.stderr)
+
+        live = sys.stderr.isatty() and not quiet and not json_mode  # the live status line
+        clear = "\r\x1b[K" if live else ""
+
+        def access(line: str) -> None:
+            print((clear if log is sys.stderr else "") + line, file=log, flush=True)
+
+        def event(line: str) -> None:
+            sys.stderr.write(clear)  # (the live line, if any, is drawn again next time)
+            out.log(line)
+
+        def stats(s: httpserve.Stats) -> None:
+            sys.stderr.write(f"{clear}{plural(s.connections, 'connection')}, "
+                             f"{plural(s.answering, 'answer')} in progress, "
+                             f"{format_size(s.sent)} served")
+            sys.stderr.flush()
+
+        def ready(r: serve.Ready) -> None:
+            out.result("\n".join([f"serving {plural(len(r.models), 'model')} at {r.url}",
+                                   *(m.to_json(r.host, r.insecure)["pull"] for m in r.models)]),
+                       r.to_json() if json_mode else {})
+
+        serve.serve(bundles, keys, options, on_ready=ready, access=access,
+                    on_event=event,
+                    on_stats=stats if live else None)

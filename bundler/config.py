@@ -1,8 +1,10 @@
-"""Where things live by default: the config directory and the default key (the trust
-directory: bundler.trust). Reads only the environment mapping it is given."""
+"""Where things live by default: the config directory, the system trust directory and the
+default key (the trust directories are read by bundler.trust). Reads only the environment
+mapping it is given."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +14,13 @@ from bundler.errors import UsageError
 def config_dir(env: Mapping[str, str], home: Path) -> Path:
     base = env.get("XDG_CONFIG_HOME") or str(home / ".config")
     return Path(base) / "ollama-bundle"
+
+
+def system_trust_dir() -> Path | None:
+    """The trust directory every user reads (formats/signature-v1.md §4): root's to change,
+    so that `sudo bundle import` trusts what the administrator put there. None on Windows,
+    where any user could create it."""
+    return Path("/etc/ollama-bundle/trusted") if os.name == "posix" else None
 
 
 def default_key_prefix(env: Mapping[str, str], home: Path) -> Path:

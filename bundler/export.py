@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from bundler import __version__, cosign, modelkind, parity, signing
 from bundler.archive import ArchiveWriter
@@ -24,6 +24,7 @@ from bundler.layout import (
     OCI_LAYOUT,
     OCI_LAYOUT_MEMBER,
     ROOT_MEMBER,
+    TOOL_MODE,
     BlobRef,
     Contents,
     CosignRef,
@@ -53,6 +54,7 @@ from bundler.progress import (
 from bundler.reader import open_bundle
 from bundler.reference import ModelName, pick
 from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client, describe_error
+from bundler.registry.transport import Response
 from bundler.split import Part, SplitOutput
 from bundler.store import Store
 from bundler.streams import ReadAhead, Sink, open_output
@@ -137,6 +139,7 @@ def plan_export(store: Store, names: Sequence[str], *, all_models: bool,
         for blob in model.manifest.blobs:
             size = store.blob_size(blob.digest)
             if size != blob.size:
+                store.require_regular_blob(blob.digest)  # a FIFO or device: named as such
                 problem = "is missing" if size is None else (
                     f"has {plural(size, 'byte')}, the manifest says {blob.size}")
                 raise IntegrityError(
@@ -373,7 +376,8 @@ def _write_tool(writer: ArchiveWriter, tool: CarriedTool) -> None:
         raise BundlerError(f"--with-tool {tool.path}: {e.strerror}") from None
     with f:
         source = ReadAhead(f)
-        writer.write_stream(tool.ref.member, tool.ref.blob.size, source, level=None)
+        writer.write_stream(tool.ref.member, tool.ref.blob.size, source, level=None,
+                            mode=TOOL_MODE)
     if source.digest != tool.ref.blob.digest:
         raise IntegrityError(f"--with-tool {tool.path}: the file changed while it was exported")
 
@@ -457,10 +461,16 @@ class RegistrySource:
             offset = 0
         resp = client.open_blob(repo, digest, offset=offset)
         try:
-            mode = "ab" if resp.status == 206 and offset else "wb"
+            if not (resp.status == 206 and offset):
+                offset = 0
+            mode = "ab" if offset else "wb"
             with partial.open(mode) as out:
-                for chunk in resp.stream(CHUNK_SIZE):
-                    out.write(chunk)
+                _copy_at_most(resp, out, None if size is None else size - offset,
+                              f"blob {digest}")
+        except BaseException:
+            if size is not None and partial.is_file() and partial.stat().st_size > size:
+                partial.unlink()  # never keep more than the blob can be
+            raise
         finally:
             resp.close()
         partial.replace(final)
@@ -472,6 +482,25 @@ class RegistrySource:
         return IntegrityError(
             f"the registry served blob {digest} of {model.display_shortest()} with other "
             f"content (sha256 {got})", hint="a proxy or mirror altered it; nothing was written")
+
+
+def _copy_at_most(resp: Response, out: IO[bytes], limit: int | None, what: str) -> None:
+    """The streamed body into `out`, but never more than `limit` bytes (what the manifest
+    says is left of the blob): a longer answer is a size error, its excess not written."""
+    length = resp.header("Content-Length")
+    if limit is not None and length is not None and length.isdigit() and int(length) > limit:
+        raise IntegrityError(f"the registry sends {length} bytes of {what}, more than the "
+                             f"{limit} its manifest leaves", hint=_ALTERED)
+    written = 0
+    for chunk in resp.stream(CHUNK_SIZE):
+        written += len(chunk)
+        if limit is not None and written > limit:
+            raise IntegrityError(f"the registry sends more of {what} than the "
+                                 f"{plural(limit, 'byte')} its manifest leaves", hint=_ALTERED)
+        out.write(chunk)
+
+
+_ALTERED = "a proxy or mirror altered it; nothing was written"
 
 
 def plan_registry_export(names: Sequence[str], clients: Callable[[ModelName], Client],

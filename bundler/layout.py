@@ -11,7 +11,7 @@ from typing import Any
 
 from bundler import modelkind
 from bundler.digest import Digest
-from bundler.errors import IntegrityError
+from bundler.errors import BundlerError, IntegrityError
 from bundler.oci import (
     ANNOTATION_REF_NAME,
     Descriptor,
@@ -23,6 +23,7 @@ from bundler.oci import (
     load_json,
     unique,
 )
+from bundler.progress import format_size
 from bundler.reference import InvalidNameError, ModelName
 
 MEDIA_TYPE_ROOT = "application/vnd.ollama-bundle.root.v1+json"
@@ -36,6 +37,15 @@ MAX_SIGNATURE_BYTES = 4096
 MAX_SIGNATURES = 64
 TOOL_DIRECTORY = "ollama-bundle/tool/"
 MAX_TOOL_BYTES = 512 * 1024 * 1024
+# formats/bundle-v1.md §5, §6: what a reader holds from one head, declared by the root before
+# a byte of them is read (an Ollama manifest is a few KiB)
+MAX_MODELS = 10_000
+MAX_HEAD_MANIFEST_BYTES = 16 * 1024 * 1024
+
+# formats/bundle-v1.md §3: the carried tool is written executable; writers before that wrote
+# it 0644 like every other member, and readers accept both for it (and only for it).
+TOOL_MODE = 0o755
+TOOL_MODES_READ = (TOOL_MODE, 0o644)
 
 # formats/bundle-v1.md §7: weights barely compress; JSON and text do.
 WEIGHTS_MEDIA_TYPES = frozenset(f"application/vnd.ollama.image.{kind}" for kind in (
@@ -357,6 +367,12 @@ def plan_contents(models: Iterable[Model], have: Have = NO_BASES) -> Contents:
     """Order models and blobs as formats/bundle-v1.md §4.2 and §5 say; build index.json.
     Configs and layers the bases have (same size) are left out (§4.3)."""
     ordered = tuple(sorted(models, key=lambda m: str(m.name)))
+    declared = sum({m.manifest.digest: len(m.manifest.raw) for m in ordered}.values())
+    if len(ordered) > MAX_MODELS or declared > MAX_HEAD_MANIFEST_BYTES:  # what readers take
+        raise BundlerError(f"{len(ordered)} models with {format_size(declared)} of manifests "
+                           f"are more than one bundle holds ({MAX_MODELS} models, "
+                           f"{format_size(MAX_HEAD_MANIFEST_BYTES)} of manifests)",
+                           hint="export the models in several bundles")
     folded = [m.name.folded() for m in ordered]
     if len(set(folded)) != len(folded):
         raise IntegrityError("two models differ only in letter case; Ollama treats them as one")
@@ -389,6 +405,9 @@ def plan_contents(models: Iterable[Model], have: Have = NO_BASES) -> Contents:
 
 def index_models(root: Root, index: Index) -> list[tuple[ModelName, Descriptor]]:
     """Check index.json against the root (§5) and return (name, manifest descriptor) pairs."""
+    if len(index.manifests) > MAX_MODELS:
+        raise IntegrityError(f"index.json: {len(index.manifests)} models, more than the limit "
+                             f"{MAX_MODELS}", hint=_HEAD_HINT)
     named: list[tuple[ModelName, Descriptor]] = []
     seen: set[tuple[str, str, str, str]] = set()
     for i, d in enumerate(index.manifests):
@@ -414,7 +433,17 @@ def index_models(root: Root, index: Index) -> list[tuple[ModelName, Descriptor]]
     for name, d in named:
         if sizes[d.digest] != d.size:
             raise IntegrityError(f"index.json: {name}: manifest size differs from the root's")
+    declared = sum(sizes.values())
+    if declared > MAX_HEAD_MANIFEST_BYTES:  # checked before any manifest is read
+        raise IntegrityError(
+            f"{ROOT_MEMBER}: its {len(sizes)} manifests declare {format_size(declared)}, more "
+            f"than the {format_size(MAX_HEAD_MANIFEST_BYTES)} a reader holds from one head",
+            hint=_HEAD_HINT)
     return named
+
+
+_HEAD_HINT = ("manifests are a few KiB each: this is not a bundle ollama-bundle writes; "
+              "if it is yours, export the models in several bundles")
 
 
 def check_manifests(

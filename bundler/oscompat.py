@@ -45,10 +45,11 @@ class Features:
     drop_cache: Callable[[int, int, int], None] | None  # posix_fadvise DONTNEED; else leave it
     dir_fsync: bool  # fsync a directory after a rename (POSIX); else rely on the file's fsync
     switch_user: bool  # seteuid/setegid to a store's owner (POSIX); else write as ourselves
+    sendfile: Callable[[int, int, int, int], int] | None = None  # else read and write
 
 
 PLAIN = Features(pread=None, sync_file_range=None, fdatasync=None, drop_cache=None,
-                 dir_fsync=False, switch_user=False)
+                 dir_fsync=False, switch_user=False, sendfile=None)
 
 
 def portable() -> bool:
@@ -94,10 +95,29 @@ _NATIVE = Features(
     dir_fsync=sys.platform != "win32" and hasattr(os, "O_DIRECTORY"),
     switch_user=all(hasattr(os, f) for f in ("geteuid", "seteuid", "setegid", "setgroups",
                                              "getgroups")),
+    sendfile=getattr(os, "sendfile", None),
 )
 
 
 # -- files ---------------------------------------------------------------------------------------
+
+
+class NotRegularFileError(Exception):
+    """A file we open is a FIFO, a device, a socket or a directory (`mode` says which)."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        super().__init__(str(path))
+        self.path, self.mode = path, mode
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO', 'a character device', ... for an st_mode that is not a regular file's."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
@@ -109,6 +129,16 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
             if stat.S_ISLNK(os.lstat(path).st_mode):
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
     return os.open(path, flags | nofollow | O_BINARY, mode)
+
+
+def is_device_name(path: Path) -> bool:
+    """Whether `path` is one of the system's own device names, /dev/... (such as /dev/stdout,
+    a link to the process's standard output): links there are the system's, not planted.
+    Windows has no /dev."""
+    if _WINDOWS:
+        return False
+    parent = Path(os.path.normpath(path.absolute())).parent  # lexical: no link followed
+    return parent == Path("/dev") or Path("/dev") in parent.parents
 
 
 def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
@@ -136,6 +166,24 @@ def pread(fd: int, n: int, offset: int) -> bytes:
     with _SEEK_READ:
         os.lseek(fd, offset, os.SEEK_SET)
         return os.read(fd, n)
+
+
+if sys.platform == "win32":
+
+    def free_inodes(path: Path) -> int | None:
+        """None: Windows has no statvfs, and NTFS has no fixed number of files."""
+        return None
+
+else:
+
+    def free_inodes(path: Path) -> int | None:
+        """Files and directories that can still be created on `path`'s file system; None
+        where it does not count them (statvfs reports f_files 0)."""
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_favail if st.f_files else None
 
 
 def fsync_dir(path: Path) -> None:
@@ -169,8 +217,11 @@ def exclusive_lock(path: Path, on_wait: Callable[[], object]) -> Iterator[None]:
     followed if it is a link), calling `on_wait` once if another process holds it. The lock
     goes with the descriptor, so a killed holder never leaves it taken (formats/ollama-store.md
     §7): flock(2) on POSIX (in portable mode too), byte 0 locked with msvcrt.locking on Windows."""
-    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT | O_NONBLOCK)
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or device planted there: never locked, nor waited on
+            raise NotRegularFileError(path, mode)
         if sys.platform == "win32":
             with _windows_lock(fd, on_wait):
                 yield

@@ -5,6 +5,7 @@ the GGUF path of server/download.go or, for tensor models, x/transfer/download.g
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from bundler.registry.client import (
     Target,
     parse_challenge,
 )
-from bundler.registry.listing import model_tags
+from bundler.registry.listing import EndlessListError, model_tags
 from bundler.registry.transport import Response, TlsError, Transport
 
 MAX_PROBES = 100  # model tags one check-registry without MODEL probes
@@ -170,7 +171,8 @@ def _manifest_failed(client: Client, plain: Transport, repository: str, tag: str
         return RegistryCheck(name, False, [
             finding, (f"Ollama asks for {repository} as spelt, and the registry keeps "
                      f"repositories in lower case: {lower}:{tag} is there")], [
-            f"pull it as {client.target.host}/{lower}:{tag}; " + case_advice(repository)])
+            f"pull it as {client.target.host}/{lower}:{tag}; "
+            + case_advice(repository, client.target.host)])
     return RegistryCheck(name, False, [finding], ["push the model first, or check the name"])
 
 
@@ -183,26 +185,51 @@ def _ollama_manifest_error(resp: Response) -> str:
 
 
 def check_pushed(client: Client, result: PushResult) -> None:
-    """After a push: probe the first model as `ollama pull` would (`check_registry`), and note
-    for each renamed model what a colleague whose store spells it otherwise sees (`case_note`)."""
-    if result.items:
-        result.check = check_registry(client, result.items[0].repository,
-                                      result.items[0].tag)
-        for item in result.items:
-            if item.renamed(client.target) and (note := case_note(client, item)):
-                result.case_notes[item.pull_name(client.target)] = note
+    """After a push: probe each pushed model (at most MAX_PROBES) as `ollama pull` would
+    (`check_registry`), and note for each renamed model what a colleague whose store spells
+    it otherwise sees (`case_note`)."""
+    result.checks = [check_registry(client, item.repository, item.tag)
+                     for item in result.items[:MAX_PROBES]]
+    for item in result.items:
+        if item.renamed(client.target) and (note := case_note(client, item)):
+            result.case_notes[item.pull_name(client.target)] = note
 
 
-def case_advice(spelt: str) -> str:
-    return (f"a colleague whose store already holds a model spelt {spelt.split('/')[-1]} (in any "
-            "namespace; Ollama matches each part of a name case-insensitively against the "
-            "store and asks for the stored spelling, server/routes.go getExistingName) gets "
-            "that error even with the lowercase name: 'ollama rm' that copy first")
+def probed_text(probed: int, found: int | None, what: str) -> str:
+    """"probed 3 of 5 model tags (at most 3)"; `found` None: more than MAX_PROBES."""
+    if found is None:
+        return f"probed {probed} of more than {MAX_PROBES} {what} (at most {MAX_PROBES})"
+    bound = f" (at most {MAX_PROBES})" if found > probed else ""
+    return f"probed {probed} of {found} {what}{bound}"
+
+
+def require_pulls(checks: Sequence[RegistryCheck]) -> None:
+    """RegistryError (exit 5) unless every probe says `ollama pull` will work."""
+    failed = [c for c in checks if not c.ok]
+    if not failed:
+        return
+    which = (f"the model probed ({failed[0].model})" if len(checks) == 1 else
+             f"{len(failed)} of the {len(checks)} models probed")
+    raise RegistryError(
+        f"`ollama pull` will not work from this registry for {which}; the findings above "
+        "say why", hint=next((a for c in failed for a in c.advice), None))
+
+
+_STORED_SPELLING = (
+    "Ollama takes the spelling of the stored name whose host, namespace and model equal the "
+    "name's ignoring case (server/routes.go getExistingName; 0.24.0 and earlier releases "
+    "matched each part on its own, so a model spelt so under any host or namespace did this)")
+
+
+def case_advice(spelt: str, host: str) -> str:
+    return (f"a colleague whose store already holds {host}/{spelt} with another tag (an "
+            f"'ollama cp' to that spelling, say) gets that error even with the lowercase name: "
+            f"{_STORED_SPELLING}; 'ollama rm' that copy first")
 
 
 def case_note(client: Client, item: PushItem) -> str:
     """For a model whose name is not all lower case: what a colleague whose store already has
-    it spelt so sees (probed: the manifest GET Ollama would send)."""
+    it spelt so under this registry sees (probed: the manifest GET Ollama would send)."""
     spelt = f"{client.target.namespace or item.model.name.namespace}/{item.model.name.model}"
     if spelt == item.repository:
         return ""
@@ -211,11 +238,10 @@ def case_note(client: Client, item: PushItem) -> str:
         headers={"Accept": MEDIA_TYPE_DOCKER_MANIFEST})
     if resp.status == 200:
         return ""
-    return (f"a colleague whose store already holds a model spelt {item.model.name.model} (any "
-            f"namespace) gets '{_ollama_manifest_error(resp)}' (HTTP {resp.status}): Ollama "
-            f"then asks for {spelt}:{item.tag}, matching each part of the name "
-            "case-insensitively against the store (server/routes.go getExistingName); 'ollama "
-            "rm' that copy first")
+    return (f"a colleague whose store already holds {client.target.host}/{spelt} with another "
+            f"tag (an 'ollama cp' to that spelling, say) gets '{_ollama_manifest_error(resp)}' "
+            f"(HTTP {resp.status}): Ollama then asks for {spelt}:{item.tag}. "
+            f"{_STORED_SPELLING[0].upper()}{_STORED_SPELLING[1:]}; 'ollama rm' that copy first")
 
 
 def _check_transfer(name: str, registry: Transport, url: str,
@@ -256,10 +282,11 @@ def _resolve_like_transfer(transport: Transport, url: str) -> str:
     return "error: too many redirects"
 
 
-def check_targets(client: Client, names: Sequence[str]) -> tuple[list[tuple[str, str]], int]:
+def check_targets(client: Client, names: Sequence[str],
+                  ) -> tuple[list[tuple[str, str]], int | None]:
     """(repository as Ollama spells it, tag) for each MODEL given (the URL's namespace, else
     the name's), else for up to MAX_PROBES model tags under the URL's namespace; and how many
-    model tags there are."""
+    model tags there are (None: more than MAX_PROBES; the listing stops there)."""
     if names:
         out = []
         for text in names:
@@ -269,7 +296,9 @@ def check_targets(client: Client, names: Sequence[str]) -> tuple[list[tuple[str,
             out.append((f"{client.target.namespace or name.namespace}/{name.model}", name.tag))
         return out, len(out)
     try:
-        found = list(model_tags(client))
+        found = list(itertools.islice(model_tags(client), MAX_PROBES + 1))
+    except EndlessListError:
+        raise
     except RegistryError as e:
         raise UsageError(f"the registry does not list its repositories ({e.message})",
                          hint="name the models to check: namespace/model:tag") from None
@@ -277,9 +306,7 @@ def check_targets(client: Client, names: Sequence[str]) -> tuple[list[tuple[str,
         raise UsageError("the registry holds no models yet" + (
             f" under {client.target.namespace}/" if client.target.namespace else ""),
             hint="push some with 'bundle import BUNDLE --to-registry URL'")
-    return found[:MAX_PROBES], len(found)
-
-
+    return found[:MAX_PROBES], len(found) if len(found) <= MAX_PROBES else None
 
 
 def _like_go(transport: Transport, method: str, url: str,

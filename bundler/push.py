@@ -130,7 +130,7 @@ class PushResult:
     present: int = 0
     mounted: int = 0
     cosign_signatures: int = 0  # signature layers added to sha256-<hex>.sig tags
-    check: RegistryCheck | None = None
+    checks: list[RegistryCheck] = field(default_factory=list)  # one per pushed model, capped
     commands: list[str] = field(default_factory=list)
     case_notes: dict[str, str] = field(default_factory=dict)  # pull name -> `case_note`
 
@@ -148,8 +148,14 @@ class PushResult:
             "blobsPresent": self.present, "blobsMounted": self.mounted,
             "cosignSignatures": self.cosign_signatures,
             "ollamaPull": self.commands,
+            # the verdict: the first probe that failed, else the first
             "check": None if self.check is None else self.check.to_json(),
+            "checks": [c.to_json() for c in self.checks], "probed": len(self.checks),
         }
+
+    @property
+    def check(self) -> RegistryCheck | None:
+        return next((c for c in self.checks if not c.ok), next(iter(self.checks), None))
 
 
 def push_bundle(

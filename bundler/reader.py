@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from bundler import cosign, signing
-from bundler.archive import ArchiveReader, Member, member_header, member_spans, padding
+from bundler.archive import (
+    ArchiveReader,
+    Member,
+    MemberBytes,
+    member_header,
+    member_spans,
+    padding,
+)
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.layout import (
@@ -24,6 +31,7 @@ from bundler.layout import (
     OCI_LAYOUT_MEMBER,
     ROOT_MEMBER,
     TOOL_DIRECTORY,
+    TOOL_MODES_READ,
     BlobRef,
     Model,
     Root,
@@ -189,9 +197,10 @@ class Seekable:
                      "import again")
 
 
-def _require_canonical(m: Member) -> None:
-    # formats/bundle-v1.md §3: headers are exactly what the writer emits
-    if not m.is_canonical:
+def _require_canonical(m: Member, modes: Sequence[int] | None = None) -> None:
+    # formats/bundle-v1.md §3: headers are exactly what the writer emits (for the carried
+    # tool, with one of the modes writers have used for it)
+    if not (m.is_canonical if modes is None else m.is_canonical_with(modes)):
         raise IntegrityError(f"bundle member {m.name[:200]!r}: tar header differs from the "
                              "canonical one (mode, owner, time or other fields were changed)",
                              hint="this is not an intact bundle")
@@ -260,7 +269,7 @@ class BundleReader:
         signatures = decide_trust(root_raw, carried, trusted)
         if enforce_trust and not signatures.is_trusted:
             if not allow_unsigned:
-                raise refuse_untrusted(signatures)
+                raise refuse_untrusted(signatures, trusted)
             on_event("warning: no trusted signature; accepting on digests alone "
                      "(--allow-unsigned)")
         documents: dict[str, bytes] = {}
@@ -291,7 +300,7 @@ class BundleReader:
                 raise IntegrityError(f"bundle: {found} where {tool.member} belongs",
                                      hint="members are missing, reordered or added: this is "
                                           "not an intact bundle")
-            _require_canonical(m)
+            _require_canonical(m, TOOL_MODES_READ)
             if m.size != tool.blob.size:
                 raise IntegrityError(f"{tool.member}: size differs from the signed root's")
             h = hashlib.sha256()
@@ -388,6 +397,25 @@ class BundleReader:
         self._seeking = True
         return out
 
+    def ranges(self) -> dict[Digest, MemberBytes] | None:
+        """After `read_head()`, for a file (or split parts) with the writer's seek table: each
+        config and layer blob's body by byte range (formats/serve-v1.md §3), read on its own
+        and not verified (the caller verifies). None if the bundle cannot be read that way."""
+        assert self._head is not None
+        rows = self._archive.seek_rows()
+        source = self._archive.positional()
+        if (rows is None or source is None or self._spans is None
+                or self._head_bytes != self._head_frame):
+            return None
+        out: dict[Digest, MemberBytes] = {}
+        for ref in self._head.layer_blobs:
+            name = blob_member(ref.digest)
+            member = MemberBytes.of(source, rows, self._spans[name], name, ref.size)
+            if member is None:
+                return None
+            out[ref.digest] = member
+        return out
+
     def reread(self) -> Reread | None:
         """For the blob `blobs()` yielded last, if the bundle is a file that can be read again
         there: a function giving its body from an offset on (every byte still verified, the
@@ -402,6 +430,23 @@ class BundleReader:
             return _verified(ref, again(0), no_progress, skip=skip)
 
         return body
+
+    def check_complete(self) -> None:
+        """After `read_head()`, for a reader that wants no blob: that the bundle is whole to
+        its end-of-archive marker (formats/bundle-v1.md §9 step 7). With the writer's seek
+        table (whose frame sizes add up to the file's size, §7.1) only the frames after the
+        last blob are read; without one (a file cut short loses it) every blob is read on
+        and verified."""
+        assert self._head is not None
+        rows = self._archive.seek_rows()
+        if rows is not None and self._spans is not None \
+                and self._head_bytes == self._head_frame:
+            self._archive.check_end_at(max(end for _, end in self._spans.values()))
+            return
+        for _, body in self.blobs():
+            for _ in body:
+                pass
+        self.finish()
 
     def finish(self) -> None:
         """Require the end-of-archive marker after the last blob: next in the stream, or

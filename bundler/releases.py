@@ -19,7 +19,7 @@ from bundler.inventory import (
 from bundler.layout import MEDIA_TYPE_ROOT, Base, BlobRef, Have, Model
 from bundler.oci import Manifest
 from bundler.progress import OnEvent, format_size, no_events, plural
-from bundler.reader import Head
+from bundler.reader import Head, open_bundle
 from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client
 from bundler.registry.listing import model_tags
 from bundler.store import Store
@@ -68,13 +68,14 @@ def read_release(path: Path, trusted: Sequence[signing.PublicKey]) -> tuple[Base
     """A bundle (its head only) or an inventory, and the Base record that names it."""
     try:
         with path.open("rb") as f:
-            if f.read(4) == _ZSTD_MAGIC:
-                f.seek(0)
-                head = list_bundle(f, trusted)
-                return Base(MEDIA_TYPE_ROOT, Digest.of(head.root.raw), head.root.created,
-                            path.name), head
+            bundle = f.read(4) == _ZSTD_MAGIC
             f.seek(0)
-            raw = f.read(MAX_INVENTORY_BYTES + 1)
+            raw = b"" if bundle else f.read(MAX_INVENTORY_BYTES + 1)
+        if bundle:  # a split bundle named by its first part: all its parts (the end is last)
+            with open_bundle(path) as src:
+                head = list_bundle(src, trusted)
+            return Base(MEDIA_TYPE_ROOT, Digest.of(head.root.raw), head.root.created,
+                        path.name), head
     except FileNotFoundError:
         raise NotFoundError(f"{path} not found") from None
     except IsADirectoryError:

@@ -129,6 +129,10 @@ def read_private(path: Path, passphrase: bytes | Callable[[], bytes | None] | No
         ) from None
     except OSError as e:
         raise BundlerError(f"cannot read signing key {path}: {e.strerror}") from None
+    if data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):  # signature-v1.md §2
+        raise UsageError(f"{path} is a public key, not a signing key",
+                         hint="give --key the private key (PREFIX.key, beside the .pub); the "
+                              ".pub file is what importers pass to --trust")
     if oscompat.posix_permissions() and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(
             f"signing key {path} is readable by other users (mode {stat.S_IMODE(mode):04o})",
@@ -140,16 +144,28 @@ def read_private(path: Path, passphrase: bytes | Callable[[], bytes | None] | No
 
 
 def write_key_pair(prefix: Path, key: PrivateKey, passphrase: bytes | None) -> tuple[Path, Path]:
-    """Write PREFIX.key (0600, created exclusively) and PREFIX.pub; refuse to overwrite."""
+    """Write PREFIX.key (0600) and PREFIX.pub, each created exclusively and never through a
+    link; refuse to overwrite anything, a link (dangling or not) included."""
     key_path, pub_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     for p in (key_path, pub_path):
-        if p.exists():
-            raise UsageError(f"{p} already exists", hint="choose another --out, or remove it")
+        if os.path.lexists(p):
+            what = "a symbolic link" if p.is_symlink() else "it"
+            raise UsageError(f"{p} already exists",
+                             hint=f"choose another --out, or remove {what}")
     key_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = oscompat.open_fd(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_pem(key, passphrase))
-    pub_path.write_bytes(public_pem(key.public))
+    written: list[Path] = []
+    try:
+        for path, data, mode in ((key_path, private_pem(key, passphrase), 0o600),
+                                 (pub_path, public_pem(key.public), 0o644)):
+            fd = oscompat.open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            written.append(path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    except FileExistsError as e:  # appeared since the check above
+        for path in written:
+            path.unlink()
+        raise UsageError(f"{e.filename} already exists",
+                         hint="choose another --out, or remove it") from None
     return key_path, pub_path
 
 

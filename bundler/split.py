@@ -301,6 +301,14 @@ class _PartsAt:
                 i += 1
         return bytes(out)
 
+    def locate(self, offset: int) -> tuple[int, int, int]:
+        """The descriptor, its offset and the bytes from there on in that part that hold the
+        stream's `offset`."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if not 0 <= i < len(self._fds):
+            return -1, 0, 0
+        return self._fds[i], offset - self._starts[i], self._starts[i + 1] - offset
+
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)

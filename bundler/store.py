@@ -21,7 +21,7 @@ from bundler import oscompat
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
 from bundler.layout import Model
-from bundler.oci import Manifest
+from bundler.oci import MAX_MANIFEST_BYTES, Manifest
 from bundler.progress import OnEvent, no_events
 from bundler.reference import ModelName
 from bundler.streams import WriteBehind
@@ -53,11 +53,63 @@ def locate(option: Path | None, env: Mapping[str, str], home: Path) -> StoreLoca
     return StoreLocation(home / ".ollama" / "models", "default")
 
 
+MAX_RELEASES_BYTES = 16 * 1024 * 1024  # the release records (§5): some 100,000 models
+_NOT_REGULAR_HINT = ("remove it or move it out of the store: Ollama and ollama-bundle keep "
+                     "only regular files there")
+
+
+def _not_regular(error: type[BundlerError], path: Path, kind: str) -> BundlerError:
+    prefix = "corrupt store: " if issubclass(error, IntegrityError) else ""
+    return error(f"{prefix}{path} is {kind}, not a regular file", hint=_NOT_REGULAR_HINT)
+
+
+def open_regular(path: Path, error: type[BundlerError], *, follow: bool = True) -> int:
+    """A descriptor of the regular file at `path`, opened read-only without blocking (a FIFO
+    planted there must not hang us) and, with `follow` False, without following a link; what
+    is not a regular file is refused as `error` (formats/ollama-store.md §4.2).
+    FileNotFoundError and other OSErrors pass through."""
+    flags = os.O_RDONLY | oscompat.O_NONBLOCK
+    try:
+        fd = oscompat.open_fd(path, flags) if follow else oscompat.open_nofollow(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow:
+            raise _not_regular(error, path, "a symbolic link") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(error, path, oscompat.file_kind(mode))
+    return fd
+
+
+def read_regular(path: Path, limit: int, error: type[BundlerError], what: str, *,
+                 follow: bool = True) -> bytes:
+    """At most `limit` bytes of the regular file at `path` (`open_regular`); larger is refused
+    as `error`: never more than limit + 1 bytes are read."""
+    fd = open_regular(path, error, follow=follow)
+    try:
+        data = bytearray()
+        while len(data) <= limit and (chunk := os.read(fd, min(CHUNK_SIZE,
+                                                                limit + 1 - len(data)))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise error(f"{path} is larger than {limit // (1024 * 1024)} MiB: not {what}",
+                    hint="neither Ollama nor ollama-bundle wrote it: remove it or move it out "
+                         "of the store")
+    return bytes(data)
+
+
 def _os_error(action: str, path: Path, e: OSError) -> BundlerError:
     if e.errno == errno.ENOSPC:
         return BundlerError(f"{action} {path}: no space left on device",
                             hint="free space on that file system and run the import again")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno == errno.EROFS:
+        return BundlerError(f"{action} {path}: {e.strerror}",
+                            hint="that file system is mounted read-only: remount it "
+                                 "read-write, or choose --models DIR on another one")
+    if e.errno in (errno.EACCES, errno.EPERM):
         return BundlerError(f"{action} {path}: {e.strerror}",
                             hint="run as the store's owner (or root), or choose --models DIR")
     return BundlerError(f"{action} {path}: {e.strerror}")
@@ -128,10 +180,22 @@ class Store:
                     hint="Ollama cannot store this name here either; leave it out with --only, "
                          "or import it --to-registry")
 
+    def read_manifest(self, name: ModelName, error: type[BundlerError] = BundlerError,
+                      ) -> bytes | None:
+        """The manifest file's bytes (at most 4 MiB: more is no manifest), or None if there
+        is none; what is not a regular file, or is larger, is refused as `error`."""
+        path = self.manifest_path(name)
+        try:
+            return read_regular(path, MAX_MANIFEST_BYTES, error, "a manifest")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _os_error("cannot read", path, e) from None
+
     def read_model(self, name: ModelName) -> Model:
         path = self.manifest_path(name)
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path, MAX_MANIFEST_BYTES, IntegrityError, "a manifest")
         except FileNotFoundError:
             raise NotFoundError(f"model {name.display_shortest()} not found in "
                                 f"{self.location.describe()}") from None
@@ -165,12 +229,23 @@ class Store:
     def has_blob(self, digest: Digest, size: int) -> bool:
         return self.blob_size(digest) == size
 
+    def require_regular_blob(self, digest: Digest) -> None:
+        """IntegrityError if the blob's name (either spelling) holds something that is not a
+        regular file, such as a FIFO or a link to a device (formats/ollama-store.md §4.2)."""
+        for path in (self.blob_path(digest), self.blobs_dir / f"sha256:{digest.hex}"):
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode):
+                raise _not_regular(IntegrityError, path, oscompat.file_kind(mode))
+
     def open_blob(self, digest: Digest) -> BinaryIO:
         path = self.find_blob(digest)
         try:
             if path is None:
                 raise FileNotFoundError
-            return path.open("rb", buffering=0)
+            return os.fdopen(open_regular(path, IntegrityError), "rb", buffering=0)
         except FileNotFoundError:
             raise IntegrityError(f"corrupt store: blob {digest} vanished during the export",
                                  hint="another program removed it; run the export again") from None
@@ -189,7 +264,11 @@ class Store:
             try:
                 stack.enter_context(oscompat.exclusive_lock(path, lambda: on_event(
                     f"waiting for another import into {self.root} to finish")))
+            except oscompat.NotRegularFileError as e:
+                raise _not_regular(BundlerError, path, oscompat.file_kind(e.mode)) from None
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise _not_regular(BundlerError, path, "a symbolic link") from None
                 raise _os_error("cannot open lock file", path, e) from None
             self._remove_stale(on_event)
             yield
@@ -217,6 +296,22 @@ class Store:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.blobs_dir if self.blobs_dir.is_dir() else self.root).free
+
+    def free_inodes(self) -> int | None:
+        """Files and directories that can still be created there; None if the file system
+        does not count them (statvfs reports f_files 0)."""
+        return oscompat.free_inodes(self.blobs_dir if self.blobs_dir.is_dir() else self.root)
+
+    def inodes_needed(self, blobs: int, names: Iterable[ModelName]) -> int:
+        """What an import creates (formats/ollama-store.md §4): a staged file per blob, a
+        file per manifest and the directories missing on their paths, blobs/ and manifests/
+        if missing, and the releases record's temp file."""
+        names = list(names)
+        missing = {p for name in names
+                   for p in self.manifest_path(name).relative_to(self.manifests_dir).parents[:-1]
+                   if not (self.manifests_dir / p).is_dir()}
+        return (blobs + len(names) + len(missing) + 1
+                + sum(not d.is_dir() for d in (self.blobs_dir, self.manifests_dir)))
 
     def stage(self, digest: Digest, *, resume: bool = False) -> StagedBlob:
         """A blob's staging file, blobs/.bundle-<hex>.partial (a name Ollama's prune removes).
@@ -292,9 +387,11 @@ class Store:
 
     def releases(self) -> dict[str, dict[str, str]]:
         """Per model (full name, folded): the `root` digest and `created` time of the release
-        that last wrote it (formats/ollama-store.md §5). Unreadable means none."""
+        that last wrote it (formats/ollama-store.md §5). Unreadable means none; what is not a
+        regular file (never followed) or is larger than 16 MiB is refused (§4.2)."""
         try:
-            obj = json.loads((self.root / RELEASES_NAME).read_bytes())
+            obj = json.loads(read_regular(self.root / RELEASES_NAME, MAX_RELEASES_BYTES,
+                                          BundlerError, "release records", follow=False))
         except (OSError, ValueError):
             return {}
         models = obj.get("models") if isinstance(obj, dict) else None
@@ -302,8 +399,9 @@ class Store:
                 if isinstance(k, str) and isinstance(v, dict)
                 and isinstance(v.get("created"), str) and isinstance(v.get("root"), str)}
 
-    def record_releases(self, entries: dict[str, dict[str, str]]) -> None:
-        """Add or replace records (under the lock, after the manifests are written)."""
+    def stage_releases(self, entries: dict[str, dict[str, str]]) -> StagedManifest:
+        """The records with these added or replaced, in a temp file (under the lock, before
+        the manifests are renamed); commit_releases renames it into place."""
         records = {**self.releases(), **entries}
         raw = json.dumps({"models": records}, indent=1, sort_keys=True).encode() + b"\n"
         tmp = self.root / f"{_PARTIAL_PREFIX}{secrets.token_hex(8)}{_PARTIAL_SUFFIX}"
@@ -314,14 +412,26 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.root / RELEASES_NAME)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise _os_error("cannot write", self.root / RELEASES_NAME, e) from None
+        return StagedManifest(tmp, self.root / RELEASES_NAME)
 
-    def write_manifest(self, name: ModelName, raw: bytes) -> None:
-        """Exact bytes, via a temp file at depth 1 (invisible to Ollama), fsync, rename."""
+    def commit_releases(self, staged: StagedManifest) -> None:
+        try:
+            os.replace(staged.tmp, staged.final)
+        except OSError as e:
+            staged.discard()
+            raise _os_error("cannot write", staged.final, e) from None
+
+    def record_releases(self, entries: dict[str, dict[str, str]]) -> None:
+        """Add or replace records (under the lock, after the manifests are written)."""
+        self.commit_releases(self.stage_releases(entries))
+
+    def stage_manifest(self, name: ModelName, raw: bytes) -> StagedManifest:
+        """Exact bytes in a temp file at depth 1 (invisible to Ollama), fsynced, with the
+        directories of its final path made: what commit_manifest renames."""
         final = self.manifest_path(name)
         for parent in reversed(final.relative_to(self.manifests_dir).parents[:-1]):
             self._mkdir(self.manifests_dir / parent)
@@ -334,12 +444,29 @@ class Store:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
-            oscompat.fsync_dir(final.parent)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise _os_error("cannot write manifest", final, e) from None
+        return StagedManifest(tmp, final)
+
+    def commit_manifest(self, staged: StagedManifest) -> None:
+        """Rename a staged manifest into place (it needs no new inode) and fsync its
+        directory."""
+        try:
+            os.replace(staged.tmp, staged.final)
+            oscompat.fsync_dir(staged.final.parent)
+        except OSError as e:
+            raise _os_error("cannot write manifest", staged.final, e) from None
+
+    def write_manifest(self, name: ModelName, raw: bytes) -> None:
+        """Exact bytes, via a temp file at depth 1 (invisible to Ollama), fsync, rename."""
+        staged = self.stage_manifest(name, raw)
+        try:
+            self.commit_manifest(staged)
+        except BaseException:
+            staged.discard()
+            raise
 
     def sync_blobs_dir(self) -> None:
         oscompat.fsync_dir(self.blobs_dir)
@@ -352,6 +479,18 @@ class Store:
             path.chmod(0o755)
         except OSError as e:
             raise _os_error("cannot create directory", path, e) from None
+
+
+@dataclass(frozen=True, slots=True)
+class StagedManifest:
+    """A manifest written to its temp file, not yet renamed to its final path."""
+
+    tmp: Path
+    final: Path
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
 
 
 class StagedBlob:
@@ -408,6 +547,12 @@ class StagedBlob:
             os.ftruncate(self._f.fileno(), 0)
             os.lseek(self._f.fileno(), 0, os.SEEK_SET)
             self.existing = 0
+
+    def close(self) -> None:
+        """Close the file and leave it, as a crash would, for the next import to continue."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
     def discard(self) -> None:
         if self._f is not None:

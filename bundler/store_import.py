@@ -13,13 +13,14 @@ from bundler import signing
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError
 from bundler.layout import Model
-from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
+from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress, plural
 from bundler.reader import BundleReader, Head, Seekable
 from bundler.reference import ModelName, pick
 from bundler.releases import require_bases
-from bundler.store import StagedBlob, Store
+from bundler.store import StagedBlob, StagedManifest, Store
 
 _FREE_SPACE_MARGIN = 1024 * 1024  # plus 1 % of what is written: file system overhead
+_FREE_INODES_MARGIN = 2  # ext4 and xfs keep none back; leave a couple for the system
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,8 @@ class ImportResult:
     dry_run: bool
     seeking: bool = False  # read only the blobs it wrote, through the seek table
     old_blob_names: tuple[Digest, ...] = ()  # present only as blobs/sha256:<hex>
+    blobs_kept: int = 0  # staged by an interrupted import, kept whole or in part
+    bytes_kept: int = 0  # of those, the bytes neither read from the bundle nor written
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class ImportResult:
             "models": [c.to_json() for c in self.changes],
             "blobsWritten": self.blobs_written, "bytesWritten": self.bytes_written,
             "blobsPresent": self.blobs_present,
+            "kept": {"blobs": self.blobs_kept, "bytes": self.bytes_kept},
             "oldBlobNames": [str(d) for d in self.old_blob_names],
         }
 
@@ -70,14 +74,11 @@ def _plan_changes(head: Head, store: Store, only: Sequence[str]) -> list[ModelCh
     changes = []
     for m in models:
         target = m.name.canonical(existing)
-        path = store.manifest_path(target)
-        try:
-            current = Digest.of(path.read_bytes())
-        except FileNotFoundError:
+        raw = store.read_manifest(target)
+        if raw is None:
             changes.append(ModelChange(m, target, "new"))
             continue
-        except OSError as e:
-            raise BundlerError(f"cannot read {path}: {e.strerror}") from None
+        current = Digest.of(raw)
         same = current == m.manifest.digest
         changes.append(ModelChange(m, target, "unchanged" if same else "replaced",
                                    None if same else current))
@@ -109,10 +110,13 @@ def import_bundle(
     on_event: OnEvent = no_events,
 ) -> ImportResult:
     """Verify everything, stage blobs, then commit blobs and finally manifests, all under the
-    store's lock (formats/ollama-store.md §4). A dry run reads only the head."""
-    lock = contextlib.nullcontext() if dry_run else store.locked(on_event)
-    with lock, BundleReader(src, on_bytes) as reader:
+    store's lock, which is taken (the store created) only once the head is trusted
+    (formats/ollama-store.md §4). A dry run reads only the head."""
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(BundleReader(src, on_bytes))
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
+        if not dry_run:  # nothing, not the store nor its lock file, before the head is trusted
+            stack.enter_context(store.locked(on_event))
         changes = _plan_changes(head, store, only)
         for c in changes:
             store.require_storable(c.target)
@@ -134,25 +138,35 @@ def import_bundle(
                               old_blob_names=old_names)
         if dry_run:
             return result
-        store.prepare()
         free, want = store.free_bytes(), sum(to_write.values())
         if want + want // 100 + _FREE_SPACE_MARGIN > free:
             raise BundlerError(
                 f"not enough space in {store.root}: {plural(want, 'byte')} to write, "
                 f"{free} free",
                 hint="free space there, or import fewer models with --only")
+        inodes = store.free_inodes()
+        files = store.inodes_needed(len(to_write), [c.target for c in changes
+                                                    if c.action != "unchanged"])
+        if inodes is not None and files + _FREE_INODES_MARGIN > inodes:
+            raise BundlerError(
+                f"not enough inodes in {store.root}: {files} files and directories to create, "
+                f"{inodes} free", hint="remove files on that file system (or give it more "
+                                       "inodes), or import fewer models with --only")
+        store.prepare()
         everything = sum(b.size for b in head.layer_blobs)
-        resumable = any(store.partial_size(d) for d in to_write)  # an interrupted import's
-        seekable = (reader.seekable() if sum(to_write.values()) < everything or resumable
-                    else None)
-        on_total(everything if seekable is None else sum(to_write.values()))
-        result = dataclasses.replace(result, seeking=seekable is not None)
+        # what an interrupted import staged of each blob (kept, not read again, if right)
+        left = {d: min(store.partial_size(d), s) for d, s in to_write.items()}
+        seekable = (reader.seekable() if sum(to_write.values()) < everything
+                    or any(left.values()) else None)
+        on_total(everything if seekable is None
+                 else sum(to_write.values()) - sum(left.values()))
         staged: list[StagedBlob] = []
+        kept = _Kept()
         try:
             if seekable is None:
-                _stage_all(reader, store, to_write, staged)
+                _stage_all(reader, store, to_write, staged, kept)
             else:
-                _stage_seeking(seekable, store, to_write, staged)
+                _stage_seeking(seekable, store, to_write, staged, kept)
             reader.finish()
             if set(to_write) - {blob.digest for blob in staged}:
                 raise IntegrityError("a referenced blob is not carried")  # check_manifests
@@ -160,31 +174,77 @@ def import_bundle(
                 store.touch_blob(digest)
             for blob in staged:
                 store.commit_blob(blob)
+        except KeyboardInterrupt:  # as a crash: staged files stay for the next import
+            for blob in staged:
+                blob.close()
+            raise _interrupted(store, staged) from None
         except BaseException:
             for blob in staged:
                 blob.discard()
             raise
+        result = dataclasses.replace(
+            result, seeking=seekable is not None, blobs_written=len(to_write) - kept.whole,
+            bytes_written=sum(to_write.values()) - kept.bytes, blobs_kept=kept.blobs,
+            bytes_kept=kept.bytes)
         store.sync_blobs_dir()
-        for change in changes:
-            if change.action == "unchanged":
-                continue
-            for b in change.model.manifest.blobs:  # fresh until the manifest names them
-                store.touch_blob(b.digest)
-            gone = [b.digest for b in change.model.manifest.blobs
-                    if not store.has_blob(b.digest, b.size)]
-            if gone:  # another program (ollama rm, a prune) removed it meanwhile
-                raise BundlerError(
-                    f"blob {gone[0]} of {change.target.display_shortest()} vanished during the "
-                    "import; its manifest was not written", hint="run the import again")
-            store.write_manifest(change.target, change.model.manifest.raw)
-        root = str(Digest.of(head.root.raw))
-        store.record_releases({_release_key(c.target): {"created": head.root.created,
-                                                        "root": root} for c in changes})
+        # formats/ollama-store.md §4 step 5: every manifest (and the releases record) staged
+        # first, then all renamed: running out of inodes or space among them writes none
+        pending: list[StagedManifest] = []
+        try:
+            for change in changes:
+                if change.action == "unchanged":
+                    continue
+                for b in change.model.manifest.blobs:  # fresh until the manifest names them
+                    store.touch_blob(b.digest)
+                gone = [b.digest for b in change.model.manifest.blobs
+                        if not store.has_blob(b.digest, b.size)]
+                if gone:  # another program (ollama rm, a prune) removed it meanwhile
+                    raise BundlerError(
+                        f"blob {gone[0]} of {change.target.display_shortest()} vanished during "
+                        "the import; no manifest was written", hint="run the import again")
+                pending.append(store.stage_manifest(change.target, change.model.manifest.raw))
+            root = str(Digest.of(head.root.raw))
+            releases = store.stage_releases({_release_key(c.target): {
+                "created": head.root.created, "root": root} for c in changes})
+        except BaseException:
+            for staged_manifest in pending:
+                staged_manifest.discard()
+            raise
+        for staged_manifest in pending:
+            store.commit_manifest(staged_manifest)
+        store.commit_releases(releases)
     return result
 
 
+@dataclass(slots=True)
+class _Kept:
+    """What an interrupted import had staged and this one kept."""
+
+    blobs: int = 0
+    whole: int = 0  # kept complete: nothing of them written
+    bytes: int = 0
+
+    def add(self, n: int, size: int) -> None:
+        if n:
+            self.blobs += 1
+            self.whole += n == size
+            self.bytes += n
+
+
+def _interrupted(store: Store, staged: Sequence[StagedBlob]) -> BundlerError:
+    """Ctrl-C during staging: what it leaves is what a crash leaves (formats/ollama-store.md
+    §4), and the next import into the store continues it."""
+    kept = [n for n in (store.partial_size(b.digest) for b in staged) if n]
+    if not kept:
+        return BundlerError("interrupted before any model was changed")
+    return BundlerError(
+        f"interrupted before any model was changed; {plural(len(kept), 'staged blob')} "
+        f"({format_size(sum(kept))}) kept in {store.blobs_dir} for the next import",
+        hint="run the same import again: it continues where this one stopped")
+
+
 def _stage_seeking(blobs: dict[Digest, Seekable], store: Store, to_write: dict[Digest, int],
-                   staged: list[StagedBlob]) -> None:
+                   staged: list[StagedBlob], kept: _Kept) -> None:
     """Read only the wanted blobs, through the seek table, into staged files (appended to
     `staged`, which the caller discards on failure); a blob an interrupted import began is
     continued where it stopped (all of it verified)."""
@@ -195,6 +255,7 @@ def _stage_seeking(blobs: dict[Digest, Seekable], store: Store, to_write: dict[D
             prefix = store.hash_staged(blob)
             if blob.existing == size and prefix.hexdigest() == digest.hex:
                 _staged_one(store, staged)  # complete: kept, nothing read or written
+                kept.add(size, size)
                 continue
             views = (blobs[digest].after(blob.existing, prefix) if blob.existing < size
                      else _restarted(blob, blobs[digest]))
@@ -203,6 +264,7 @@ def _stage_seeking(blobs: dict[Digest, Seekable], store: Store, to_write: dict[D
         for view in views:
             blob.write(view)
         _staged_one(store, staged)
+        kept.add(blob.existing, size)  # what was continued (verified with the rest)
 
 
 def _restarted(blob: StagedBlob, body: Seekable) -> Iterator[memoryview]:
@@ -220,7 +282,7 @@ def _staged_one(store: Store, staged: list[StagedBlob]) -> None:
 
 
 def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
-               staged: list[StagedBlob]) -> None:
+               staged: list[StagedBlob], kept: _Kept) -> None:
     """Stream every remaining blob: verify all, write the wanted ones to staged files
     (appended to `staged`, which the caller discards on failure)."""
     for ref, body in reader.blobs():
@@ -233,3 +295,4 @@ def _stage_all(reader: BundleReader, store: Store, to_write: dict[Digest, int],
         for view in blob.unchanged(body):  # what an interrupted import left is not rewritten
             blob.write(view)
         _staged_one(store, staged)
+        kept.add(blob.existing, ref.size)

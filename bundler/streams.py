@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,13 +177,15 @@ def check_output(path: Path) -> None:
 
 def temporary_file(target: Path, named: Path) -> tuple[Path, BinaryIO]:
     """A new file `.NAME.<random>.partial` beside `target`, unbuffered (`named` in errors),
-    locked while it is open so that `remove_leftovers` knows it is alive."""
+    created exclusively and never through a link, locked while it is open so that
+    `remove_leftovers` knows it is alive."""
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
     try:
-        f = cast("BinaryIO", tmp.open("xb", buffering=0))
+        fd = oscompat.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         raise BundlerError(f"cannot write {named}: {e.strerror}",
                            hint="check that the directory is writable") from None
+    f = cast("BinaryIO", os.fdopen(fd, "wb", buffering=0))
     oscompat.claim(f.fileno())
     return tmp, f
 
@@ -216,22 +219,35 @@ def remove_leftovers(output: Path) -> list[Path]:
     return removed
 
 
+def written_in_place(path: Path) -> bool:
+    """Whether an output goes straight into what is at `path` (formats/README.md, "Output
+    files"): a FIFO or a device (e.g. /dev/null), or a link among the system's own
+    device names (/dev/stdout, /dev/fd/1). Any other link is replaced, never followed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        return oscompat.is_device_name(path)
+    return not stat.S_ISREG(st.st_mode)
+
+
 @contextlib.contextmanager
 def open_output(path: Path) -> Iterator[Sink]:
-    """A regular file is written under a temporary name beside it, fsynced and renamed into
-    place only when complete; a device or FIFO (e.g. /dev/null) is written directly."""
-    target = path.resolve() if path.is_symlink() else path
-    if target.exists() and not target.is_file():
-        with target.open("wb", buffering=0) as device:
+    """Written under a temporary name beside `path`, fsynced and renamed onto the name only
+    when complete: a symbolic link at `path` is replaced by the file, its target left alone.
+    A FIFO or device is written in place (`written_in_place`)."""
+    if written_in_place(path):
+        with path.open("wb", buffering=0) as device:
             yield device
         return
-    remove_leftovers(target)
-    tmp, f = temporary_file(target, path)
+    remove_leftovers(path)
+    tmp, f = temporary_file(path, path)
     try:
         with f:
             yield WriteBehind(f)
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        os.replace(tmp, path)  # rename(2) replaces a link at `path`, never its target
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bundler import signing
-from bundler.errors import IntegrityError, UsageError
+from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
 from bundler.reader import BundleReader, Head
 from bundler.split import part_name, split_name
@@ -17,10 +17,13 @@ from bundler.streams import ReadAhead
 
 
 def list_bundle(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:
-    """Read only the head: root, signatures, index.json and manifests (and, with a seek
-    table, nothing after them: BundleReader reads no further ahead)."""
+    """Read the head: root, signatures, index.json and manifests; then that the file goes on
+    to its end, with a seek table from its last frames alone (BundleReader reads no further
+    ahead than the head), without one by reading on through every blob."""
     with BundleReader(src) as reader:
-        return reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
+        head = reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
+        reader.check_complete()
+        return head
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,13 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
     stem, number = split_name(first.name) or ("", 0)
     if number != 1:
         raise UsageError("--parts-only checks a split bundle: give its first part, NAME.001")
-    with first.open("rb") as f, BundleReader(f) as reader:
+    try:
+        f = first.open("rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"bundle not found: {first}") from None
+    except OSError as e:
+        raise BundlerError(f"cannot read {first}: {e.strerror}") from None
+    with f, BundleReader(f) as reader:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
     paths = [first.with_name(part_name(stem, i + 2)) for i in range(len(head.root.parts))]
     problems: list[str] = []

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from bundler.digest import Digest
 from bundler.errors import NetworkError, UsageError
 from bundler.progress import OnEvent, no_events
-from bundler.registry.transport import Response, TlsError, Transport
+from bundler.registry.transport import RefusedError, Response, TlsError, Transport
 
 MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MAX_TRIES = 6
@@ -137,6 +137,7 @@ class Client:
         self._on_event, self._sleep = on_event, sleep
         self._tokens: dict[str, str] = {}  # scope -> Authorization value
         self._basic = False
+        self._reached = False  # once the registry answered, a refused connection is retried
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -148,7 +149,15 @@ class Client:
     def url(self, path: str) -> str:
         return self.target.base + path
 
-    def _authorization(self, scope: str) -> dict[str, str]:
+    def own(self, url: str) -> bool:
+        """Whether `url` is on the registry itself: its scheme, host and port. Only there do
+        credentials and tokens go (never to another host, never in clear to a registry
+        reached over HTTPS)."""
+        return _origin(url) == _origin(self.target.base)
+
+    def _authorization(self, scope: str, url: str | None = None) -> dict[str, str]:
+        if url is not None and not self.own(url):
+            return {}
         if scope in self._tokens:
             return {"Authorization": self._tokens[scope]}
         if self._basic and self._credentials is not None:
@@ -157,20 +166,24 @@ class Client:
 
     def send(self, method: str, url: str, *, scope: str, headers: Mapping[str, str] | None = None,
              body: bytes | bytearray | memoryview | None = None, stream: bool = False) -> Response:
-        """A request with auth and retries; returns whatever status the registry gave last."""
-        authed = False
+        """A request with auth and retries; returns whatever status the registry gave last.
+        To a URL off the registry (`own`), no credentials are sent, and a 401 is answered."""
+        authed = not self.own(url)
         for attempt in range(1, MAX_TRIES + 1):
-            all_headers = {**self._authorization(scope), **(headers or {})}
+            all_headers = {**self._authorization(scope, url), **(headers or {})}
             try:
                 resp = self.transport.request(method, url, headers=all_headers, body=body,
                                               stream=stream)
             except TlsError:
                 raise
             except NetworkError as e:
+                if isinstance(e, RefusedError) and not self._reached:
+                    raise  # nothing listens where the user said, from the start: say so now
                 if attempt == MAX_TRIES:
                     raise
                 self._wait(attempt, None, f"{e.message}; retrying")
                 continue
+            self._reached = True
             if resp.status == 401 and not authed:
                 authed = True
                 self._authenticate(resp, scope)
@@ -242,11 +255,9 @@ class Client:
                 break
             resp.close()
             url = urljoin(url, location)
-            parts = urlsplit(url)
-            same = parts.netloc == self.target.host and parts.scheme == self.target.scheme
             resp = (self.send(method, url, scope=scope, stream=stream, headers=headers)
-                    if same else self.transport.request(method, url, stream=stream,
-                                                        headers=headers))
+                    if self.own(url) else self.transport.request(method, url, stream=stream,
+                                                                 headers=headers))
         return resp
 
     def has_blob(self, repo: str, digest: Digest, size: int) -> bool:
@@ -266,9 +277,8 @@ class Client:
         if resp.status == 201:
             return True
         if resp.status == 202:  # an upload session was opened instead: close it
-            location = resp.header("Location")
-            if location:
-                self.transport.request("DELETE", urljoin(self.url("/"), location))
+            if resp.header("Location"):
+                self.cancel_upload(self._location(resp))
             return False
         raise describe_error(resp, f"mounting blob {digest.short} into {repo}")
 
@@ -280,7 +290,15 @@ class Client:
         return self._location(resp)
 
     def _location(self, resp: Response) -> str:
-        return urljoin(resp.url, resp.header("Location") or "")
+        """The upload URL a registry answered with. It may be on another host (then it gets
+        no credentials, `own`), but not in clear from a registry reached over HTTPS."""
+        location = urljoin(resp.url, resp.header("Location") or "")
+        if self.target.scheme == "https" and urlsplit(location).scheme != "https":
+            raise RegistryError(
+                f"the registry at {self.target.base} names an upload URL over plain HTTP "
+                f"({_redact(location)}): nothing is sent there",
+                hint="the registry (or a proxy in front of it) must give HTTPS upload URLs")
+        return location
 
     def upload(self, repo: str, digest: Digest, size: int, chunks: Iterable[bytes | memoryview],
                *, chunk_size: int) -> None:
@@ -322,14 +340,14 @@ class Client:
             failure: Response | NetworkError | None = None
             try:
                 resp = self.transport.request("PUT", location + query, body=data, headers={
-                    **self._authorization(scope), "Content-Type": "application/octet-stream",
+                    **self._authorization(scope, location), "Content-Type": "application/octet-stream",
                     "Content-Length": str(len(data))})
             except TlsError:
                 raise
             except NetworkError as e:
                 failure = e
             else:
-                if resp.status == 401:
+                if resp.status == 401 and self.own(location):
                     self._authenticate(resp, scope)
                 elif resp.status in _RETRY_STATUS:
                     failure = resp
@@ -417,7 +435,7 @@ class Client:
         scope = _push(repo)
         try:
             resp = self.transport.request("PATCH", location, body=source, headers={
-                **self._authorization(scope), "Content-Type": "application/octet-stream",
+                **self._authorization(scope, location), "Content-Type": "application/octet-stream",
                 "Content-Range": f"{offset}-{size - 1}", "Content-Length": str(size - offset)})
         except TlsError:
             raise
@@ -425,7 +443,7 @@ class Client:
             return e
         if resp.status == 202:
             return self._location(resp)
-        if resp.status == 401:
+        if resp.status == 401 and self.own(location):
             self._authenticate(resp, scope)
             return None
         if resp.status in _RETRY_STATUS:
@@ -448,7 +466,7 @@ class Client:
             try:
                 resp = self.transport.request(
                     "PATCH", location, body=data, headers={
-                        **self._authorization(scope),
+                        **self._authorization(scope, location),
                         "Content-Type": "application/octet-stream",
                         "Content-Range": f"{offset}-{end - 1}",
                         "Content-Length": str(len(data))})
@@ -460,7 +478,7 @@ class Client:
                 if minimum and minimum.isdigit():
                     min_chunk = max(min_chunk, int(minimum))
                 return self._location(resp), min_chunk
-            if resp.status in _RETRY_STATUS or resp.status == 401:
+            if resp.status in _RETRY_STATUS or (resp.status == 401 and self.own(location)):
                 if resp.status == 401:
                     self._authenticate(resp, scope)
                 else:
@@ -489,7 +507,8 @@ class Client:
     def cancel_upload(self, location: str) -> None:
         """Best effort: abandon an upload session."""
         with contextlib.suppress(NetworkError):
-            self.transport.request("DELETE", location, headers=self._authorization(""))
+            self.transport.request("DELETE", location,
+                                   headers=self._authorization("", location))
 
     def put_manifest(self, repo: str, reference: str, raw: bytes, media_type: str) -> str:
         """PUT the exact bytes; returns the Docker-Content-Digest the registry answered."""
@@ -516,6 +535,21 @@ class Client:
     def get_manifest(self, repo: str, reference: str, accept: str) -> Response:
         return self.send("GET", self.url(f"/v2/{repo}/manifests/{quote(reference)}"),
                          scope=_pull(repo), headers={"Accept": accept})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """scheme, host and port (the scheme's default if none is given) of a URL."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port or default
+
+
+def _redact(url: str) -> str:
+    return url.split("?", 1)[0]
 
 
 def _why(failure: Response | NetworkError) -> str:

@@ -15,10 +15,15 @@ from urllib.parse import urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from bundler.errors import NetworkError, UsageError
+from bundler.errors import IntegrityError, NetworkError, UsageError
 
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 300.0  # a registry may hash a multi-GB blob before it answers the final PUT
+# What an answer read whole may hold: a document (manifest, token, a page of a list) at most
+# Distribution's manifest limit (registry/handlers/manifests.go, maxManifestBodySize), the
+# body of an error answer far less; more is never read.
+ANSWER_LIMIT = 4 * 1024 * 1024
+ERROR_ANSWER_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,25 +134,64 @@ class Transport:
         try:
             raw = self._pool(url).urlopen(
                 method, url, body=body, headers=dict(headers or {}), redirect=False,
-                preload_content=not stream, decode_content=False,
+                preload_content=False, decode_content=False,
                 **({"timeout": timeout} if timeout is not None else {}),
             )
         except urllib3.exceptions.SSLError as e:
+            netloc = urlsplit(url).netloc
+            if _speaks_plain_http(e):
+                raise TlsError(
+                    f"TLS to {netloc} failed: the server answers in plain HTTP, not TLS ({e})",
+                    hint=f"use http://{netloc} (or --plain-http) for a plain-HTTP registry",
+                ) from None
             raise TlsError(
-                f"TLS to {urlsplit(url).netloc} failed: {e.reason if hasattr(e, 'reason') else e}",
+                f"TLS to {netloc} failed: {e.reason if hasattr(e, 'reason') else e}",
                 hint="pass --ca-cert FILE for a private CA (or --insecure-skip-tls-verify)",
             ) from None
+        except urllib3.exceptions.NewConnectionError as e:
+            if not _refused(e):
+                raise NetworkError(f"{method} {_redact(url)} failed: {e}", hint=_CHECK) from None
+            parts = urlsplit(url)
+            raise RefusedError(
+                f"nothing answers at {parts.scheme}://{parts.netloc} (connection refused)",
+                hint="check that the registry is running and the address and port (and "
+                     "HTTPS_PROXY/NO_PROXY, if a proxy should be in the way)") from None
         except Urllib3Error as e:
-            raise NetworkError(
-                f"{method} {_redact(url)} failed: {e}",
-                hint="check the address, that the registry is running, the scheme (http:// or "
-                     "--plain-http for a plain-HTTP registry) and HTTPS_PROXY/NO_PROXY",
-            ) from None
-        resp = Response(raw.status, raw.headers, b"" if stream else raw.data, url,
-                        raw if stream else None)
-        if not stream:
-            raw.release_conn()
-        return resp
+            raise NetworkError(f"{method} {_redact(url)} failed: {e}", hint=_CHECK) from None
+        if stream:
+            return Response(raw.status, raw.headers, b"", url, raw)
+        return Response(raw.status, raw.headers, _bounded(raw, method, url), url)
+
+
+_CHECK = ("check the address, that the registry is running, the scheme (http:// or "
+          "--plain-http for a plain-HTTP registry) and HTTPS_PROXY/NO_PROXY")
+# OpenSSL's words for a TLS handshake answered in plain HTTP ("HTTP/1.1 400 ..." read as a
+# TLS record): before 3.2 WRONG_VERSION_NUMBER, from 3.2 on "record layer failure"
+_PLAIN_HTTP_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "record layer failure",
+                       "wrong version number", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG")
+
+
+def _speaks_plain_http(error: BaseException) -> bool:
+    """Whether a TLS failure is OpenSSL reading a plain-HTTP answer as a TLS record."""
+    seen: BaseException | None = error
+    for _ in range(8):  # the ssl.SSLError is somewhere in urllib3's chain of causes
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLError) and seen.reason in _PLAIN_HTTP_REASONS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return any(reason in str(error) for reason in _PLAIN_HTTP_REASONS)
+
+
+def _refused(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 LOCAL_TIMEOUT = 2.0
@@ -172,6 +216,29 @@ def get_local(url: str, *, timeout: float = LOCAL_TIMEOUT, limit: int = 16 * 102
     return Response(raw.status, raw.headers, body, url)
 
 
+def _bounded(raw: urllib3.BaseHTTPResponse, method: str, url: str) -> bytes:
+    """The body of an answer read whole: at most ANSWER_LIMIT bytes, and the limit plus one
+    read to tell. A longer document is an error (OversizedAnswerError); a longer error body is cut
+    at ERROR_ANSWER_LIMIT (its status is what counts). The connection of an answer not read
+    to its end is closed, not reused."""
+    limit = ANSWER_LIMIT if raw.status < 300 else ERROR_ANSWER_LIMIT
+    try:
+        body = raw.read(limit + 1)
+        if len(body) > limit:
+            raw.close()
+            if raw.status < 300:
+                raise OversizedAnswerError(
+                    f"the registry's answer to {method} {_redact(url)} is larger than "
+                    f"{limit // (1024 * 1024)} MiB (more is never read)",
+                    hint="the registry, or a proxy in front of it, is broken or hostile")
+            body = body[:limit]
+    except Urllib3Error as e:
+        raise NetworkError(f"reading {_redact(url)} failed: {e}") from None
+    finally:
+        raw.release_conn()
+    return body
+
+
 class _Body:
     def __init__(self, raw: urllib3.BaseHTTPResponse, url: str) -> None:
         self._raw, self._url = raw, url
@@ -191,6 +258,14 @@ class _Body:
 
 class TlsError(NetworkError):
     """The registry's TLS certificate was refused: permanent, not worth a retry."""
+
+
+class RefusedError(NetworkError):
+    """Nothing listens at the address: on the first contact, not worth a retry."""
+
+
+class OversizedAnswerError(IntegrityError):
+    """An answer longer than a document of its kind may be: a size error, never retried."""
 
 
 def _redact(url: str) -> str:

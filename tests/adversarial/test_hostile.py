@@ -36,6 +36,7 @@ from tests.support.hostile import (
     SPECIAL_TYPES,
     GiB,
     huge_size,
+    manifest_bomb,
     with_member,
 )
 from tests.support.scene import INDEX, ROOT, Bundle, Scene, run_measured
@@ -514,6 +515,24 @@ def test_decompression_bomb_memory_stays_flat(scene: Scene, bomb: str,
     after = scene.snapshot()
     assert (after.target, after.around, after.outside) == (before.target, before.around,
                                                            before.outside)
+
+
+def test_manifest_bomb_memory_stays_flat(scene: Scene) -> None:
+    """A small unsigned file whose head declares 100 manifests of 4 MiB each: `ls`, `diff`
+    and `export --base` read heads without requiring trust, and refuse it (exit 3) before
+    holding them, in a real process whose peak RSS stays far below what they add up to."""
+    path = scene.write(manifest_bomb(scene.bundle(), 100, 4 * 1024 * 1024))
+    assert path.stat().st_size < 256 * 1024
+    out = scene.tmp / "delta.tar.zst"
+    for args in (["ls", str(path)], ["diff", str(path), str(scene.bundle_file)],
+                 ["export", "--all", "--models", str(scene.tmp / "store"), "--base", str(path),
+                  "--key", str(scene.keys.key), "-o", str(out)]):
+        m = run_measured(args, scene.env)
+        assert m.returncode == 3, m.stderr
+        assert "Traceback" not in m.stderr
+        assert "manifests" in m.stderr, m.stderr
+        assert m.maxrss_bytes < 256 * 1024 * 1024, (args[0], m.maxrss_bytes)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("frame", list(HOSTILE_FRAMES))

@@ -183,6 +183,20 @@ def test_truncated_compressed_file(scene: Scene, point: str) -> None:
     scene.refused(scene.write(data[: TRUNCATE[point](len(data))]))
 
 
+@pytest.mark.parametrize("point", ["50%", "minus-1-byte", "whole-frames"])
+def test_ls_of_a_truncated_file_says_it_is_truncated(scene: Scene, point: str) -> None:
+    """`ls` reads only the head; a file cut short (its seek table gone with its end) is still
+    not listed as if it were whole: exit 3, saying so. The intact file lists (control)."""
+    data = scene.bundle_file.read_bytes()
+    cut = (frames(data)[-2][0] if point == "whole-frames"  # the end-of-archive frame and on
+           else TRUNCATE[point](len(data)))
+    r = run(["ls", str(scene.write(data[:cut])), "--trust", str(scene.keys.pub)], scene.env)
+    assert r.exit_code == 3, r.output
+    assert "truncated" in r.stderr, r.stderr
+    assert "Traceback" not in r.output
+    assert run(["ls", str(scene.bundle_file)], scene.env).exit_code == 0
+
+
 @pytest.mark.parametrize("frame", [-2, -3, 1])
 def test_compressed_file_cut_at_a_frame_boundary(scene: Scene, frame: int) -> None:
     """Whole frames missing: the end-of-archive frame, the last blob's, or all but the head."""

@@ -44,12 +44,13 @@ def test_output_paths(tmp_path: Path, store: Path, keys: Keys, env: dict[str, st
     # a device is written into, not replaced
     assert run([*base, "/dev/null"]).exit_code == 0
     assert Path("/dev/null").is_char_device()
-    # a symlink to a file: the file is written, the link stays
+    # a symlink: replaced by the file, its target left alone (formats/README.md)
     target = tmp_path / "real.tar.zst"
+    target.write_bytes(b"kept")
     link = tmp_path / "link.tar.zst"
     link.symlink_to(target)
     assert run([*base, str(link)]).exit_code == 0
-    assert link.is_symlink() and target.stat().st_size > 0
+    assert not link.is_symlink() and link.stat().st_size > 0 and target.read_bytes() == b"kept"
     # a FIFO is written into too
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -107,6 +108,13 @@ def test_key_options(tmp_path: Path, store: Path, keys: Keys, env: dict[str, str
     r = run(["export", "tiny", "--models", str(store), "--key", str(tmp_path / "notpem.key"),
              "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "PKCS#8" in r.stderr
+    # the public key given where the signing key goes: said so, not "wrong passphrase"
+    keys.pub.chmod(0o644)
+    r = run(["export", "tiny", "--models", str(store), "--key", str(keys.pub),
+             "-o", str(tmp_path / "b")], env={"BUNDLE_PASSPHRASE": "pw"})
+    assert r.exit_code == 2, r.output
+    assert "public key" in r.stderr and "chmod" not in r.stderr, r.stderr
+    assert "passphrase" not in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root; CI runs as root")

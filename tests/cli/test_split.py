@@ -139,6 +139,13 @@ def test_a_missing_part_is_named(split: Path, keys: Keys, tmp_path: Path) -> Non
     assert not target.exists() or tree(target) == {}
     r = run(["verify", str(split) + ".001", "--parts-only", "--trust", str(keys.pub)])
     assert r.exit_code == 3 and "r.tar.zst.004 is missing" in r.stderr
+    # the first part itself missing, and its directory too: named, exit 4, every way in
+    gone = tmp_path / "no-such-dir" / "r.tar.zst.001"
+    for args in (["verify", str(gone), "--parts-only"], ["verify", str(gone)], ["ls", str(gone)],
+                 ["import", str(gone), "--models", str(target)]):
+        r = run([*args, "--trust", str(keys.pub)])
+        assert r.exit_code == 4, (args, r.output)
+        assert str(gone) in r.stderr and "Traceback" not in r.output, r.stderr
 
 
 def test_a_short_part_is_named(split: Path, keys: Keys, tmp_path: Path) -> None:
@@ -171,6 +178,9 @@ def test_globs_directories_and_stale_parts(split: Path, big_store: Path, keys: K
         r = run(["ls", *args, "--trust", str(keys.pub), "--json"])
         assert r.exit_code == 0, (args, r.output)
     assert len(json.loads(r.stdout)["models"]) == 2
+    # a release given by its first part, as diff and export --base read it: all its parts
+    r = run(["diff", str(split) + ".001", str(split) + ".001"])
+    assert r.exit_code == 0, r.output
     # a second export with bigger parts leaves no stale part behind
     _export(big_store, split, keys, "--split", "1MiB")
     assert len(_parts(split)) < len(parts)

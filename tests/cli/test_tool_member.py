@@ -5,7 +5,10 @@ missing, renamed or unlisted tool member is refused like any other change (throu
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,80 @@ def test_with_tool_defaults_to_the_running_pex(tmp_path: Path, store: Path,
     assert r.exit_code == 0, r.output
     members = split(decompress(out.read_bytes()))
     assert [m.data for m in members if m.info.name == MEMBER] == [pex.read_bytes()]
+
+
+def test_tool_member_is_stored_executable(tool_bundle: Path, tmp_path: Path) -> None:
+    """Member 2b has mode 0755 (formats/bundle-v1.md §3), so `tar -x` gives a file that runs;
+    every other member stays 0644."""
+    with tarfile.open(fileobj=io.BytesIO(decompress(tool_bundle.read_bytes()))) as tf:
+        modes = {m.name: m.mode for m in tf.getmembers()}
+    assert modes.pop(MEMBER) == 0o755
+    assert set(modes.values()) == {0o644}
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(tool_bundle), "-C", str(out), MEMBER],
+                   check=True)
+    assert (out / MEMBER).stat().st_mode & 0o777 == 0o755
+
+
+def _tool_mode(mode: int) -> object:
+    def edit(ms: list) -> list:  # type: ignore[type-arg]
+        i = [m.info.name for m in ms].index(MEMBER)
+        ms[i] = regular(MEMBER, ms[i].data, mode=mode)
+        return ms
+    return edit
+
+
+def test_tool_member_of_an_older_writer_at_0644_is_accepted(scene: Scene,
+                                                           tool_bundle: Path) -> None:
+    """Writers before the executable tool member stored it 0644: readers accept that mode
+    for member 2b (formats/bundle-v1.md §3), and only that one besides 0755."""
+    scene.accepted(_rebuilt(scene, tool_bundle, _tool_mode(0o644)))
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o4755, 0o700, 0o744])
+def test_tool_member_with_another_mode_is_refused(scene: Scene, tool_bundle: Path,
+                                                  mode: int) -> None:
+    err = scene.refused(_rebuilt(scene, tool_bundle, _tool_mode(mode)))
+    assert f"bundle member '{MEMBER}': tar header differs from the canonical one" in err
+
+
+def test_other_members_at_0755_are_refused(scene: Scene, tool_bundle: Path) -> None:
+    def edit(ms: list) -> list:  # type: ignore[type-arg]
+        i = [m.info.name for m in ms].index("index.json")
+        ms[i] = regular("index.json", ms[i].data, mode=0o755)
+        return ms
+    err = scene.refused(_rebuilt(scene, tool_bundle, edit))
+    assert "bundle member 'index.json': tar header differs" in err
+
+
+@pytest.mark.parametrize("args", [
+    ["--with-tool", "tiny"],  # meant: the default tool, then the model tiny
+    ["tiny", "--with-tool", "tiny:chat"],
+    ["tiny", "--with-tool", "tool.zip"],
+])
+def test_with_tool_value_that_is_not_a_pex_name_is_refused(tmp_path: Path, store: Path,
+                                                           env: dict[str, str],
+                                                           args: list[str]) -> None:
+    """`--with-tool [FILE]` takes a value only when it names a .pex file: a model name after
+    it is not taken for the tool file, it is refused with the way to say it."""
+    (tmp_path / "tool.zip").write_bytes(fake_pex(tmp_path / "t.pex").read_bytes())
+    out = tmp_path / "b.tar.zst"
+    r = run(["export", *args, "--models", str(store), "--unsigned", "-o", str(out)],
+            {**env, "PEX": str(fake_pex(tmp_path / "running.pex"))})
+    value = args[args.index("--with-tool") + 1]
+    assert r.exit_code == 2, r.output
+    assert f"--with-tool {value}: FILE must be a PEX file named *.pex" in r.stderr, r.stderr
+    assert "put --with-tool after the model names" in r.stderr
+    assert not out.exists()
+
+
+def test_with_tool_before_the_models_takes_a_pex(tmp_path: Path, store: Path,
+                                                 env: dict[str, str]) -> None:
+    pex = fake_pex(tmp_path / "tool.pex")
+    out = tmp_path / "b.tar.zst"
+    r = run(["export", "--with-tool", str(pex), "tiny", "--models", str(store), "--unsigned",
+             "-o", str(out)], env)
+    assert r.exit_code == 0, r.output
+    assert [m.data for m in split(decompress(out.read_bytes())) if m.info.name == MEMBER] \
+        == [pex.read_bytes()]

@@ -12,6 +12,7 @@ group, byte for byte: the generator skips them (it refuses two files with the sa
 
 from __future__ import annotations
 
+import json
 import re
 import tarfile
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from tests.support.tar import (
     pax_record,
     raw_header,
     regular,
+    sha256_hex,
 )
 from tests.support.zstd import compress, rle_block, zstd_frame
 
@@ -515,4 +517,121 @@ SAME_AS: dict[str, str] = {
     "PAX_CASES/path-traversal": "traversal-pax-path",
     "PAX_CASES/size-huge-index": "size-huge-pax-index-json",
     "GNU_LONG/longname-traversal": "traversal-gnu-longname",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory amplification: a small file whose head holds far more than it weighs
+
+
+def manifest_bomb(b: Bundle, count: int, size: int) -> bytes:
+    """The bundle, unsigned, with `count` models whose manifests are `size` bytes each (its
+    first manifest with an annotation that differs in each, padded with spaces), as one zstd
+    frame: a small file whose manifests, held whole, are `count * size` bytes."""
+    import json
+
+    import zstandard
+
+    from tests.support.tar import blob_name, sha256_hex
+
+    first = b.members[b.first_blob]
+    template = json.loads(first.data)
+    raws = []
+    for i in range(count):
+        doc = {**template, "annotations": {"bomb": str(i)}}
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        raws.append(body + b" " * (size - len(body)))
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": template["mediaType"],
+                            "digest": f"sha256:{sha256_hex(raw)}", "size": len(raw),
+                            "annotations": {REF: f"registry.ollama.ai/library/bomb:{i}"}}
+                           for i, raw in enumerate(raws)]}
+    index_bytes = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+    n_manifests = len({d["digest"] for d in b.index["manifests"]})
+    used = {d["digest"][7:] for d in [template["config"], *template["layers"]]}
+    rest = [m for m in b.members[b.first_blob + n_manifests:] if m.name[13:] in used]
+    root = b.root
+    root["index"] = {"digest": f"sha256:{sha256_hex(index_bytes)}", "size": len(index_bytes)}
+    root["blobs"] = ([{"digest": f"sha256:{sha256_hex(raw)}", "size": len(raw)} for raw in raws]
+                     + [{"digest": f"sha256:{sha256_hex(m.data)}", "size": len(m.data)}
+                        for m in rest])
+    root.pop("cosign", None)
+    root_bytes = json.dumps(root, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    head = [regular(ROOT, root_bytes), b.member("oci-layout"), regular("index.json", index_bytes)]
+    obj = zstandard.ZstdCompressor(level=19).compressobj()
+    out = [obj.compress(m.encode()) for m in head]
+    out += [obj.compress(regular(blob_name(raw), raw).encode()) for raw in raws]
+    out += [obj.compress(m.encode()) for m in rest]
+    out.append(obj.compress(EOA) + obj.flush())
+    return b"".join(out)
+
+
+# Decoys for the stock-tools check of the carried tool (README "First time on the air-gapped
+# side", formats/threat-model.md T27)
+
+# Each takes a signed bundle that carries a tool (`b`, its tool member named `name`) and a
+# payload the attacker wants run, and gives the crafted archive's members. None of them holds
+# a key: the root and its signature are the signer's, except where the root is replaced.
+def _invisible_and_newline(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # The genuine tool under its name plus a zero-width space (so `*.pex` does not match it),
+    # the payload under that name, a newline and '#.pex': `ls *.pex` gives one line per
+    # name... and this one name is two lines, of which sha256sum checks the first (the
+    # genuine file) and takes the second for a comment.
+    hidden = name + "\u200b"
+    at = b.pos(name)
+    return [*b.members[:at], regular(hidden, b.member(name).data),
+            regular(hidden + "\n#.pex", payload, mode=0o755), *b.members[at + 1:]]
+
+
+def _forged_root(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # A root naming the payload, under the signer's (now wrong) signature: it fails the
+    # openssl check, but a recipe that goes on anyway finds the payload "OK".
+    root = b.root
+    root["toolFile"].update(digest="sha256:" + sha256_hex(payload), size=len(payload))
+    ms = [m.copy() for m in b.members]
+    ms[b.pos(ROOT)] = regular(ROOT, json.dumps(root, sort_keys=True,
+                                               separators=(",", ":")).encode() + b"\n")
+    ms[b.pos(name)] = regular(name, payload, mode=0o755)
+    return ms
+
+
+def _first_at_the_name(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # the payload under the tool's own name, before the genuine member of that name
+    at = b.pos(name)
+    return [*b.members[:at], regular(name, payload, mode=0o755), *b.members[at:]]
+
+
+def _directory_at_the_name(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # a member inside a "directory" of the tool's name, which tar takes as matching the name
+    at = b.pos(name)
+    return [*b.members[:at], regular(f"{name}/x", payload, mode=0o755), *b.members[at:]]
+
+
+def _link_at_the_name(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # the tool's name is a symbolic link to a file the payload is written to
+    link = regular(name, b"", type=tarfile.SYMTYPE, linkname="../../payload.pex")
+    at = b.pos(name)
+    return [*b.members[:at], link, regular("payload.pex", payload, mode=0o755),
+            *b.members[at + 1:]]
+
+
+def _second_pex(b: Bundle, name: str, payload: bytes) -> list[Member]:
+    # the genuine tool where it belongs, and a second, newer-looking one the root does not name
+    at = b.pos(name)
+    other = re.sub(r"-[^/]*\.pex$", "-99.0.pex", name)
+    return [*b.members[:at + 1], regular(other, payload, mode=0o755), *b.members[at + 1:]]
+
+
+# tag: (the crafted members, what it attacks, whether the genuine tool is still there, as
+# the only member of its name, for a careful recipe to find)
+TOOL_DECOYS: dict[str, tuple[Callable[[Bundle, str, bytes], list[Member]], str, bool]] = {
+    "invisible-and-newline": (_invisible_and_newline, "a name with a zero-width space and a "
+                              + "newline, the genuine tool hidden beside it", False),
+    "forged-root": (_forged_root, "a root naming the payload, its signature no longer valid",
+                    False),
+    "first-at-the-name": (_first_at_the_name, "the payload first under the tool's name", False),
+    "directory-at-the-name": (_directory_at_the_name, "the payload inside a directory of "
+                              + "the tool's name", False),
+    "link-at-the-name": (_link_at_the_name, "a symbolic link at the tool's name", False),
+    "second-pex": (_second_pex, "a second .pex member the root does not name", True),
 }

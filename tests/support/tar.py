@@ -112,7 +112,7 @@ def split(tar: bytes) -> list[Member]:
             f = tf.extractfile(info)
             assert f is not None, info.name
             data = f.read()
-            members.append(regular(info.name, data))
+            members.append(regular(info.name, data, mode=info.mode))
     return members
 
 

@@ -107,9 +107,13 @@ def test_check_bounds_the_probes_and_says_so(
     r = run(["check-registry", ollama_registry.url + "/bnd", "--json"])
     assert r.exit_code == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)
-    assert (out["modelTags"], out["probed"], out["limit"], len(out["checks"])) == (3, 2, 2, 2)
+    # the listing stops once it has more than the limit: how many more is not known
+    assert (out["modelTags"], out["probed"], out["limit"], len(out["checks"])) == (None, 2, 2, 2)
     text = run(["check-registry", ollama_registry.url + "/bnd"])
-    assert "probed 2 of 3 model tags (at most 2)" in text.stdout
+    assert "probed 2 of more than 2 model tags (at most 2)" in text.stdout
+    monkeypatch.setattr(pullcheck, "MAX_PROBES", 3)
+    text = run(["check-registry", ollama_registry.url + "/bnd"])
+    assert "probed 3 of 3 model tags under" in text.stdout
 
 
 def _names_store(root: Path, seed: int) -> list[str]:
@@ -288,3 +292,42 @@ def test_a_mixed_case_name_is_pulled_lowercase_and_the_other_spelling_is_explain
     assert f"pull it as {host}/alice/foo:Q4" in r.stderr
     r = run(["check-registry", ollama_registry.url, "alice/foo:Q4"])
     assert r.exit_code == 0, r.stdout + r.stderr
+
+
+def test_the_check_after_a_push_probes_every_pushed_model_and_says_so(
+        ollama_registry: OllamaRegistry, registry: Registry, bundle_file: Path, keys: Keys,
+        env: dict[str, str]) -> None:
+    """The push probes each model it pushed (not only the first), up to check-registry's
+    limit, and says how many of how many: through the recipe all pull; on the bare registry
+    none does, and the verdict is the first failure."""
+    doc = _push(bundle_file, ollama_registry.url + "/every", keys)
+    pushed = sorted(m["pushedAs"] for m in doc["models"])
+    assert len(pushed) == 3
+    assert sorted(c["model"] for c in doc["checks"]) == pushed and doc["probed"] == 3
+    assert all(c["ok"] for c in doc["checks"]) and doc["check"]["ok"] is True
+    r = run(["import", str(bundle_file), "--to-registry", ollama_registry.url + "/every",
+             "--trust", str(keys.pub)])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.count("`ollama pull` will work from here") == 3, r.stdout
+    assert "probed 3 of 3 pushed models" in r.stdout, r.stdout
+    bare = _push(bundle_file, registry.url + "/every", keys)
+    assert [c["ok"] for c in bare["checks"]] == [False] * 3 and bare["check"]["ok"] is False
+
+
+def test_the_verdict_of_check_registry_is_a_whole_sentence(
+        registry: Registry, bundle_file: Path, keys: Keys, env: dict[str, str]) -> None:
+    """The bare registry fails the check for GGUF models (no Location on blob GETs): the one
+    error line says for how many of the models probed, and where the reasons are."""
+    _push(bundle_file, registry.url + "/verdict", keys)
+    r = run(["check-registry", registry.url + "/verdict"])
+    assert r.exit_code == 5
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    want = ("error: `ollama pull` will not work from this registry for 3 of the 3 models "
+            "probed; the findings above say why")
+    assert errors == [want], r.stderr
+    r = run(["check-registry", registry.url + "/verdict", "tiny:chat"])
+    assert r.exit_code == 5
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    want = (f"error: `ollama pull` will not work from this registry for the model probed "
+            f"({registry.netloc}/verdict/tiny:chat); the findings above say why")
+    assert errors == [want], r.stderr

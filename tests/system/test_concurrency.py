@@ -54,13 +54,21 @@ def _import_argv(bundle: str, store: Path, keys: Keys, *extra: str) -> list[str]
 
 
 def _feed(proc: subprocess.Popen[bytes], data: bytes, pieces: int = 1,
-          pause: float = 0.0) -> threading.Thread:
-    """Write `data` to proc's stdin in a thread (in `pieces`, `pause` apart), then close it."""
+          pause: float = 0.0, gate: tuple[int, threading.Event] | None = None,
+          ) -> threading.Thread:
+    """Write `data` to proc's stdin in a thread (in `pieces`, `pause` apart), then close it;
+    with `gate` (n, event), the first n bytes at once, the rest once the event is set."""
     def write() -> None:
         assert proc.stdin is not None
         step = -(-len(data) // pieces)
+        start = 0
         try:
-            for i in range(0, len(data), step):
+            if gate is not None:
+                start, event = gate
+                proc.stdin.write(data[:start])
+                proc.stdin.flush()
+                event.wait(60)
+            for i in range(start, len(data), step):
                 proc.stdin.write(data[i:i + step])
                 proc.stdin.flush()
                 time.sleep(pause)
@@ -76,10 +84,10 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes, pieces: int = 1,
 
 def test_two_imports_into_one_store_take_turns(tmp_path: Path, os_paths: bool, keys: Keys,
                                                env: dict[str, str]) -> None:
-    """Both start at once, reading the bundle from stdin: the first takes the lock and waits
-    for its bundle, the second says it waits for the first. Then both get the bundle: both
-    succeed, the second finds everything there, and the store is byte-identical to one
-    import's."""
+    """Both start at once, reading the bundle from stdin, and get its first half (the head
+    and some blobs): the first to trust its head takes the lock (formats/ollama-store.md §4),
+    the second says it waits for the first. Then both get the rest: both succeed, the second
+    finds everything there, and the store is byte-identical to one import's."""
     src = _source(tmp_path / "src")
     bundle = _export(src, tmp_path / "b.tar.zst", keys)
     target = tmp_path / "target"
@@ -92,18 +100,21 @@ def test_two_imports_into_one_store_take_turns(tmp_path: Path, os_paths: bool, k
         procs.append(subprocess.Popen(_import_argv("-", target, keys, "--json"),
                                       stdin=subprocess.PIPE, stdout=files[-1],
                                       stderr=files[-2], env={**os.environ, **env}))
+    data = bundle.read_bytes()
+    rest = threading.Event()
+    feeders = [_feed(p, data, gate=(len(data) // 2, rest)) for p in procs]
     try:
         deadline = time.monotonic() + 30
         while not any(WAITING in p.read_text() for p in logs):
             assert time.monotonic() < deadline, [p.read_text() for p in logs]
             assert all(p.poll() is None for p in procs), [p.read_text() for p in logs]
             time.sleep(0.02)
-        data = bundle.read_bytes()
-        feeders = [_feed(p, data) for p in procs]
+        rest.set()
         codes = [p.wait(timeout=60) for p in procs]
         for t in feeders:
             t.join(10)
     finally:
+        rest.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -77,7 +78,10 @@ def test_kill_9_at_random_points_then_resume(tmp_path: Path, os_paths: bool, key
     assert not list(target.rglob(".bundle-*"))  # the re-run cleaned up what the kills left
 
 
-def test_ctrl_c_cleans_up(tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+def test_ctrl_c_keeps_staged_blobs_for_the_rerun(tmp_path: Path, keys: Keys,
+                                                 env: dict[str, str]) -> None:
+    """Ctrl-C leaves what a kill -9 leaves: the store as it was but for staged blobs, which
+    the re-run (from a pipe too) keeps instead of writing them again."""
     store = _big_store(tmp_path / "src")
     bundle = tmp_path / "b.tar.zst"
     assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
@@ -95,7 +99,8 @@ def test_ctrl_c_cleans_up(tmp_path: Path, keys: Keys, env: dict[str, str]) -> No
     proc.stdin.write(data[: len(data) // 2])
     proc.stdin.flush()
     deadline = time.monotonic() + 30
-    while not list((target / "blobs").glob(".bundle-*")) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and sum(
+            p.stat().st_size for p in (target / "blobs").glob(".bundle-*")) < 2 * 2**20:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     err = proc.stderr.read().decode()
@@ -103,7 +108,20 @@ def test_ctrl_c_cleans_up(tmp_path: Path, keys: Keys, env: dict[str, str]) -> No
     proc.stderr.close()
     assert proc.wait() == 1, err
     assert "interrupted" in err and "Traceback" not in err
-    assert tree(target) == before
+    staged = {k: v for k, v in tree(target).items() if k.startswith("blobs/.bundle-")}
+    assert staged, err
+    assert {k: v for k, v in tree(target).items() if k not in staged} == before
+    check_consistent(target)
+    r = run(["import", "-", "--models", str(target), "--trust", str(keys.pub)], input=data)
+    assert r.exit_code == 0, r.output
+    # from a pipe the staged bytes are kept up to the last whole chunk that matches
+    found = re.search(r"kept (\d+) staged blobs? \(([^)]+)\) from an interrupted import",
+                      r.output)
+    assert found and 0 < int(found[1]) <= len(staged), r.output
+    direct = tmp_path / "direct"
+    assert run(["import", str(bundle), "--models", str(direct), "--trust", str(keys.pub)]
+               ).exit_code == 0
+    assert tree(target) == {**before, **tree(direct)}
     assert not list(target.rglob(".bundle-*"))
 
 

@@ -9,6 +9,7 @@ tests/cli/test_store.py::test_root_import_gives_files_to_the_store_owner."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -44,16 +45,17 @@ NEW = "registry.ollama.ai/library/new/latest"
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """mount_tmpfs(size_bytes) -> a fresh, empty tmpfs (the tests run as root); all are
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """mount_tmpfs(size_bytes[, inodes]) -> a fresh, empty tmpfs (the tests run as root); all are
     unmounted afterwards. A mount that is refused fails the test: it is not a skip."""
     mounted: list[Path] = []
 
-    def mount(size: int) -> Path:
+    def mount(size: int, inodes: int | None = None) -> Path:
         mnt = tmp_path / f"fs{len(mounted)}"
         mnt.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                            str(mnt)], capture_output=True, text=True, check=False)
+        limit = "" if inodes is None else f",nr_inodes={inodes}"
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755{limit}",
+                            "tmpfs", str(mnt)], capture_output=True, text=True, check=False)
         if r.returncode != 0:
             pytest.fail(f"cannot mount a tmpfs on {mnt} (these tests need root and mount(8)): "
                         f"{r.stderr.strip()}", pytrace=False)
@@ -154,6 +156,76 @@ def test_disk_filling_up_during_the_import_leaves_the_store_as_it_was(
     check_consistent(bigger)
 
 
+# ---------------------------------------------------------------------------------------------
+# Too few inodes
+
+
+def _four_models_bundle(tmp_path: Path, keys: Keys) -> Path:
+    src = tmp_path / "four"
+    for i in range(4):
+        make_model(src, f"registry.ollama.ai/library/m{i}/latest",
+                   [(MODEL, weights(20_000, seed=40 + i)), (TEMPLATE, f"t{i}".encode())])
+    bundle = tmp_path / "four.tar.zst"
+    _export(src, bundle, keys)
+    return bundle
+
+
+def _inode_limited_store(tmpfs: Callable[..., Path], bundle: Path, keys: Keys,
+                         spare: int) -> Path:
+    """A tmpfs holding the keep model, remounted so that it has room for the bundle's blob
+    files and `spare` more inodes (the manifests need more: a directory and a file each)."""
+    fs = tmpfs(64 * 1024 * 1024)
+    store = fs / "models"
+    _keep_model(store)
+    (store / ".ollama-bundle.lock").touch()  # what the import's lock takes, taken now
+    doc = json.loads(run(["ls", str(bundle), "--json"]).stdout)
+    blobs = doc["blobs"] - len(doc["models"])  # configs and layers: a staged file each
+    st = os.statvfs(fs)
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={st.f_files - st.f_ffree + blobs + spare}",
+                    str(fs)], check=True)
+    return store
+
+
+def test_too_few_inodes_is_refused_before_writing(
+        tmpfs: Callable[..., Path], tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    """Bytes are plenty, inodes are not: the import is refused before it writes anything
+    (not after three of four manifests)."""
+    bundle = _four_models_bundle(tmp_path, keys)
+    store = _inode_limited_store(tmpfs, bundle, keys, spare=3)
+    before = _listing(store)
+    code, out, err = _import(bundle, store, keys)
+    assert code == 1, err
+    assert_clean_error(err, out)
+    assert "not enough inodes" in err, err
+    assert _listing(store) == before
+    check_consistent(store)
+
+
+def test_inodes_running_out_among_the_manifests_write_none_of_them(
+        tmpfs: Callable[..., Path], tmp_path: Path, keys: Keys, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inode check passed, then the inodes ran out (another program took them, or a file
+    system that counts them its own way) after the first manifest: no model is half imported:
+    either all four manifests are there or none (formats/ollama-store.md §4), the blobs are,
+    and with inodes to spare the same import completes."""
+    bundle = _four_models_bundle(tmp_path, keys)
+    store = _inode_limited_store(tmpfs, bundle, keys, spare=3)
+    before = tree(store)
+    with monkeypatch.context() as m:
+        m.setattr(Store, "free_inodes", lambda self: None, raising=False)  # check passed
+        code, out, err = _import(bundle, store, keys)
+    assert code == 1, err
+    assert_clean_error(err, out)
+    assert "no space left on device" in err, err
+    check_consistent(store)
+    new = [p for p in (store / "manifests").rglob("*") if p.is_file()
+           and str(p.relative_to(store)) not in before]
+    assert new == [], new
+    assert not list(store.rglob(".bundle-*"))
+    code, _, err = _import(bundle, tmp_path / "roomy", keys)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("split", [False, True], ids=["one-file", "split"])
 def test_export_to_a_full_disk_leaves_no_file(
         tmpfs: Callable[[int], Path], tmp_path: Path, keys: Keys, env: dict[str, str],
@@ -201,6 +273,7 @@ def test_read_only_store(tmpfs: Callable[[int], Path], tmp_path: Path, keys: Key
     assert code == 1, err
     assert_clean_error(err, out)
     assert "Read-only file system" in err
+    assert "mounted read-only" in err and "owner" not in err, err
     assert _listing(store) == before
     # a dry run writes nothing, so it works on a read-only store
     code, out, err = _import(bundle, store, keys, "--dry-run")

@@ -18,10 +18,16 @@ from pathlib import Path
 import pytest
 
 from bundler import __version__
-from tests.support.common import REPO, make_keys, tree
+from tests.support.common import REPO, fake_pex, make_keys, tree
+from tests.support.hostile import TOOL_DECOYS
+from tests.support.readme import blocks, substitute
+from tests.support.scene import Bundle
+from tests.support.tar import build
+from tests.support.zstd import compress
 
 PYTHON = Path(sys.base_prefix) / "bin" / "python3"  # a stock interpreter, not our venv
 TOOL_MEMBER = f"ollama-bundle/tool/ollama-bundle-{__version__}.pex"
+FIRST_TIME = "First time on the air-gapped side"
 
 
 @dataclass(frozen=True)
@@ -101,51 +107,128 @@ def test_pex_carries_every_target(built: Built) -> None:
                    and w.endswith(f"{arch}.whl") for w in wheels), arch
 
 
-def test_tool_from_bundle_imports_it_offline(tmp_path: Path,
-                                             signed_bundle: tuple[Path, Path, Path]) -> None:
+def _first_time(work: Path, models: Path, keep: Path) -> str:
+    """README "First time on the air-gapped side" as printed, run in `work` (which holds
+    models.tar.zst and release.pub), importing into `models` and installing into `keep`."""
+    (block,) = blocks(FIRST_TIME)
+    return substitute(block, {"/usr/share/ollama/.ollama/models": str(models),
+                              "/usr/local/bin/ollama-bundle": str(keep)})
+
+
+def test_first_time_recipe_as_printed_imports_offline(
+        tmp_path: Path, signed_bundle: tuple[Path, Path, Path]) -> None:
     store, public, bundle = signed_bundle
     work = tmp_path / "airgap"
-    work.mkdir()
+    (work / "bin").mkdir(parents=True)
     shutil.copy(bundle, work / "models.tar.zst")
     shutil.copy(public, work / "release.pub")
-    # README "First time on the air-gapped side", steps 1-5, with stock tools only
-    script = (
-        "KEYID=$(openssl pkey -pubin -in release.pub -outform DER | sha256sum | cut -c1-64); "
-        "tar --zstd -xf models.tar.zst --occurrence ollama-bundle/root.json "
-        "\"ollama-bundle/signatures/$KEYID.sig\" ollama-bundle/tool/; "
-        "base64 -d \"ollama-bundle/signatures/$KEYID.sig\" > root.sig.der; "
-        "openssl dgst -sha256 -verify release.pub -signature root.sig.der "
-        "ollama-bundle/root.json; "
-        "TOOL=$(ls ollama-bundle/tool/ollama-bundle-*.pex); "
-        "echo \"$(grep -o '\"toolFile\":{[^}]*}' ollama-bundle/root.json "
-        "| grep -o 'sha256:[0-9a-f]*' | cut -c8-)  $TOOL\" | sha256sum -c; "
-        f"{_sh([PYTHON])} -I \"$TOOL\" --version; "
-        f"{_sh([PYTHON])} -I \"$TOOL\" verify --trust release.pub models.tar.zst; "
-        f"{_sh([PYTHON])} -I \"$TOOL\" import models.tar.zst --trust release.pub "
-        "--models imported; "
-        "echo DONE")
+    keep = work / "bin" / "ollama-bundle"
+    script = _first_time(work, work / "imported", keep) + f"\n{_sh([keep])} --version\n"
     r = offline(script, work)
-    assert r.returncode == 0 and r.stdout.rstrip().endswith("DONE"), r.stdout + r.stderr
-    assert "Verified OK" in r.stdout and f"{TOOL_MEMBER}: OK" in r.stdout
-    assert f"tool {TOOL_MEMBER} verified" in r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Verified OK" in r.stdout and f"tool OK: ollama-bundle {__version__}" in r.stdout
+    assert "(trusted)" in r.stdout and " new " in r.stdout  # the import ran
     assert tree(work / "imported") == tree(store)
+    assert keep.stat().st_mode & 0o777 == 0o755
+    assert r.stdout.rstrip().endswith(f"ollama-bundle, version {__version__}")  # ./FILE runs
 
 
-def test_tampered_tool_fails_the_stock_check(tmp_path: Path,
-                                             signed_bundle: tuple[Path, Path, Path]) -> None:
-    """The sha256sum step of the recipe catches a tool that is not the one the root names."""
-    _, _, bundle = signed_bundle
-    work = tmp_path / "airgap"
+# README "First time on the air-gapped side" as it was printed before the recipe took the
+# tool's name from the signed root: the name came from the archive (`ls`), the check from
+# `sha256sum -c` reading that name back.
+OLD_RECIPE = """\
+KEYID=$(openssl pkey -pubin -in release.pub -outform DER | sha256sum | cut -c1-64)
+tar --zstd -xf models.tar.zst --occurrence ollama-bundle/root.json \\
+    "ollama-bundle/signatures/$KEYID.sig" ollama-bundle/tool/
+base64 -d "ollama-bundle/signatures/$KEYID.sig" > root.sig.der
+openssl dgst -sha256 -verify release.pub -signature root.sig.der ollama-bundle/root.json
+grep -o '"toolFile":{[^}]*}' ollama-bundle/root.json    # digest, size, version
+TOOL=$(ls ollama-bundle/tool/ollama-bundle-*.pex)
+echo "$(grep -o '"toolFile":{[^}]*}' ollama-bundle/root.json | grep -o 'sha256:[0-9a-f]*' \\
+    | cut -c8-)  $TOOL" | sha256sum -c                  # -> ...pex: OK
+python3.11 "$TOOL" import models.tar.zst --trust release.pub \\
+    --models /usr/share/ollama/.ollama/models
+"""
+# What the attacker wants run: as sh and as Python alike, it leaves PWNED and prints what the
+# real tool prints.
+PAYLOAD = f"""#!/bin/sh
+\"\"\"true"
+touch PWNED; echo "tool {TOOL_MEMBER} verified"; exit 0
+\"\"\"
+import pathlib; pathlib.Path("PWNED").touch(); print("tool {TOOL_MEMBER} verified")
+""".encode()
+GENUINE = b"#!/bin/sh\necho 'the genuine tool ran'; exit 0\n"  # before the zip, as in a PEX
+
+
+@pytest.fixture
+def decoy_base(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """A signed bundle carrying a stand-in tool that, run, only says so; its public key."""
+    store = tmp_path / "store"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make-sample-store"), str(store),
+                    "--size", "64KiB"], check=True, capture_output=True)
+    keys = make_keys(tmp_path / "keys")
+    tool = tmp_path / "genuine.pex"
+    tool.write_bytes(GENUINE + fake_pex(tmp_path / "zip.pex", size=20_000).read_bytes())
+    bundle = tmp_path / "genuine.tar.zst"
+    r = subprocess.run([sys.executable, "-m", "bundler", "export", "--all", "--models",
+                        str(store), "--key", str(keys.key), "--with-tool", str(tool),
+                        "-o", str(bundle)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    return bundle, keys.pub, tool.read_bytes()
+
+
+def _decoy(tmp_path: Path, base: tuple[Path, Path, bytes], tag: str, where: str) -> Path:
+    """A directory holding models.tar.zst, crafted by TOOL_DECOYS[tag], and release.pub."""
+    bundle, public, _ = base
+    work = tmp_path / where
     work.mkdir()
-    subprocess.run(["tar", "--zstd", "-xf", str(bundle), "-C", str(work),
-                    "ollama-bundle/root.json", "ollama-bundle/tool/"], check=True)
-    with (work / TOOL_MEMBER).open("ab") as f:
-        f.write(b"\0")
-    script = ("want=$(grep -o '\"toolFile\":{[^}]*}' ollama-bundle/root.json "
-              "| grep -o 'sha256:[0-9a-f]*' | cut -c8-); "
-              f"echo \"$want  {TOOL_MEMBER}\" | sha256sum -c")
-    r = offline(script, work)
-    assert r.returncode == 1 and "FAILED" in r.stdout, r.stdout + r.stderr
+    make = TOOL_DECOYS[tag][0]
+    (work / "models.tar.zst").write_bytes(
+        compress(build(make(Bundle.load(bundle), TOOL_MEMBER, PAYLOAD))))
+    shutil.copy(public, work / "release.pub")
+    return work
+
+
+def test_decoy_fools_the_old_recipe(tmp_path: Path,
+                                    decoy_base: tuple[Path, Path, bytes]) -> None:
+    """The recipe this README printed before ran the attacker's file, with every step
+    printing what the README said it prints."""
+    work = _decoy(tmp_path, decoy_base, "invisible-and-newline", "old")
+    r = offline(substitute(OLD_RECIPE, {"/usr/share/ollama/.ollama/models": "imported"}), work)
+    assert (work / "PWNED").exists(), r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "Verified OK" and lines[2].endswith("pex\u200b: OK"), lines
+    assert lines[3] == f"tool {TOOL_MEMBER} verified" and r.returncode == 0, r.stderr
+
+
+def test_forged_root_fools_the_old_recipe_pasted_whole(
+        tmp_path: Path, decoy_base: tuple[Path, Path, bytes]) -> None:
+    work = _decoy(tmp_path, decoy_base, "forged-root", "old")
+    r = offline("set +e\n" + substitute(OLD_RECIPE, {"/usr/share/ollama/.ollama/models":
+                                                     "imported"}), work)
+    assert "Verification failure" in r.stdout + r.stderr and ": OK" in r.stdout
+    assert (work / "PWNED").exists(), r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("tag", sorted(TOOL_DECOYS))
+def test_first_time_recipe_never_runs_a_decoy(tmp_path: Path,
+                                              decoy_base: tuple[Path, Path, bytes],
+                                              tag: str) -> None:
+    """The README's recipe as printed, every line run even after one fails (as when pasted
+    whole): it runs the genuine tool or nothing."""
+    _, _, genuine = decoy_base
+    work = _decoy(tmp_path, decoy_base, tag, "new")
+    r = offline("set +e\n" + _first_time(work, work / "imported", work / "kept"), work)
+    out = r.stdout + r.stderr
+    assert not list(work.rglob("PWNED")) and "PWNED" not in out, out
+    kept = work / "first-import" / "ollama-bundle.pex"
+    if TOOL_DECOYS[tag][2]:  # the genuine tool is there under its name: that one is run
+        assert f"tool OK: ollama-bundle {__version__}" in r.stdout, out
+        assert kept.read_bytes() == genuine and "the genuine tool ran" in r.stdout, out
+    else:
+        assert "NOT the tool the root names: do not run it" in r.stdout, out
+        assert "tool OK" not in r.stdout and not kept.exists(), out
+        assert "the genuine tool ran" not in r.stdout
 
 
 def test_kit_installs_offline_and_verifies(tmp_path: Path, built: Built,
@@ -176,6 +259,14 @@ def test_pex_runs_on_other_pythons(tmp_path: Path, built: Built, version: str) -
         pytest.skip(f"no python{version} here")
     r = offline(f"{_sh([python])} -I {_sh([built.pex])} --version", tmp_path)
     assert r.returncode == 0 and __version__ in r.stdout, r.stdout + r.stderr
+    # README step 5: `sh FILE` finds it when it is the only one on PATH
+    real = subprocess.run([python, "-c", "import sys; print(sys.executable)"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / f"python{version}").symlink_to(real)
+    r = offline(f"PATH={_sh([only])} /bin/sh {_sh([built.pex])} --version", tmp_path)
+    assert r.returncode == 0 and __version__ in r.stdout, r.stdout + r.stderr
 
 
 def test_tool_digest_is_the_roots(tmp_path: Path, built: Built,
@@ -188,3 +279,12 @@ def test_tool_digest_is_the_roots(tmp_path: Path, built: Built,
     data = built.pex.read_bytes()
     assert root["toolFile"] == {"digest": "sha256:" + hashlib.sha256(data).hexdigest(),
                                 "size": len(data), "version": __version__}
+
+
+def test_read_only_home_warns_once(tmp_path: Path, built: Built) -> None:
+    """Under a read-only HOME pex unpacks into a temporary root and says so: once, although
+    it runs itself again from the unpacked copy (scripts/pex_preamble.py)."""
+    r = offline(f"{_sh([PYTHON])} -I {_sh([built.pex])} --version", tmp_path)
+    assert r.returncode == 0 and __version__ in r.stdout, r.stdout + r.stderr
+    assert r.stderr.count("PEX_ROOT is configured as") == 1, r.stderr
+    assert "falling back to a temporary PEX_ROOT" in r.stderr

@@ -298,6 +298,25 @@ def test_script_runs_the_recipe_end_to_end(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
 
 
+def test_script_listens_on_this_machine_only_unless_told(tmp_path: Path) -> None:
+    """Without --listen, nginx binds 127.0.0.1 (plain HTTP without authentication must not be
+    offered to the network by default); --listen 0.0.0.0 is how colleagues reach it."""
+    data = tmp_path / "data"
+    port = free_port()
+    try:
+        r = _script("start", "--port", str(port), "--upstream-port", str(free_port()),
+                    "--data", str(data))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"listening on 127.0.0.1:{port}," in r.stdout
+        assert f"listen 127.0.0.1:{port};" in (data / "conf" / "nginx.conf").read_text()
+        assert f"ollama pull --insecure 127.0.0.1:{port}/namespace/model:tag" in r.stdout
+        assert "--listen 0.0.0.0" in r.stdout  # how to offer it to colleagues
+    finally:
+        _script("stop", "--data", str(data))
+        _kill_leftovers(data)
+    assert _processes_mentioning(str(data)) == []
+
+
 def test_script_refuses_a_busy_port_and_leaves_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with socket.socket() as busy:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,97 @@ def test_completely_staged_blobs_are_kept_not_read_or_written_again(
         assert doc["readOnlyWhatWasNeeded"] is True
         # the staged files are read once, to hash them; of the bundle only the rest
         assert read - kept < c.stat().st_size + SLACK, (read, kept)
+
+
+def test_ctrl_c_mid_blob_then_the_rerun_reads_and_writes_only_what_is_missing(
+        tmp_path: Path, keys: Keys, env: dict[str, str]) -> None:
+    """A real SIGINT while the second of two weights blobs is being written: both staged files
+    stay (the first complete, the second cut off); the re-run reads from the bundle only the
+    rest of the second, writes only that, and says what it kept in --json (the text: system/
+    test_crash.py::test_ctrl_c_keeps_staged_blobs_for_the_rerun)."""
+    store = tmp_path / "src"
+    sizes = {"a": 24 * MB, "b": 64 * MB}
+    for i, (name, size) in enumerate(sizes.items()):
+        make_model(store, f"registry.ollama.ai/library/{name}/latest",
+                   [(MODEL, weights(size, seed=90 + i)), (TEMPLATE, name.encode())])
+    bundle = tmp_path / "two.tar.zst"
+    assert run(["export", "--all", "--models", str(store), "--key", str(keys.key), "-o",
+                str(bundle)]).exit_code == 0
+    direct = tmp_path / "direct"
+    assert run(["import", str(bundle), "--models", str(direct), "--trust", str(keys.pub)]
+               ).exit_code == 0
+    a, b = _weights_of(direct, "a"), _weights_of(direct, "b")
+    target = tmp_path / "target"
+    cmd = [sys.executable, "-m", "bundler", "import", str(bundle), "--models", str(target),
+           "--trust", str(keys.pub), "-q"]
+    staged_b = target / "blobs" / f".bundle-{b.name[7:]}.partial"
+    staged_a = target / "blobs" / f".bundle-{a.name[7:]}.partial"
+    err = ""
+    for _ in range(20):  # until the interrupt lands while b is being written
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if staged_b.exists() and staged_b.stat().st_size > 8 * MB:
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate()[1].decode()
+        if (proc.returncode == 1 and staged_b.exists()
+                and 0 < staged_b.stat().st_size < sizes["b"]):
+            break
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        pytest.fail(f"no interrupt landed while the blob was being written: {err}")
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert staged_a.stat().st_size == sizes["a"]
+    staged = list((target / "blobs").glob(".bundle-*.partial"))  # with configs, templates
+    kept = sum(p.stat().st_size for p in staged)
+    assert not list((target / "manifests").rglob("latest"))
+    doc, read, written = counted(["import", str(bundle), "--models", str(target), "--trust",
+                                  str(keys.pub)])
+    assert tree(target) == tree(direct)
+    assert not list((target / "blobs").glob(".bundle-*"))
+    assert doc["readOnlyWhatWasNeeded"] is True
+    assert doc["kept"] == {"blobs": len(staged), "bytes": kept}, doc
+    missing = sum(p.stat().st_size for p in (direct / "blobs").iterdir()) - kept
+    assert doc["bytesWritten"] < missing + MB, (doc["bytesWritten"], missing)
+    assert written < missing + MB, (written, missing)
+    assert read - kept < missing + SLACK, (read, kept, missing)  # staged files hashed once
+    r = run(["import", str(bundle), "--models", str(tmp_path / "again"), "--trust",
+             str(keys.pub)])
+    assert "kept" not in r.output, r.output  # nothing was staged there
+
+
+def test_the_progress_total_of_a_resumed_import_leaves_kept_bytes_out(
+        three: tuple[Path, Path], tmp_path: Path, keys: Keys) -> None:
+    """Two of three weights blobs staged whole, a third cut off: the progress total is what
+    is still read, the bytes reported read add up to it, and bytesWritten is what is still
+    written, not the whole models."""
+    from bundler import signing, store_import
+
+    bundle, direct = three
+    target = tmp_path / "target"
+    a, b, c = _weights(direct)
+    _staged(target, a)
+    _staged(target, b)
+    half = c.stat().st_size // 2
+    _staged(target, c, c.read_bytes()[:half])
+    totals: list[int] = []
+    seen: list[int] = []
+    with bundle.open("rb", buffering=0) as f:
+        result = store_import.import_bundle(
+            f, Store(StoreLocation(target, "--models")), [signing.read_public(keys.pub)],
+            allow_unsigned=False, on_total=totals.append, on_bytes=seen.append)
+    assert tree(target) == tree(direct)
+    rest = c.stat().st_size - half
+    small = sum(p.stat().st_size for p in (direct / "blobs").iterdir()) - sum(
+        p.stat().st_size for p in (a, b, c))
+    assert totals == [rest + small], (totals, rest, small)
+    assert sum(seen) == totals[0]
+    assert result.bytes_written == rest + small
+    assert (result.blobs_kept, result.bytes_kept) == (3, a.stat().st_size + b.stat().st_size
+                                                      + half)
 
 
 def test_a_staged_blob_of_full_size_with_wrong_content_is_written_again(
