@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,26 @@ def test_the_check_tells_a_server_reading_another_store(
     assert sorted(check["listed"]) == sorted(set(made_names) - {"tiny:latest", "team/tiny:chat"})
     assert "warning: the Ollama server at" in r.stderr
     assert "hint: import again with --models" in r.stderr
+
+
+@pytest.mark.parametrize("form", ["{host}", "http://{host}", "localhost:{port}", "  {host}  ",
+                                  "'http://{host}'", "http://{host}/"])
+def test_ollama_host_is_read_as_the_real_client_reads_it(
+        made_bundle: tuple[Path, Keys], made_names: tuple[str, ...], tmp_path: Path,
+        form: str) -> None:
+    """The import asks the server OLLAMA_HOST names, read as Ollama's envconfig.Host reads it
+    (formats/ollama-store.md §1.2): every spelling with which the real `ollama list` reaches the
+    server, the import's check reaches it too."""
+    path, keys = made_bundle
+    models = tmp_path / "models"
+    with ollama_serve(ollama_binary(DEFAULT_VERSION), models, home=tmp_path / "home") as server:
+        value = form.format(host=server.host, port=server.host.rsplit(":", 1)[1])
+        env = {**server.env, "OLLAMA_HOST": value}
+        real = subprocess.run([str(server.binary), "list"], env=env, capture_output=True,
+                              text=True, check=False)
+        assert real.returncode == 0, real.stderr  # the real client reaches it so
+        r = bundle("import", str(path), "--models", str(models), "--trust", str(keys.pub),
+                   "--json", env=env)
+        check = json.loads(r.stdout)["server"]
+        assert check["problem"] is None, check
+        assert sorted(check["listed"]) == list(made_names)
