@@ -127,3 +127,21 @@ def test_the_grace_period_is_an_hour_of_mtime(
     code, _, err = resume(proc, tmp_path / "flags")
     assert code == 1 and VANISHED[point] in err, err
     assert during == {"tiny:latest": during["tiny:latest"]} and kept <= blob_names(first)
+
+
+@pytest.mark.parametrize("point", ["staged", "renamed"])
+def test_a_killed_import_leaves_a_store_the_real_server_reads(
+        made_bundle: tuple[Path, Keys], made_names: tuple[str, ...], first: Path,
+        tmp_path: Path, point: str) -> None:
+    """kill -9 at either point (README: "Ctrl-C or kill -9 at any moment leaves the store
+    consistent"): the real server (DEFAULT_VERSION) lists what it listed before, and a
+    re-run of the import completes."""
+    path, keys = made_bundle
+    before = listed(first, DEFAULT_VERSION, tmp_path / "h0")
+    proc = paused(point, path, keys, first, tmp_path / "flags")
+    proc.kill()
+    proc.communicate()
+    assert listed(first, DEFAULT_VERSION, tmp_path / "h1") == before
+    bundle("import", str(path), "--models", str(first), "--trust", str(keys.pub),
+           "--no-server-check")
+    assert sorted(listed(first, DEFAULT_VERSION, tmp_path / "h2")) == list(made_names)
