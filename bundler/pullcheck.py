@@ -217,7 +217,7 @@ def require_pulls(checks: Sequence[RegistryCheck]) -> None:
 
 _STORED_SPELLING = (
     "Ollama takes the spelling of the stored name whose host, namespace and model equal the "
-    "name's ignoring case (server/routes.go getExistingName; 0.24.0 and earlier releases "
+    "name's ignoring case (server/routes.go getExistingName; 0.34.3 and earlier releases "
     "matched each part on its own, so a model spelt so under any host or namespace did this)")
 
 

@@ -256,13 +256,17 @@ class ModelName:
     def canonical(self, existing: Iterable[ModelName]) -> ModelName:
         """This name spelt as the existing manifests spell it (Ollama's getExistingName).
 
-        As in Ollama's server/routes.go since v0.5.2: each part is matched
-        on its own, case-insensitively, against the same part of every existing name, not
-        the whole name. Every match overwrites, so the last matching name in `existing`
-        order wins for that part, and parts may come from different existing names. A
-        part with no match keeps this name's spelling. (Ollama iterates a Go map, so when
-        several spellings of one part exist its choice is arbitrary; pass `existing` in a
-        stable order.)
+        As in Ollama's server/routes.go from v0.5.2 to v0.34.3: each part is matched on its
+        own, case-insensitively, against the same part of every existing name, not the whole
+        name. Every match overwrites, so the last matching name in `existing` order wins for
+        that part, and parts may come from different existing names. A part with no match
+        keeps this name's spelling. (Ollama iterates a Go map, so when several spellings of
+        one part exist its choice is arbitrary; pass `existing` in a stable order.)
+
+        v0.34.4 spells a name it writes from one existing name instead (a whole-name match,
+        else the longest run of leading parts). The older rule is kept on purpose: a name it
+        spells is found by every release, while one spelt the new way can be missed by the
+        per-part lookup of releases up to v0.34.3 (formats/ollama-store.md §2).
         """
         mine = self.folded()
         chosen = list(self.manifest_parts())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -47,3 +48,22 @@ def test_every_python_script_is_linted_and_type_checked() -> None:
     modules = {f"scripts/{name}" for name in shebangs if name.endswith(".py")}
     assert mypy == python_scripts | modules, "list them in [tool.mypy] files"
     assert config["tool"]["mypy"]["scripts_are_modules"] is True
+
+
+def test_make_tiny_gguf_is_small_and_the_same_every_time(tmp_path: Path) -> None:
+    """The real-Ollama tests' model (tests/ollama runs it): a llama GGUF well under 1 MB, the
+    same bytes for the same seed, another for another seed."""
+    import gguf
+
+    script = str(REPO / "scripts" / "make-tiny-gguf")
+    outs = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        subprocess.run([sys.executable, script, str(tmp_path / name), "--seed", seed], check=True,
+                       capture_output=True)
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1] != outs[2]
+    assert len(outs[0]) < 512 * 1024
+    reader = gguf.GGUFReader(tmp_path / "a")
+    arch = reader.fields["general.architecture"]
+    assert bytes(arch.parts[arch.data[0]]) == b"llama"
+    assert "token_embd.weight" in {t.name for t in reader.tensors}

@@ -217,12 +217,13 @@ class MadeStore:
     """What the real /api/tags calls them (DisplayShortest), sorted."""
 
 
-def make_real_store(root: Path, tiny_gguf: Path) -> MadeStore:
-    """A store (root/models) written by the real `ollama create` and `ollama cp` of RUN_VERSION,
-    whose create keeps a GGUF's bytes: `tiny` from the tiny GGUF with TEMPLATE, SYSTEM,
-    PARAMETER, LICENSE and MESSAGE; `tiny-lora`, FROM tiny with a LoRA ADAPTER (a GGUF of
-    scripts/make-tiny-gguf --adapter); `tiny:short`, FROM tiny with another parameter (it
-    shares tiny's blobs); and COPIES of tiny."""
+def make_real_store(root: Path, tiny_gguf: Path, version: str = RUN_VERSION) -> MadeStore:
+    """A store (root/models) written by the real `ollama create` and `ollama cp` of `version`
+    (the create of both pinned releases keeps a GGUF's bytes): `tiny` from the tiny GGUF with
+    TEMPLATE, SYSTEM, PARAMETER, LICENSE and MESSAGE; `tiny-lora`, FROM tiny with a LoRA
+    ADAPTER (scripts/make-tiny-gguf --adapter), where the release takes one (v0.24.0 does;
+    v0.34.4 answers "LoRA adapters are no longer supported"); `tiny:short`, FROM tiny with
+    another parameter (it shares tiny's blobs); and COPIES of tiny."""
     work = root / "work"
     work.mkdir(parents=True)
     shutil.copy(tiny_gguf, work / "tiny.gguf")
@@ -232,9 +233,11 @@ def make_real_store(root: Path, tiny_gguf: Path) -> MadeStore:
     (work / "Modelfile.lora").write_text("FROM tiny\nADAPTER ./adapter.gguf\n"
                                          'SYSTEM """You are tiny, with an adapter."""\n')
     (work / "Modelfile.short").write_text("FROM tiny\nPARAMETER num_predict 3\n")
-    with ollama_serve(ollama_binary(RUN_VERSION), root / "models", home=root / "home") as s:
+    with ollama_serve(ollama_binary(version), root / "models", home=root / "home") as s:
         s.cli("create", "tiny", "-f", str(work / "Modelfile"))
-        s.cli("create", "tiny-lora", "-f", str(work / "Modelfile.lora"))
+        lora = s.cli("create", "tiny-lora", "-f", str(work / "Modelfile.lora"), check=False)
+        if lora.returncode != 0:
+            assert "LoRA adapters are no longer supported" in lora.stderr, lora.stderr
         s.cli("create", "tiny:short", "-f", str(work / "Modelfile.short"))
         for name in COPIES:
             s.cli("cp", "tiny", name)

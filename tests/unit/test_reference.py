@@ -498,6 +498,9 @@ CANONICAL: list[tuple[str, list[str], str]] = [
     ("foo", ["Foo:latest", "FOO:latest"], "registry.ollama.ai/library/FOO:latest"),
     ("foo", ["FOO:latest", "Foo:latest"], "registry.ollama.ai/library/Foo:latest"),
     ("foo:TAG", ["Foo:Tag", "other:tag"], "registry.ollama.ai/library/Foo:tag"),
+    # a part takes the spelling of any name, also of one in another namespace (Ollama 0.34.4
+    # would keep TINY: formats/ollama-store.md §2)
+    ("Team/TINY:Other", ["tiny:latest"], "registry.ollama.ai/Team/tiny:Other"),
 ]
 
 
