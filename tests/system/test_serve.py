@@ -316,7 +316,7 @@ def test_a_tampered_weights_blob_is_never_sent_whole(tmp_path: Path, keys: Keys,
         for method in ("GET", "HEAD"):
             status, _, body = _request(method, f"{served.url}/v2/library/bad/blobs/{bad_digest}")
             assert status == 500
-        assert b"BLOB_UNKNOWN" in body or method == "HEAD"
+            assert b"BLOB_UNKNOWN" in body or method == "HEAD"
         # the other model, from the same file, pulls
         _pull(served, "library/good", "latest", pulled)
         assert (pulled / "blobs" / ("sha256-" + hashlib.sha256(good).hexdigest())).read_bytes() \
