@@ -127,7 +127,9 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.rfile = rfile
             if not ok:
                 return
-            self.request_version = self.request_version or "HTTP/1.1"
+            if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):  # (0.9 and 1.2 pass it)
+                self.send_error(505)
+                return
             if line not in (b"\r\n", b"\n"):
                 self._send(Answer.error(HttpError(400, "UNSUPPORTED",
                                                   "request head too long or cut short")))

@@ -5,6 +5,7 @@ split bundles; the hostile-request catalogue; signals; memory."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -17,11 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bundler import httpserve
+from bundler.distribution import Answer
 from tests.support.common import (
     MODEL,
     TEMPLATE,
@@ -541,3 +545,41 @@ def test_htpasswd_is_for_other_clients(tmp_path: Path, bundle_file: Path, keys: 
         with pytest.raises(PullError):
             _pull(served, "library/tiny", "latest", tmp_path / "p")
     assert '127.0.0.1 - alice [' in served.log()
+
+
+@contextlib.contextmanager
+def _http_server() -> Iterator[httpserve.Server]:
+    """The HTTP layer alone, in this process, answering `{}` to every request."""
+    server = httpserve.Server(("127.0.0.1", 0), lambda m, t, h: Answer.json({}),
+                              limits=httpserve.Limits(), access=lambda _: None, log=print)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_only_http_1_0_and_1_1_are_served() -> None:
+    """formats/serve-v1.md §2: 505 for any other version, with the status line and headers
+    (http.server itself answers HTTP/0.9 with a bare body and takes HTTP/1.2 as 1.1)."""
+    with _http_server() as server:
+        for request in [b"GET /v2/\r\n\r\n", b"GET /v2/ HTTP/1.2\r\n\r\n",
+                        b"GET /v2/ HTTP/1.9\r\n\r\n", b"GET /v2/ HTTP/2.0\r\n\r\n"]:
+            got = _exchange(server.port, request)
+            assert got.startswith(b"HTTP/1.1 505 "), (request, got[:100])
+            assert b"Docker-Distribution-API-Version: registry/2.0" in got
+        for version in (b"1.0", b"1.1"):
+            got = _exchange(server.port, b"GET /v2/ HTTP/" + version + b"\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 200 "), got[:100]
