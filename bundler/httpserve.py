@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
@@ -89,15 +89,16 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                     break
 
     def handle_one_request(self) -> None:
-        """BaseHTTPRequestHandler's, with our bounds: the request line at most 8 KiB, at most
-        64 header lines of at most 8 KiB, all read within HEAD_TIMEOUT."""
-        deadline = time.monotonic() + HEAD_TIMEOUT
-        self.connection.settimeout(HEAD_TIMEOUT)
+        """BaseHTTPRequestHandler's, with our bounds: at most HEAD_TIMEOUT idle before a
+        request; then the request line at most 8 KiB, at most 64 header lines of at most
+        8 KiB, all read within HEAD_TIMEOUT however slowly the bytes come."""
         self.close_connection = True
         self.requestline, self.command = "", ""
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-        if not self.raw_requestline:
+        self.connection.settimeout(HEAD_TIMEOUT)
+        if not self._peek():
             return
+        deadline = time.monotonic() + HEAD_TIMEOUT
+        self.raw_requestline = self._readline(deadline)
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
             self.requestline = self.raw_requestline[:200].decode("latin-1").rstrip("\r\n")
             self.request_version = "HTTP/1.1"
@@ -107,11 +108,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             head = bytearray()
             for _ in range(MAX_HEADER_LINES + 1):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self.connection.settimeout(left)
-                line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+                line = self._readline(deadline)
                 head += line
                 if line in (b"\r\n", b"\n", b""):
                     break
@@ -138,6 +135,29 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             self._answer()
         finally:
             self.server.busy(self, False)
+
+    def _peek(self) -> bytes:
+        """What is buffered, after one read of the socket at most if nothing is (b"": closed).
+        (rfile is StreamRequestHandler's makefile("rb"): a BufferedReader.)"""
+        return cast("io.BufferedReader", self.rfile).peek(1)
+
+    def _readline(self, deadline: float) -> bytes:
+        """A line of at most MAX_REQUEST_LINE + 1 bytes (more: too long), or what came before
+        the end of the stream; TimeoutError once `deadline` passes, whatever trickles in."""
+        line = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request head takes too long")
+            self.connection.settimeout(left)
+            buffered = self._peek()
+            if not buffered:
+                return bytes(line)
+            room = MAX_REQUEST_LINE + 1 - len(line)
+            end = buffered.find(b"\n", 0, room)
+            line += self.rfile.read(end + 1 if end >= 0 else min(len(buffered), room))
+            if end >= 0 or len(line) > MAX_REQUEST_LINE:
+                return bytes(line)
 
     def _answer(self) -> None:
         has_body = (self.headers.get("Transfer-Encoding") is not None

@@ -583,3 +583,31 @@ def test_only_http_1_0_and_1_1_are_served() -> None:
         for version in (b"1.0", b"1.1"):
             got = _exchange(server.port, b"GET /v2/ HTTP/" + version + b"\r\n\r\n")
             assert got.startswith(b"HTTP/1.1 200 "), got[:100]
+
+
+@pytest.mark.parametrize("start", [b"", b"GET /v2/ HTTP/1.1\r\n"], ids=["request-line", "headers"])
+def test_a_head_trickled_in_is_cut_at_the_head_timeout(monkeypatch: pytest.MonkeyPatch,
+                                                       start: bytes) -> None:
+    """formats/serve-v1.md §5: the whole request head within the head timeout, however
+    slowly its bytes come (a byte in time for every read is not enough)."""
+    monkeypatch.setattr(httpserve, "HEAD_TIMEOUT", 1.0)
+    with _http_server() as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(start or b"G")
+        closed = False
+        for _ in range(20):  # 20 x 0.25 s: five times the head timeout, a byte each time
+            time.sleep(0.25)
+            try:
+                s.sendall(b"X")
+            except OSError:
+                closed = True
+                break
+        if not closed:  # the last byte went out just now: is the connection still open?
+            s.setblocking(False)
+            try:
+                closed = s.recv(65536) == b""
+            except ConnectionResetError:
+                closed = True
+            except BlockingIOError:
+                closed = False
+        assert closed, "the server still waits for the rest of a head trickled in"
