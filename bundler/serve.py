@@ -50,12 +50,16 @@ DRAIN_TIMEOUT = 600.0
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    raw: bytes
-    media_type: str
+    """A manifest served as it is; its digest hashed once, not on every request that names
+    it (a blob request looks up the manifests of its repository too)."""
 
-    @property
-    def digest(self) -> Digest:
-        return Digest.of(self.raw)
+    raw: bytes = field(repr=False)
+    media_type: str
+    digest: Digest
+
+    @classmethod
+    def of(cls, raw: bytes, media_type: str) -> Served:
+        return cls(raw, media_type, Digest.of(raw))
 
 
 class BlobCheck:
@@ -260,9 +264,9 @@ def _load(catalog: Catalog, paths: Sequence[Path], trusted: Sequence[signing.Pub
         heads.append((path, head))
         for item in plan_push(head, target, ()):
             m = item.model.manifest
-            served = Served(m.raw, m.media_type)
-            model = ServedModel(str(item.model.name), item.repository, item.tag, m.digest,
-                                str(path))
+            served = Served.of(m.raw, m.media_type)
+            model = ServedModel(str(item.model.name), item.repository, item.tag,
+                                served.digest, str(path))
             key = (item.repository, item.tag)
             rank = (head.root.created, index)
             blobs = [b.digest for b in m.blobs]
@@ -274,7 +278,7 @@ def _load(catalog: Catalog, paths: Sequence[Path], trusted: Sequence[signing.Pub
             chosen[key] = (rank, model, served, blobs)
             sigs = head.cosign_layers(item.model)
             if sigs:
-                _add_signatures(catalog, item.repository, m.digest, sigs)
+                _add_signatures(catalog, item.repository, served.digest, sigs)
     for path, head in heads:  # a delta's left-out blobs, from the other bundles (§1 step 3)
         present = {e.blob.digest for e in head.root.external
                    if isinstance(b := catalog.blobs.get(e.blob.digest), BlobCheck)
@@ -293,15 +297,16 @@ def _add_signatures(catalog: Catalog, repo: str, digest: Digest,
     have: list[cosign.Existing] = []
     if existing is not None:
         have = cosign.existing_layers(existing.raw, tag) or []
-    merged = cosign.merge(have, [cosign.Layer(Digest.of(p), len(p), s) for p, s in signatures])
+    payloads = [(Digest.of(p), p, s) for p, s in signatures]  # (one payload, several signers)
+    merged = cosign.merge(have, [cosign.Layer(d, len(p), s) for d, p, s in payloads])
     if merged is None:
         return
     config = cosign.signature_config(merged)
-    for blob in [config, *(p for p, _ in signatures)]:
-        catalog.blobs.setdefault(Digest.of(blob), blob)
+    blobs = {Digest.of(config): config, **{d: p for d, p, _ in payloads}}
+    for digest_, blob in blobs.items():
+        catalog.blobs.setdefault(digest_, blob)
     raw = cosign.signature_manifest(config, merged)
-    catalog._add(repo, tag, Served(raw, MEDIA_TYPE_OCI_MANIFEST),
-                 [Digest.of(config), *(Digest.of(p) for p, _ in signatures)])
+    catalog._add(repo, tag, Served.of(raw, MEDIA_TYPE_OCI_MANIFEST), list(blobs))
 
 
 # ---------------------------------------------------------------------------------------------
