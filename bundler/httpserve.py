@@ -214,6 +214,9 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             if sent != answer.length:
                 self.close_connection = True
         finally:
+            close = getattr(answer.stream, "close", None)  # (also one never started)
+            if close is not None:
+                close()
             self.server.access(access_line(
                 self.client_address[0], getattr(self, "user", None), time.time(),
                 self.requestline, answer.status, sent))

@@ -169,27 +169,26 @@ class Catalog:
     _users: int = 0
     _retired: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
 
     def close(self) -> None:
+        self.closed = True
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.stack.close()
 
     def held(self, stream: Iterator[Piece]) -> Iterator[Piece]:
-        """`stream`, with this catalog kept open until it ends (a SIGHUP may retire it)."""
+        """`stream`, with this catalog kept open until it ends or is closed, even unstarted
+        (a SIGHUP may retire the catalog meanwhile)."""
         with self._lock:
             self._users += 1
+        return _Held(stream, self._release)
 
-        def body() -> Iterator[Piece]:
-            try:
-                yield from stream
-            finally:
-                with self._lock:
-                    self._users -= 1
-                    last = self._retired and not self._users
-                if last:
-                    self.close()
-
-        return body()
+    def _release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._retired and not self._users
+        if last:
+            self.close()
 
     def retire(self) -> None:
         """Replaced by a reload: close it once no answer reads from it any more."""
@@ -208,6 +207,33 @@ class Catalog:
     def _add(self, repo: str, tag: str, served: Served, blobs: Sequence[Digest]) -> None:
         self.tags.setdefault(repo, {})[tag] = served
         self.repo_blobs.setdefault(repo, set()).update([served.digest, *blobs])
+
+
+class _Held:
+    """An answer's stream that calls `release` once, when it ends, fails or is closed: a
+    generator's `finally` would not run if it is closed before it was started."""
+
+    def __init__(self, stream: Iterator[Piece], release: Callable[[], None]) -> None:
+        self._stream, self._release = stream, release
+        self._open = True
+
+    def __iter__(self) -> _Held:
+        return self
+
+    def __next__(self) -> Piece:
+        try:
+            return next(self._stream)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+            self._release()
 
 
 def bundle_paths(args: Sequence[Path]) -> list[Path]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from bundler import httpserve
+from bundler import httpserve, serve
 from bundler.distribution import Answer
 from tests.support.common import (
     MODEL,
@@ -611,3 +611,15 @@ def test_a_head_trickled_in_is_cut_at_the_head_timeout(monkeypatch: pytest.Monke
             except BlockingIOError:
                 closed = False
         assert closed, "the server still waits for the rest of a head trickled in"
+
+
+def test_a_retired_catalog_closes_when_an_answer_never_started_is_dropped() -> None:
+    """formats/serve-v1.md §1 (SIGHUP): the old set's files are closed when the last answer
+    reading from them ends, also one whose client left before its body began (the HTTP layer
+    then closes the stream without taking a piece of it)."""
+    catalog = serve.Catalog()
+    stream = catalog.held(iter([memoryview(b"x")]))
+    catalog.retire()
+    assert not catalog.closed  # an answer still holds it
+    getattr(stream, "close")()  # noqa: B009 - what httpserve does with every stream it ends
+    assert catalog.closed
