@@ -126,7 +126,7 @@ def _query(text: str) -> tuple[int, str]:
     except ValueError:
         raise HttpError(400, "UNSUPPORTED", "malformed query") from None
     n_text, last = (query.get("n") or [""])[-1], (query.get("last") or [""])[-1]
-    if n_text and not (n_text.isdigit() and len(n_text) <= 9 and int(n_text) > 0):
+    if n_text and not (re.fullmatch(r"[0-9]{1,9}", n_text) and int(n_text) > 0):  # (ASCII)
         raise HttpError(400, "PAGINATION_NUMBER_INVALID", "n must be a positive number")
     return (min(int(n_text), MAX_LIST) if n_text else MAX_LIST), last[:256]
 
