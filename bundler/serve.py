@@ -405,6 +405,9 @@ def _blob(catalog: Catalog, r: Route, method: str, path: str, range_header: str 
 # Access (formats/serve-v1.md §6)
 
 
+_NOBODY = bytes(20)  # the SHA-1 of no password
+
+
 def read_htpasswd(path: Path) -> dict[str, bytes]:
     """user -> SHA-1 digest, from lines `user:{SHA}<base64>` (htpasswd -s)."""
     try:
@@ -439,9 +442,10 @@ def authorizer(users: Mapping[str, bytes] | None) -> Callable[[str | None], str 
                 "utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             raise refused from None
-        want = users.get(user)
         got = hashlib.sha1(password.encode(), usedforsecurity=False).digest()
-        if want is None or not hmac.compare_digest(want, got):
+        # an unknown user is compared too (against no password's hash), so that the time an
+        # answer takes does not tell which users exist
+        if not hmac.compare_digest(users.get(user, _NOBODY), got) or user not in users:
             raise refused
         return user
 
