@@ -269,9 +269,20 @@ def load_catalog(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], *,
     return catalog
 
 
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """The model a repository and tag serve, as far as the bundles read so far go."""
+
+    rank: tuple[str, int]  # (the bundle's signed `created`, its place among the arguments)
+    model: ServedModel
+    served: Served
+    blobs: list[Digest]
+    signatures: Sequence[tuple[bytes, str]]  # its bundle's cosign signatures (§1 step 5)
+
+
 def _load(catalog: Catalog, paths: Sequence[Path], trusted: Sequence[signing.PublicKey],
           target: Target, allow_unsigned: bool, on_event: OnEvent) -> None:
-    chosen: dict[tuple[str, str], tuple[tuple[str, int], ServedModel, Served, list[Digest]]] = {}
+    chosen: dict[tuple[str, str], _Choice] = {}
     heads = []
     for index, path in enumerate(paths):
         f = catalog.stack.enter_context(open_bundle(path))
@@ -289,30 +300,28 @@ def _load(catalog: Catalog, paths: Sequence[Path], trusted: Sequence[signing.Pub
                                                       catalog.pool, on_event)
         heads.append((path, head))
         for item in plan_push(head, target, ()):
+            key, rank = (item.repository, item.tag), (head.root.created, index)
+            if key in chosen and chosen[key].rank > rank:
+                continue
             m = item.model.manifest
             served = Served.of(m.raw, m.media_type)
-            model = ServedModel(str(item.model.name), item.repository, item.tag,
-                                served.digest, str(path))
-            key = (item.repository, item.tag)
-            rank = (head.root.created, index)
-            blobs = [b.digest for b in m.blobs]
-            if key in chosen and chosen[key][0] > rank:
-                continue
-            if key in chosen and chosen[key][2].digest != served.digest:
+            if key in chosen and chosen[key].served.digest != served.digest:
                 catalog.notes.append(f"note: {item.repository}:{item.tag} from {path} replaces "
-                                     f"the one from {chosen[key][1].bundle} (created later)")
-            chosen[key] = (rank, model, served, blobs)
-            sigs = head.cosign_layers(item.model)
-            if sigs:
-                _add_signatures(catalog, item.repository, served.digest, sigs)
+                                     f"the one from {chosen[key].model.bundle} (created later)")
+            chosen[key] = _Choice(rank, ServedModel(str(item.model.name), item.repository,
+                                                    item.tag, served.digest, str(path)),
+                                  served, [b.digest for b in m.blobs],
+                                  head.cosign_layers(item.model))
     for path, head in heads:  # a delta's left-out blobs, from the other bundles (§1 step 3)
         present = {e.blob.digest for e in head.root.external
                    if isinstance(b := catalog.blobs.get(e.blob.digest), BlobCheck)
                    and b.size == e.blob.size}
         require_bases(head, list(head.models), present, f"the bundles served with {path.name}")
-    for (repo, tag), (_, model, served, blobs) in sorted(chosen.items()):
-        catalog._add(repo, tag, served, blobs)
-        catalog.models.append(model)
+    for (repo, tag), choice in sorted(chosen.items()):  # only what is served is signed (§1.5)
+        catalog._add(repo, tag, choice.served, choice.blobs)
+        catalog.models.append(choice.model)
+        if choice.signatures:
+            _add_signatures(catalog, repo, choice.served.digest, choice.signatures)
 
 
 def _add_signatures(catalog: Catalog, repo: str, digest: Digest,

@@ -623,3 +623,23 @@ def test_a_retired_catalog_closes_when_an_answer_never_started_is_dropped() -> N
     assert not catalog.closed  # an answer still holds it
     getattr(stream, "close")()  # noqa: B009 - what httpserve does with every stream it ends
     assert catalog.closed
+
+
+def test_a_replaced_model_leaves_no_signature_tag(tmp_path: Path, keys: Keys,
+                                                  env: dict[str, str]) -> None:
+    """formats/serve-v1.md §1 steps 4 and 5: of one repository and tag in two bundles only the
+    later bundle's model is served, and so only its signature tag (the replaced model's was
+    listed too, for a manifest no longer served, when the older bundle came first)."""
+    paths = []
+    for n in (1, 2):
+        store = tmp_path / f"s{n}"
+        make_model(store, "registry.ollama.ai/library/m/latest", [(MODEL, weights(5_000, seed=n))])
+        paths.append(_export(store, tmp_path / f"b{n}.tar.zst", keys, "--all"))
+    new = hashlib.sha256((tmp_path / "s2/manifests/registry.ollama.ai/library/m/latest")
+                         .read_bytes()).hexdigest()
+    old = hashlib.sha256((tmp_path / "s1/manifests/registry.ollama.ai/library/m/latest")
+                         .read_bytes()).hexdigest()
+    with serving(*map(str, paths), "--trust", str(keys.pub), tmp=tmp_path) as served:
+        status, body, _ = _get(f"{served.url}/v2/library/m/tags/list")
+        assert status == 200 and json.loads(body)["tags"] == ["latest", f"sha256-{new}.sig"]
+        assert _get(f"{served.url}/v2/library/m/manifests/sha256-{old}.sig")[0] == 404
