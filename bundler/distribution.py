@@ -78,10 +78,8 @@ def route(method: str, target: str) -> Route:
     """The route of a request target; HttpError for anything not served
     (formats/serve-v1.md §2)."""
     if method not in ("GET", "HEAD"):
-        if target.startswith("/v2"):
-            raise HttpError(405, "UNSUPPORTED", f"{method} is not served: this registry is "
-                            "read-only", [("Allow", "GET, HEAD")])
-        raise HttpError(405, "UNSUPPORTED", f"{method} is not served", [("Allow", "GET, HEAD")])
+        raise HttpError(405, "UNSUPPORTED", f"{method} is not served: this registry is "
+                        "read-only", [("Allow", "GET, HEAD")])
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith("/"):
         raise HttpError(400, "UNSUPPORTED", "the request target must be a path")

@@ -251,7 +251,7 @@ def bundle_paths(args: Sequence[Path]) -> list[Path]:
     kept = [p for p, sn in names.items() if sn is None or sn[1] == 1 or sn[0] not in firsts]
     if not kept:
         raise NotFoundError("no bundle found in " + ", ".join(map(str, args)))
-    return list(dict.fromkeys(kept))
+    return kept  # (each once: `names` is keyed by path)
 
 
 def load_catalog(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], *,
