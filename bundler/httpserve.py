@@ -338,12 +338,14 @@ class Server(http.server.ThreadingHTTPServer):
         head = (f"HTTP/1.1 503 Service Unavailable\r\n{API_VERSION[0]}: {API_VERSION[1]}\r\n"
                 "Content-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"
                 f"Content-Length: {answer.length}\r\n\r\n").encode()
+        sent = None  # with TLS: closed before the handshake, nothing sent
         with contextlib.suppress(OSError):
             request.settimeout(1.0)
             if not isinstance(request, ssl.SSLSocket):
                 request.sendall(head + answer.body)
+                sent = answer.length
         self.shutdown_request(request)
-        self.access(access_line(host, None, time.time(), "-", 503, answer.length))
+        self.access(access_line(host, None, time.time(), "-", 503, sent))
 
     def shutdown_request(self, request: Any) -> None:
         with self._lock:

@@ -643,3 +643,26 @@ def test_a_replaced_model_leaves_no_signature_tag(tmp_path: Path, keys: Keys,
         status, body, _ = _get(f"{served.url}/v2/library/m/tags/list")
         assert status == 200 and json.loads(body)["tags"] == ["latest", f"sha256-{new}.sig"]
         assert _get(f"{served.url}/v2/library/m/manifests/sha256-{old}.sig")[0] == 404
+
+
+def test_a_connection_refused_under_tls_is_logged_with_no_bytes_sent(
+        tmp_path: Path, bundle_file: Path, keys: Keys, env: dict[str, str]) -> None:
+    """formats/serve-v1.md §5, §7: over the limit with TLS the connection is closed before the
+    handshake, so its 503 line in the access log says no body bytes were sent."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(certs)
+    log = tmp_path / "access.log"
+    with serving(str(bundle_file), "--trust", str(keys.pub), "--tls-cert", str(certs / "srv.pem"),
+                 "--tls-key", str(certs / "srv.key"), "--max-per-client", "1",
+                 "--access-log", str(log), tmp=tmp_path) as served:
+        host, port = served.netloc.split(":")
+        with socket.create_connection((host, int(port)), timeout=10):
+            time.sleep(0.2)  # (not a timing assertion: lets the server count it)
+            assert _raw(served, b"GET /v2/ HTTP/1.1\r\n\r\n") == b""
+            for _ in range(50):
+                if " 503 " in log.read_text():
+                    break
+                time.sleep(0.1)
+    line = next(x for x in log.read_text().splitlines() if " 503 " in x)
+    assert line.endswith(" 503 -"), line
