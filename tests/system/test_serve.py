@@ -14,6 +14,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -548,10 +549,11 @@ def test_htpasswd_is_for_other_clients(tmp_path: Path, bundle_file: Path, keys: 
 
 
 @contextlib.contextmanager
-def _http_server() -> Iterator[httpserve.Server]:
+def _http_server(tls: ssl.SSLContext | None = None) -> Iterator[httpserve.Server]:
     """The HTTP layer alone, in this process, answering `{}` to every request."""
     server = httpserve.Server(("127.0.0.1", 0), lambda m, t, h: Answer.json({}),
-                              limits=httpserve.Limits(), access=lambda _: None, log=print)
+                              limits=httpserve.Limits(), access=lambda _: None, log=print,
+                              tls=tls)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -585,20 +587,37 @@ def test_only_http_1_0_and_1_1_are_served() -> None:
             assert got.startswith(b"HTTP/1.1 200 "), got[:100]
 
 
-@pytest.mark.parametrize("start", [b"", b"GET /v2/ HTTP/1.1\r\n"], ids=["request-line", "headers"])
-def test_a_head_trickled_in_is_cut_at_the_head_timeout(monkeypatch: pytest.MonkeyPatch,
-                                                       start: bytes) -> None:
-    """formats/serve-v1.md §5: the whole request head within the head timeout, however
-    slowly its bytes come (a byte in time for every read is not enough)."""
+def _client_hello() -> bytes:
+    """The first bytes a TLS client sends (its ClientHello), from Python's own TLS client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="x")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("start", [b"", b"GET /v2/ HTTP/1.1\r\n", b"tls"],
+                         ids=["request-line", "headers", "tls-handshake"])
+def test_a_head_trickled_in_is_cut_at_the_head_timeout(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, start: bytes) -> None:
+    """formats/serve-v1.md §5: the whole request head (and before it a TLS handshake) within
+    the head timeout, however slowly its bytes come (a byte in time for every read is not
+    enough)."""
     monkeypatch.setattr(httpserve, "HEAD_TIMEOUT", 1.0)
-    with _http_server() as server, \
+    tls, trickle = None, b"X" * 20
+    if start == b"tls":
+        make_certs(tmp_path)
+        tls = httpserve.tls_context(tmp_path / "srv.pem", tmp_path / "srv.key")
+        start, trickle = b"", _client_hello()
+        assert len(trickle) > 21
+    with _http_server(tls) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-        s.sendall(start or b"G")
+        s.sendall(start or trickle[:1])
         closed = False
-        for _ in range(20):  # 20 x 0.25 s: five times the head timeout, a byte each time
+        for i in range(1, 21):  # 20 x 0.25 s: five times the head timeout, a byte each time
             time.sleep(0.25)
             try:
-                s.sendall(b"X")
+                s.sendall(trickle[i : i + 1])
             except OSError:
                 closed = True
                 break
