@@ -36,6 +36,7 @@ from bundler.zstdframes import (
     SEEKABLE_MAGIC,
     FrameWalker,
     parse_seek_table,
+    raw_block,
     raw_blocks,
     seek_table,
 )
@@ -307,13 +308,10 @@ def _raw_from(source: Positional, at: int, position: int, count: int,
             return None
         at += 14
         while True:
-            block = source.pread(3, at)
-            if len(block) != 3:
+            block = raw_block(source.pread(3, at))
+            if block is None:
                 return None
-            value = int.from_bytes(block, "little")
-            kind, size, last = (value >> 1) & 3, value >> 3, value & 1
-            if kind != 0:
-                return None
+            size, last = block
             at += 3
             if pos + size > position and left:
                 start = max(0, position - pos)
@@ -714,9 +712,6 @@ class ArchiveReader:
 # Byte ranges of a member, through the seek table (formats/serve-v1.md §3)
 
 
-_RAW_BLOCK_MAX = 128 * 1024
-
-
 class MemberBytes:
     """A member's body read by byte range: only the frames that hold the range are read; the
     bytes of stored frames come as FileSpans where the source can say which file holds them
@@ -771,13 +766,10 @@ class MemberBytes:
             starts, offsets = [], []
             at, pos, end = frame.offset + 14, 0, frame.offset + frame.size
             while True:
-                block = self._source.pread(3, at)
-                if len(block) != 3:
+                block = raw_block(self._source.pread(3, at))
+                if block is None or at + 3 + block[0] > end:
                     break
-                value = int.from_bytes(block, "little")
-                kind, size, last = (value >> 1) & 3, value >> 3, value & 1
-                if kind != 0 or size > _RAW_BLOCK_MAX or at + 3 + size > end:
-                    break
+                size, last = block
                 starts.append(pos)
                 offsets.append(at + 3)
                 pos, at = pos + size, at + 3 + size

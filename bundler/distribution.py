@@ -11,18 +11,38 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from bundler.digest import Digest
+from bundler.errors import IntegrityError
+
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_LINES = 64
 MAX_RANGE_HEADER = 64
 MAX_LIST = 1000
 
-# Distribution's grammar (distribution/reference/regexp.go): path components and tags
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+# Distribution's grammar (distribution/reference/regexp.go): path components and tags; the one
+# copy, for the names we push (registry/client.py) and the names we serve (route)
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _RANGE = re.compile(r"bytes=(?:([0-9]{1,19})-([0-9]{0,19})|-([0-9]{1,19}))")
 _CONTROL = re.compile(r"[^\x20-\x7e]|[\"\\]")
+
+
+def is_repository_component(text: str) -> bool:
+    """One path component of a Distribution repository name."""
+    return bool(_COMPONENT.fullmatch(text))
+
+
+def is_valid_tag(tag: str) -> bool:
+    return bool(_TAG.fullmatch(tag))
+
+
+def _is_digest(text: str) -> bool:
+    try:
+        Digest.parse(text)
+    except IntegrityError:
+        return False
+    return True
 
 
 class HttpError(Exception):
@@ -53,19 +73,13 @@ class Route:
     n: int = MAX_LIST
     last: str = ""
 
-    @property
-    def by_digest(self) -> bool:
-        return self.reference.startswith("sha256:")
-
 
 def route(method: str, target: str) -> Route:
     """The route of a request target; HttpError for anything not served
     (formats/serve-v1.md §2)."""
     if method not in ("GET", "HEAD"):
-        if target.startswith("/v2"):
-            raise HttpError(405, "UNSUPPORTED", f"{method} is not served: this registry is "
-                            "read-only", [("Allow", "GET, HEAD")])
-        raise HttpError(405, "UNSUPPORTED", f"{method} is not served", [("Allow", "GET, HEAD")])
+        raise HttpError(405, "UNSUPPORTED", f"{method} is not served: this registry is "
+                        "read-only", [("Allow", "GET, HEAD")])
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith("/"):
         raise HttpError(400, "UNSUPPORTED", "the request target must be a path")
@@ -89,17 +103,17 @@ def route(method: str, target: str) -> Route:
     if len(components) >= 3 and components[-2] in ("manifests", "blobs"):
         name, reference = _name(components[:-2]), components[-1]
         if components[-2] == "blobs":
-            if not _DIGEST.fullmatch(reference):
+            if not _is_digest(reference):
                 raise HttpError(400, "DIGEST_INVALID", "not a sha256 digest")
             return Route("blob", name, reference)
-        if not (_DIGEST.fullmatch(reference) or _TAG.fullmatch(reference)):
+        if not (_is_digest(reference) or is_valid_tag(reference)):
             raise HttpError(400, "TAG_INVALID", "not a tag or a sha256 digest")
         return Route("manifest", name, reference)
     raise HttpError(404, "NAME_UNKNOWN", "not a Distribution API path")
 
 
 def _name(components: list[str]) -> str:
-    if not all(_COMPONENT.fullmatch(c) for c in components) or len("/".join(components)) > 255:
+    if not all(map(is_repository_component, components)) or len("/".join(components)) > 255:
         raise HttpError(400, "NAME_INVALID", "invalid repository name")
     return "/".join(components)
 
@@ -110,7 +124,7 @@ def _query(text: str) -> tuple[int, str]:
     except ValueError:
         raise HttpError(400, "UNSUPPORTED", "malformed query") from None
     n_text, last = (query.get("n") or [""])[-1], (query.get("last") or [""])[-1]
-    if n_text and not (n_text.isdigit() and len(n_text) <= 9 and int(n_text) > 0):
+    if n_text and not (re.fullmatch(r"[0-9]{1,9}", n_text) and int(n_text) > 0):  # (ASCII)
         raise HttpError(400, "PAGINATION_NUMBER_INVALID", "n must be a positive number")
     return (min(int(n_text), MAX_LIST) if n_text else MAX_LIST), last[:256]
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
@@ -89,15 +89,16 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                     break
 
     def handle_one_request(self) -> None:
-        """BaseHTTPRequestHandler's, with our bounds: the request line at most 8 KiB, at most
-        64 header lines of at most 8 KiB, all read within HEAD_TIMEOUT."""
-        deadline = time.monotonic() + HEAD_TIMEOUT
-        self.connection.settimeout(HEAD_TIMEOUT)
+        """BaseHTTPRequestHandler's, with our bounds: at most HEAD_TIMEOUT idle before a
+        request; then the request line at most 8 KiB, at most 64 header lines of at most
+        8 KiB, all read within HEAD_TIMEOUT however slowly the bytes come."""
         self.close_connection = True
         self.requestline, self.command = "", ""
-        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-        if not self.raw_requestline:
+        self.connection.settimeout(HEAD_TIMEOUT)
+        if not self._peek():
             return
+        deadline = time.monotonic() + HEAD_TIMEOUT
+        self.raw_requestline = self._readline(deadline)
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
             self.requestline = self.raw_requestline[:200].decode("latin-1").rstrip("\r\n")
             self.request_version = "HTTP/1.1"
@@ -107,11 +108,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             head = bytearray()
             for _ in range(MAX_HEADER_LINES + 1):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self.connection.settimeout(left)
-                line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+                line = self._readline(deadline)
                 head += line
                 if line in (b"\r\n", b"\n", b""):
                     break
@@ -127,7 +124,9 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.rfile = rfile
             if not ok:
                 return
-            self.request_version = self.request_version or "HTTP/1.1"
+            if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):  # (0.9 and 1.2 pass it)
+                self.send_error(505)
+                return
             if line not in (b"\r\n", b"\n"):
                 self._send(Answer.error(HttpError(400, "UNSUPPORTED",
                                                   "request head too long or cut short")))
@@ -136,6 +135,29 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             self._answer()
         finally:
             self.server.busy(self, False)
+
+    def _peek(self) -> bytes:
+        """What is buffered, after one read of the socket at most if nothing is (b"": closed).
+        (rfile is StreamRequestHandler's makefile("rb"): a BufferedReader.)"""
+        return cast("io.BufferedReader", self.rfile).peek(1)
+
+    def _readline(self, deadline: float) -> bytes:
+        """A line of at most MAX_REQUEST_LINE + 1 bytes (more: too long), or what came before
+        the end of the stream; TimeoutError once `deadline` passes, whatever trickles in."""
+        line = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request head takes too long")
+            self.connection.settimeout(left)
+            buffered = self._peek()
+            if not buffered:
+                return bytes(line)
+            room = MAX_REQUEST_LINE + 1 - len(line)
+            end = buffered.find(b"\n", 0, room)
+            line += self.rfile.read(end + 1 if end >= 0 else min(len(buffered), room))
+            if end >= 0 or len(line) > MAX_REQUEST_LINE:
+                return bytes(line)
 
     def _answer(self) -> None:
         has_body = (self.headers.get("Transfer-Encoding") is not None
@@ -192,6 +214,9 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             if sent != answer.length:
                 self.close_connection = True
         finally:
+            close = getattr(answer.stream, "close", None)  # (also one never started)
+            if close is not None:
+                close()
             self.server.access(access_line(
                 self.client_address[0], getattr(self, "user", None), time.time(),
                 self.requestline, answer.status, sent))
@@ -313,12 +338,14 @@ class Server(http.server.ThreadingHTTPServer):
         head = (f"HTTP/1.1 503 Service Unavailable\r\n{API_VERSION[0]}: {API_VERSION[1]}\r\n"
                 "Content-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"
                 f"Content-Length: {answer.length}\r\n\r\n").encode()
+        sent = None  # with TLS: closed before the handshake, nothing sent
         with contextlib.suppress(OSError):
             request.settimeout(1.0)
             if not isinstance(request, ssl.SSLSocket):
                 request.sendall(head + answer.body)
+                sent = answer.length
         self.shutdown_request(request)
-        self.access(access_line(host, None, time.time(), "-", 503, answer.length))
+        self.access(access_line(host, None, time.time(), "-", 503, sent))
 
     def shutdown_request(self, request: Any) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from bundler import cosign, signing
 from bundler.digest import CHUNK_SIZE, Digest
+from bundler.distribution import is_valid_tag
 from bundler.errors import IntegrityError, UsageError
 from bundler.layout import BlobRef, External, Model
 from bundler.oci import MEDIA_TYPE_OCI_MANIFEST, Manifest
@@ -24,7 +25,6 @@ from bundler.registry.client import (
     RegistryError,
     Target,
     describe_error,
-    is_valid_tag,
     repository_name,
 )
 from bundler.releases import require_bases

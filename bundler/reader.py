@@ -379,18 +379,26 @@ class BundleReader:
             self._current = (ref, m)
             yield ref, _verified(ref, self._archive.body(), self._on_bytes)
 
+    def _seek_spans(self) -> dict[str, tuple[int, int]] | None:
+        """The members' frames (§7.1), if the writer's seek table is there and the head frames
+        it names are the ones read; else None (then the bundle is read in order)."""
+        if (self._archive.seek_rows() is None or self._spans is None
+                or self._head_bytes != self._head_frame):
+            return None
+        return self._spans
+
     def seekable(self) -> dict[Digest, Seekable] | None:
         """After `read_head()`, for a file (or split parts) with the writer's seek table: each
         config and layer blob's body, read on its own without reading what comes before it
         (every byte still verified). None if the bundle cannot be read that way."""
         assert self._head is not None
-        rows = self._archive.seek_rows()
-        if rows is None or self._spans is None or self._head_bytes != self._head_frame:
+        spans = self._seek_spans()
+        if spans is None:
             return None
         out: dict[Digest, Seekable] = {}
         for ref in self._head.layer_blobs:
             name = blob_member(ref.digest)
-            body = self._archive.member_at(self._spans[name], name, ref.size)
+            body = self._archive.member_at(spans[name], name, ref.size)
             if body is None:
                 return None
             out[ref.digest] = Seekable(ref, body, self._on_bytes)
@@ -402,15 +410,14 @@ class BundleReader:
         config and layer blob's body by byte range (formats/serve-v1.md §3), read on its own
         and not verified (the caller verifies). None if the bundle cannot be read that way."""
         assert self._head is not None
-        rows = self._archive.seek_rows()
-        source = self._archive.positional()
-        if (rows is None or source is None or self._spans is None
-                or self._head_bytes != self._head_frame):
+        rows, source, spans = (self._archive.seek_rows(), self._archive.positional(),
+                               self._seek_spans())
+        if rows is None or source is None or spans is None:
             return None
         out: dict[Digest, MemberBytes] = {}
         for ref in self._head.layer_blobs:
             name = blob_member(ref.digest)
-            member = MemberBytes.of(source, rows, self._spans[name], name, ref.size)
+            member = MemberBytes.of(source, rows, spans[name], name, ref.size)
             if member is None:
                 return None
             out[ref.digest] = member
@@ -438,10 +445,9 @@ class BundleReader:
         last blob are read; without one (a file cut short loses it) every blob is read on
         and verified."""
         assert self._head is not None
-        rows = self._archive.seek_rows()
-        if rows is not None and self._spans is not None \
-                and self._head_bytes == self._head_frame:
-            self._archive.check_end_at(max(end for _, end in self._spans.values()))
+        spans = self._seek_spans()
+        if spans is not None:
+            self._archive.check_end_at(max(end for _, end in spans.values()))
             return
         for _, body in self.blobs():
             for _ in body:

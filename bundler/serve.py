@@ -50,12 +50,16 @@ DRAIN_TIMEOUT = 600.0
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    raw: bytes
-    media_type: str
+    """A manifest served as it is; its digest hashed once, not on every request that names
+    it (a blob request looks up the manifests of its repository too)."""
 
-    @property
-    def digest(self) -> Digest:
-        return Digest.of(self.raw)
+    raw: bytes = field(repr=False)
+    media_type: str
+    digest: Digest
+
+    @classmethod
+    def of(cls, raw: bytes, media_type: str) -> Served:
+        return cls(raw, media_type, Digest.of(raw))
 
 
 class BlobCheck:
@@ -165,27 +169,26 @@ class Catalog:
     _users: int = 0
     _retired: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
 
     def close(self) -> None:
+        self.closed = True
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.stack.close()
 
     def held(self, stream: Iterator[Piece]) -> Iterator[Piece]:
-        """`stream`, with this catalog kept open until it ends (a SIGHUP may retire it)."""
+        """`stream`, with this catalog kept open until it ends or is closed, even unstarted
+        (a SIGHUP may retire the catalog meanwhile)."""
         with self._lock:
             self._users += 1
+        return _Held(stream, self._release)
 
-        def body() -> Iterator[Piece]:
-            try:
-                yield from stream
-            finally:
-                with self._lock:
-                    self._users -= 1
-                    last = self._retired and not self._users
-                if last:
-                    self.close()
-
-        return body()
+    def _release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._retired and not self._users
+        if last:
+            self.close()
 
     def retire(self) -> None:
         """Replaced by a reload: close it once no answer reads from it any more."""
@@ -206,6 +209,33 @@ class Catalog:
         self.repo_blobs.setdefault(repo, set()).update([served.digest, *blobs])
 
 
+class _Held:
+    """An answer's stream that calls `release` once, when it ends, fails or is closed: a
+    generator's `finally` would not run if it is closed before it was started."""
+
+    def __init__(self, stream: Iterator[Piece], release: Callable[[], None]) -> None:
+        self._stream, self._release = stream, release
+        self._open = True
+
+    def __iter__(self) -> _Held:
+        return self
+
+    def __next__(self) -> Piece:
+        try:
+            return next(self._stream)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+            self._release()
+
+
 def bundle_paths(args: Sequence[Path]) -> list[Path]:
     """The bundles that BUNDLE arguments name, found again on every (re)load: a file, the
     first part of a split bundle (its other parts are not bundles of their own), or a
@@ -221,7 +251,7 @@ def bundle_paths(args: Sequence[Path]) -> list[Path]:
     kept = [p for p, sn in names.items() if sn is None or sn[1] == 1 or sn[0] not in firsts]
     if not kept:
         raise NotFoundError("no bundle found in " + ", ".join(map(str, args)))
-    return list(dict.fromkeys(kept))
+    return kept  # (each once: `names` is keyed by path)
 
 
 def load_catalog(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], *,
@@ -239,9 +269,20 @@ def load_catalog(paths: Sequence[Path], trusted: Sequence[signing.PublicKey], *,
     return catalog
 
 
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """The model a repository and tag serve, as far as the bundles read so far go."""
+
+    rank: tuple[str, int]  # (the bundle's signed `created`, its place among the arguments)
+    model: ServedModel
+    served: Served
+    blobs: list[Digest]
+    signatures: Sequence[tuple[bytes, str]]  # its bundle's cosign signatures (§1 step 5)
+
+
 def _load(catalog: Catalog, paths: Sequence[Path], trusted: Sequence[signing.PublicKey],
           target: Target, allow_unsigned: bool, on_event: OnEvent) -> None:
-    chosen: dict[tuple[str, str], tuple[tuple[str, int], ServedModel, Served, list[Digest]]] = {}
+    chosen: dict[tuple[str, str], _Choice] = {}
     heads = []
     for index, path in enumerate(paths):
         f = catalog.stack.enter_context(open_bundle(path))
@@ -259,30 +300,28 @@ def _load(catalog: Catalog, paths: Sequence[Path], trusted: Sequence[signing.Pub
                                                       catalog.pool, on_event)
         heads.append((path, head))
         for item in plan_push(head, target, ()):
-            m = item.model.manifest
-            served = Served(m.raw, m.media_type)
-            model = ServedModel(str(item.model.name), item.repository, item.tag, m.digest,
-                                str(path))
-            key = (item.repository, item.tag)
-            rank = (head.root.created, index)
-            blobs = [b.digest for b in m.blobs]
-            if key in chosen and chosen[key][0] > rank:
+            key, rank = (item.repository, item.tag), (head.root.created, index)
+            if key in chosen and chosen[key].rank > rank:
                 continue
-            if key in chosen and chosen[key][2].digest != served.digest:
+            m = item.model.manifest
+            served = Served.of(m.raw, m.media_type)
+            if key in chosen and chosen[key].served.digest != served.digest:
                 catalog.notes.append(f"note: {item.repository}:{item.tag} from {path} replaces "
-                                     f"the one from {chosen[key][1].bundle} (created later)")
-            chosen[key] = (rank, model, served, blobs)
-            sigs = head.cosign_layers(item.model)
-            if sigs:
-                _add_signatures(catalog, item.repository, m.digest, sigs)
+                                     f"the one from {chosen[key].model.bundle} (created later)")
+            chosen[key] = _Choice(rank, ServedModel(str(item.model.name), item.repository,
+                                                    item.tag, served.digest, str(path)),
+                                  served, [b.digest for b in m.blobs],
+                                  head.cosign_layers(item.model))
     for path, head in heads:  # a delta's left-out blobs, from the other bundles (§1 step 3)
         present = {e.blob.digest for e in head.root.external
                    if isinstance(b := catalog.blobs.get(e.blob.digest), BlobCheck)
                    and b.size == e.blob.size}
         require_bases(head, list(head.models), present, f"the bundles served with {path.name}")
-    for (repo, tag), (_, model, served, blobs) in sorted(chosen.items()):
-        catalog._add(repo, tag, served, blobs)
-        catalog.models.append(model)
+    for (repo, tag), choice in sorted(chosen.items()):  # only what is served is signed (§1.5)
+        catalog._add(repo, tag, choice.served, choice.blobs)
+        catalog.models.append(choice.model)
+        if choice.signatures:
+            _add_signatures(catalog, repo, choice.served.digest, choice.signatures)
 
 
 def _add_signatures(catalog: Catalog, repo: str, digest: Digest,
@@ -293,15 +332,16 @@ def _add_signatures(catalog: Catalog, repo: str, digest: Digest,
     have: list[cosign.Existing] = []
     if existing is not None:
         have = cosign.existing_layers(existing.raw, tag) or []
-    merged = cosign.merge(have, [cosign.Layer(Digest.of(p), len(p), s) for p, s in signatures])
+    payloads = [(Digest.of(p), p, s) for p, s in signatures]  # (one payload, several signers)
+    merged = cosign.merge(have, [cosign.Layer(d, len(p), s) for d, p, s in payloads])
     if merged is None:
         return
     config = cosign.signature_config(merged)
-    for blob in [config, *(p for p, _ in signatures)]:
-        catalog.blobs.setdefault(Digest.of(blob), blob)
+    blobs = {Digest.of(config): config, **{d: p for d, p, _ in payloads}}
+    for digest_, blob in blobs.items():
+        catalog.blobs.setdefault(digest_, blob)
     raw = cosign.signature_manifest(config, merged)
-    catalog._add(repo, tag, Served(raw, MEDIA_TYPE_OCI_MANIFEST),
-                 [Digest.of(config), *(Digest.of(p) for p, _ in signatures)])
+    catalog._add(repo, tag, Served.of(raw, MEDIA_TYPE_OCI_MANIFEST), list(blobs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +414,9 @@ def _blob(catalog: Catalog, r: Route, method: str, path: str, range_header: str 
 # Access (formats/serve-v1.md §6)
 
 
+_NOBODY = bytes(20)  # the SHA-1 of no password
+
+
 def read_htpasswd(path: Path) -> dict[str, bytes]:
     """user -> SHA-1 digest, from lines `user:{SHA}<base64>` (htpasswd -s)."""
     try:
@@ -408,9 +451,10 @@ def authorizer(users: Mapping[str, bytes] | None) -> Callable[[str | None], str 
                 "utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             raise refused from None
-        want = users.get(user)
         got = hashlib.sha1(password.encode(), usedforsecurity=False).digest()
-        if want is None or not hmac.compare_digest(want, got):
+        # an unknown user is compared too (against no password's hash), so that the time an
+        # answer takes does not tell which users exist
+        if not hmac.compare_digest(users.get(user, _NOBODY), got) or user not in users:
             raise refused
         return user
 

@@ -31,6 +31,17 @@ def raw_blocks(pieces: Iterable[bytes | memoryview], total: int) -> Iterator[byt
         yield (1).to_bytes(3, "little")  # one empty last block
 
 
+def raw_block(header: bytes) -> tuple[int, bool] | None:
+    """A block header (RFC 8878 §3.1.1.2) of a raw block as `raw_blocks` writes them: (its
+    size, whether it is the frame's last); None for any other block or a short header."""
+    if len(header) != 3:
+        return None
+    value = int.from_bytes(header, "little")
+    if (value >> 1) & 3 != 0 or value >> 3 > _RAW_BLOCK:
+        return None
+    return value >> 3, bool(value & 1)
+
+
 FRAME_MAX = 1 << 30  # decompressed bytes per frame: the seek table's fields are 32-bit
 SEEK_TABLE_MAGIC = 0x184D2A5E  # a skippable frame (zstd's seekable format)
 SEEKABLE_MAGIC = 0x8F92EAB1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from bundler.digest import Digest
+from bundler.distribution import is_repository_component
 from bundler.errors import NetworkError, UsageError
 from bundler.progress import OnEvent, no_events
 from bundler.registry.transport import RefusedError, Response, TlsError, Transport
@@ -23,9 +24,6 @@ MAX_TRIES = 6
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10  # Go's default http.Client: "stopped after 10 redirects"
-# distribution/reference: path components of a repository name
-_REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -54,7 +52,7 @@ class Target:
                                         host):
             raise UsageError(f"not a registry address: {text!r}",
                              hint="use [http://|https://]host[:port][/namespace]")
-        if namespace and not _REPO_COMPONENT.fullmatch(namespace):
+        if namespace and not is_repository_component(namespace):
             raise UsageError(f"registry namespace {namespace!r} is not one lowercase path "
                              "component", hint="Ollama names have exactly namespace/model")
         return cls(scheme, host.lower(), namespace or None)
@@ -75,7 +73,7 @@ def repository_name(namespace: str, model: str) -> str | None:
     """The Distribution repository for an Ollama namespace/model, lowercased; None if even the
     lowercase form is not a legal repository name."""
     repo = f"{namespace.lower()}/{model.lower()}"
-    ok = all(_REPO_COMPONENT.fullmatch(part) for part in repo.split("/"))
+    ok = all(map(is_repository_component, repo.split("/")))
     return repo if ok else None
 
 
@@ -83,10 +81,6 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """A WWW-Authenticate value as (scheme, {param: value})."""
     kind, _, params = header.partition(" ")
     return kind, dict(_CHALLENGE_PARAM.findall(params))
-
-
-def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG.fullmatch(tag))
 
 
 @dataclass(frozen=True, slots=True)

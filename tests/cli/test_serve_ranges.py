@@ -65,6 +65,10 @@ def test_every_range_is_the_blobs_bytes(tmp_path: Path, keys: Keys, env: dict[st
                 continue
             if frame_max is not None:
                 assert len(member._frames) > 3
+            if level is None and data is blobs["weights"]:  # stored frames: sendfile's spans
+                pieces = list(member.pieces(0, len(data) - 1))
+                file_spans = sum(isinstance(p, FileSpan) for p in pieces)
+                assert len(pieces) > 2 and file_spans == len(pieces), pieces[:3]
             spans = [(0, len(data) - 1), (0, 0), (len(data) - 1, len(data) - 1)]
             spans += [(a, min(len(data) - 1, a + rng.randrange(1, 300_000)))
                       for a in (rng.randrange(len(data)) for _ in range(12))]

@@ -5,6 +5,7 @@ split bundles; the hostile-request catalogue; signals; memory."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -13,15 +14,19 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bundler import httpserve, serve
+from bundler.distribution import Answer
 from tests.support.common import (
     MODEL,
     TEMPLATE,
@@ -316,7 +321,7 @@ def test_a_tampered_weights_blob_is_never_sent_whole(tmp_path: Path, keys: Keys,
         for method in ("GET", "HEAD"):
             status, _, body = _request(method, f"{served.url}/v2/library/bad/blobs/{bad_digest}")
             assert status == 500
-        assert b"BLOB_UNKNOWN" in body or method == "HEAD"
+            assert b"BLOB_UNKNOWN" in body or method == "HEAD"
         # the other model, from the same file, pulls
         _pull(served, "library/good", "latest", pulled)
         assert (pulled / "blobs" / ("sha256-" + hashlib.sha256(good).hexdigest())).read_bytes() \
@@ -541,3 +546,142 @@ def test_htpasswd_is_for_other_clients(tmp_path: Path, bundle_file: Path, keys: 
         with pytest.raises(PullError):
             _pull(served, "library/tiny", "latest", tmp_path / "p")
     assert '127.0.0.1 - alice [' in served.log()
+
+
+@contextlib.contextmanager
+def _http_server(tls: ssl.SSLContext | None = None) -> Iterator[httpserve.Server]:
+    """The HTTP layer alone, in this process, answering `{}` to every request."""
+    server = httpserve.Server(("127.0.0.1", 0), lambda m, t, h: Answer.json({}),
+                              limits=httpserve.Limits(), access=lambda _: None, log=print,
+                              tls=tls)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def test_only_http_1_0_and_1_1_are_served() -> None:
+    """formats/serve-v1.md §2: 505 for any other version, with the status line and headers
+    (http.server itself answers HTTP/0.9 with a bare body and takes HTTP/1.2 as 1.1)."""
+    with _http_server() as server:
+        for request in [b"GET /v2/\r\n\r\n", b"GET /v2/ HTTP/1.2\r\n\r\n",
+                        b"GET /v2/ HTTP/1.9\r\n\r\n", b"GET /v2/ HTTP/2.0\r\n\r\n"]:
+            got = _exchange(server.port, request)
+            assert got.startswith(b"HTTP/1.1 505 "), (request, got[:100])
+            assert b"Docker-Distribution-API-Version: registry/2.0" in got
+        for version in (b"1.0", b"1.1"):
+            got = _exchange(server.port, b"GET /v2/ HTTP/" + version + b"\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 200 "), got[:100]
+
+
+def _client_hello() -> bytes:
+    """The first bytes a TLS client sends (its ClientHello), from Python's own TLS client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="x")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("start", [b"", b"GET /v2/ HTTP/1.1\r\n", b"tls"],
+                         ids=["request-line", "headers", "tls-handshake"])
+def test_a_head_trickled_in_is_cut_at_the_head_timeout(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, start: bytes) -> None:
+    """formats/serve-v1.md §5: the whole request head (and before it a TLS handshake) within
+    the head timeout, however slowly its bytes come (a byte in time for every read is not
+    enough)."""
+    monkeypatch.setattr(httpserve, "HEAD_TIMEOUT", 1.0)
+    tls, trickle = None, b"X" * 20
+    if start == b"tls":
+        make_certs(tmp_path)
+        tls = httpserve.tls_context(tmp_path / "srv.pem", tmp_path / "srv.key")
+        start, trickle = b"", _client_hello()
+        assert len(trickle) > 21
+    with _http_server(tls) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(start or trickle[:1])
+        closed = False
+        for i in range(1, 21):  # 20 x 0.25 s: five times the head timeout, a byte each time
+            time.sleep(0.25)
+            try:
+                s.sendall(trickle[i : i + 1])
+            except OSError:
+                closed = True
+                break
+        if not closed:  # the last byte went out just now: is the connection still open?
+            s.setblocking(False)
+            try:
+                closed = s.recv(65536) == b""
+            except ConnectionResetError:
+                closed = True
+            except BlockingIOError:
+                closed = False
+        assert closed, "the server still waits for the rest of a head trickled in"
+
+
+def test_a_retired_catalog_closes_when_an_answer_never_started_is_dropped() -> None:
+    """formats/serve-v1.md §1 (SIGHUP): the old set's files are closed when the last answer
+    reading from them ends, also one whose client left before its body began (the HTTP layer
+    then closes the stream without taking a piece of it)."""
+    catalog = serve.Catalog()
+    stream = catalog.held(iter([memoryview(b"x")]))
+    catalog.retire()
+    assert not catalog.closed  # an answer still holds it
+    getattr(stream, "close")()  # noqa: B009 - what httpserve does with every stream it ends
+    assert catalog.closed
+
+
+def test_a_replaced_model_leaves_no_signature_tag(tmp_path: Path, keys: Keys,
+                                                  env: dict[str, str]) -> None:
+    """formats/serve-v1.md §1 steps 4 and 5: of one repository and tag in two bundles only the
+    later bundle's model is served, and so only its signature tag (the replaced model's was
+    listed too, for a manifest no longer served, when the older bundle came first)."""
+    paths = []
+    for n in (1, 2):
+        store = tmp_path / f"s{n}"
+        make_model(store, "registry.ollama.ai/library/m/latest", [(MODEL, weights(5_000, seed=n))])
+        paths.append(_export(store, tmp_path / f"b{n}.tar.zst", keys, "--all"))
+    new = hashlib.sha256((tmp_path / "s2/manifests/registry.ollama.ai/library/m/latest")
+                         .read_bytes()).hexdigest()
+    old = hashlib.sha256((tmp_path / "s1/manifests/registry.ollama.ai/library/m/latest")
+                         .read_bytes()).hexdigest()
+    with serving(*map(str, paths), "--trust", str(keys.pub), tmp=tmp_path) as served:
+        status, body, _ = _get(f"{served.url}/v2/library/m/tags/list")
+        assert status == 200 and json.loads(body)["tags"] == ["latest", f"sha256-{new}.sig"]
+        assert _get(f"{served.url}/v2/library/m/manifests/sha256-{old}.sig")[0] == 404
+
+
+def test_a_connection_refused_under_tls_is_logged_with_no_bytes_sent(
+        tmp_path: Path, bundle_file: Path, keys: Keys, env: dict[str, str]) -> None:
+    """formats/serve-v1.md §5, §7: over the limit with TLS the connection is closed before the
+    handshake, so its 503 line in the access log says no body bytes were sent."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certs(certs)
+    log = tmp_path / "access.log"
+    with serving(str(bundle_file), "--trust", str(keys.pub), "--tls-cert", str(certs / "srv.pem"),
+                 "--tls-key", str(certs / "srv.key"), "--max-per-client", "1",
+                 "--access-log", str(log), tmp=tmp_path) as served:
+        host, port = served.netloc.split(":")
+        with socket.create_connection((host, int(port)), timeout=10):
+            time.sleep(0.2)  # (not a timing assertion: lets the server count it)
+            assert _raw(served, b"GET /v2/ HTTP/1.1\r\n\r\n") == b""
+            for _ in range(50):
+                if " 503 " in log.read_text():
+                    break
+                time.sleep(0.1)
+    line = next(x for x in log.read_text().splitlines() if " 503 " in x)
+    assert line.endswith(" 503 -"), line

@@ -58,6 +58,8 @@ def test_routes(method: str, target: str, want: Route) -> None:
     ("GET", "/v2/a/b/other/x", 404, "NAME_UNKNOWN"),
     ("GET", "/v2/_catalog?n=0", 400, "PAGINATION_NUMBER_INVALID"),
     ("GET", "/v2/_catalog?n=abc", 400, "PAGINATION_NUMBER_INVALID"),
+    ("GET", "/v2/_catalog?n=%C2%B2", 400, "PAGINATION_NUMBER_INVALID"),  # "²": isdigit, no int
+    ("GET", "/v2/_catalog?n=%D9%A1", 400, "PAGINATION_NUMBER_INVALID"),  # an Arabic-Indic 1
     ("GET", "/v2/" + "/".join(["a" * 60] * 5) + "/tags/list", 400, "NAME_INVALID"),
 ])
 def test_refused_routes(method: str, target: str, status: int, code: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bundler.distribution import is_valid_tag
 from bundler.errors import UsageError
-from bundler.registry.client import Credentials, Target, is_valid_tag, repository_name
+from bundler.registry.client import Credentials, Target, repository_name
 
 
 @pytest.mark.parametrize(("text", "plain", "expected"), [
