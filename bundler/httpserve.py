@@ -46,8 +46,10 @@ class Cut(Exception):  # noqa: N818 - not an error of ours: the answer stops her
     """Raised by an answer's stream: close the connection without sending the rest."""
 
 
-MAX_CONNECTIONS = 64
-MAX_PER_CLIENT = 32  # Ollama downloads 16 parts of a blob at once (server/download.go)
+# Ollama downloads up to 16 parts of a blob at once (server/download.go numDownloadParts):
+# room for 16 such pulls at once, and for one pull per client address with room to spare
+MAX_CONNECTIONS = 256
+MAX_PER_CLIENT = 32
 
 
 @dataclass(frozen=True, slots=True)
