@@ -46,8 +46,10 @@ class Cut(Exception):  # noqa: N818 - not an error of ours: the answer stops her
     """Raised by an answer's stream: close the connection without sending the rest."""
 
 
-MAX_CONNECTIONS = 64
-MAX_PER_CLIENT = 32  # Ollama downloads 16 parts of a blob at once (server/download.go)
+# Ollama downloads up to 16 parts of a blob at once (server/download.go numDownloadParts):
+# room for 16 such pulls at once, and for one pull per client address with room to spare
+MAX_CONNECTIONS = 256
+MAX_PER_CLIENT = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         return "ollama-bundle-serve"
 
     def setup(self) -> None:
+        self._writable: selectors.BaseSelector | None = None  # made on the first full buffer
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(HEAD_TIMEOUT)
             try:
@@ -79,6 +82,13 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise ConnectionAbortedError from None
         super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self._writable is not None:
+                self._writable.close()
 
     def handle(self) -> None:
         self.close_connection = True
@@ -199,9 +209,11 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.server.count(sent)
                 return
             sent = 0
+            sendfile = (oscompat.features().sendfile
+                        if not isinstance(self.connection, ssl.SSLSocket) else None)
             try:
                 for piece in answer.stream:
-                    n = self._write(piece)
+                    n = self._write(piece, sendfile)
                     sent += n
                     self.server.count(n)
             except Cut:
@@ -221,14 +233,14 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.client_address[0], getattr(self, "user", None), time.time(),
                 self.requestline, answer.status, sent))
 
-    def _write(self, piece: memoryview | FileSpan) -> int:
+    def _write(self, piece: memoryview | FileSpan,
+               sendfile: Callable[[int, int, int, int], int] | None) -> int:
         if not isinstance(piece, FileSpan):
             self.wfile.write(piece)
             return len(piece)
-        sendfile = oscompat.features().sendfile
-        if sendfile is not None and not isinstance(self.connection, ssl.SSLSocket):
+        if sendfile is not None:
             self.wfile.flush()
-            return _sendfile(sendfile, self.connection, piece)
+            return self._sendfile(sendfile, piece)
         done = 0
         while done < piece.length:
             data = oscompat.pread(piece.fd, min(CHUNK_SIZE, piece.length - done),
@@ -237,6 +249,28 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                 raise Cut
             self.wfile.write(data)
             done += len(data)
+        return done
+
+    def _sendfile(self, sendfile: Callable[[int, int, int, int], int], piece: FileSpan) -> int:
+        """os.sendfile of the whole span into the socket, which has a timeout (non-blocking
+        underneath): wait until it can take more, at most SEND_TIMEOUT each time. A body is
+        one span per raw block (formats/bundle-v1.md §7), thousands per GiB: the connection
+        keeps one selector for the waits, made when the socket's buffer is first full."""
+        sock = self.connection
+        done = 0
+        while done < piece.length:
+            try:
+                n = sendfile(sock.fileno(), piece.fd, piece.offset + done, piece.length - done)
+            except BlockingIOError:
+                if self._writable is None:
+                    self._writable = selectors.DefaultSelector()
+                    self._writable.register(sock, selectors.EVENT_WRITE)
+                if not self._writable.select(SEND_TIMEOUT):
+                    raise TimeoutError("the client reads nothing") from None
+                continue
+            if n == 0:
+                raise Cut
+            done += n
         return done
 
     def handle_expect_100(self) -> bool:
@@ -258,24 +292,6 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                                               code, ("malformed request",))[0])))
 
 
-def _sendfile(sendfile: Callable[[int, int, int, int], int], sock: socket.socket,
-              piece: FileSpan) -> int:
-    """os.sendfile of the whole span into a socket with a timeout (non-blocking underneath:
-    wait until it can take more, at most SEND_TIMEOUT each time)."""
-    done = 0
-    with selectors.DefaultSelector() as selector:
-        selector.register(sock, selectors.EVENT_WRITE)
-        while done < piece.length:
-            try:
-                n = sendfile(sock.fileno(), piece.fd, piece.offset + done, piece.length - done)
-            except BlockingIOError:
-                if not selector.select(SEND_TIMEOUT):
-                    raise TimeoutError("the client reads nothing") from None
-                continue
-            if n == 0:
-                raise Cut
-            done += n
-    return done
 
 
 class Server(http.server.ThreadingHTTPServer):

@@ -231,6 +231,28 @@ def test_writes_get_405_and_hostile_requests_clean_errors(
     assert "\\x16\\x03" in served.log()  # control bytes of a request line escaped in the log
 
 
+def test_default_limits_take_eight_ollama_pulls_at_once(tmp_path: Path, bundle_file: Path,
+                                                        keys: Keys, env: dict[str, str]) -> None:
+    """Eight machines pulling a large model at once: Ollama opens up to 16 part downloads per
+    blob, plus the connection its manifest and HEAD came on (server/download.go
+    numDownloadParts). Loopback addresses 127.0.0.2-9 stand for the eight machines."""
+    machines = [f"127.0.0.{i}" for i in range(2, 10)]
+    with serving(str(bundle_file), "--trust", str(keys.pub), tmp=tmp_path) as served:
+        host, port = served.netloc.split(":")
+        held = [socket.create_connection((host, int(port)), timeout=10, source_address=(a, 0))
+                for a in machines for _ in range(17)]
+        try:
+            for address in machines:  # accepted after every held one, so counted after them
+                with socket.create_connection((host, int(port)), timeout=10,
+                                              source_address=(address, 0)) as s:
+                    s.sendall(b"GET /v2/ HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    answer = s.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 200 "), (address, answer[:200])
+        finally:
+            for s in held:
+                s.close()
+
+
 def test_connection_limits(tmp_path: Path, bundle_file: Path, keys: Keys,
                            env: dict[str, str]) -> None:
     with serving(str(bundle_file), "--trust", str(keys.pub), "--max-per-client", "2",
