@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import importlib
 import json
 import os
 import re
@@ -13,27 +14,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
-from tqdm import tqdm
 
 from bundler import (
     __version__,
     config,
-    export,
     httpserve,
     inventory,
     modelkind,
-    ollama_local,
-    parity,
-    pullcheck,
-    push,
-    releases,
-    serve,
     signing,
     split,
-    store_import,
     verify,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
@@ -44,12 +36,51 @@ from bundler.layout import Base, External, ToolRef, format_created
 from bundler.oci import Manifest
 from bundler.progress import format_size, plural
 from bundler.reader import Head, open_bundle
-from bundler.registry import client as registry
-from bundler.registry import connect, transport
-from bundler.registry.connect import RegistryOptions
+from bundler.registry import transport
 from bundler.store import Store
 from bundler.streams import Sink, check_output
 from bundler.trust import trusted_keys
+
+
+class _OnFirstUse:
+    """A module imported when a command first uses one of its names, so that start-up (and
+    `--version`, `ls`, `verify`) does not load what only other commands run: the registry
+    client, the store import, the exporter (README "Performance")."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from bundler import (
+        export,
+        ollama_local,
+        parity,
+        pullcheck,
+        push,
+        releases,
+        serve,
+        store_import,
+    )
+    from bundler.registry import client as registry
+    from bundler.registry import connect
+    from bundler.registry.connect import RegistryOptions
+else:
+    export = _OnFirstUse("bundler.export")
+    ollama_local = _OnFirstUse("bundler.ollama_local")
+    parity = _OnFirstUse("bundler.parity")
+    pullcheck = _OnFirstUse("bundler.pullcheck")
+    push = _OnFirstUse("bundler.push")
+    releases = _OnFirstUse("bundler.releases")
+    serve = _OnFirstUse("bundler.serve")
+    store_import = _OnFirstUse("bundler.store_import")
+    registry = _OnFirstUse("bundler.registry.client")
+    connect = _OnFirstUse("bundler.registry.connect")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,6 +116,8 @@ class Output:
 
     @contextlib.contextmanager
     def progress(self, desc: str, total: int | None = None) -> Iterator[tqdm[Any]]:
+        from tqdm import tqdm  # here, not at the top: only commands with a progress bar load it
+
         with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                   disable=None if not self.quiet else True, file=sys.stderr, leave=False,
                   dynamic_ncols=True) as bar:
@@ -141,7 +174,7 @@ def registry_options(f: Callable[..., None]) -> Callable[..., None]:
                 insecure_skip_tls_verify: bool, client_cert: Path | None,
                 client_key: Path | None, username: str | None, password_stdin: bool,
                 timeout: float, **kwargs: Any) -> None:
-        f(*args, options=RegistryOptions(
+        f(*args, options=connect.RegistryOptions(
             plain_http, ca_cert, insecure_skip_tls_verify, client_cert, client_key, username,
             password_stdin, timeout), **kwargs)
 
@@ -572,7 +605,7 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
 @click.option("--to-registry", "registry_url", metavar="URL",
               help="Push the models into this registry instead of a store: "
                    "[http://|https://]host[:port][/namespace].")
-@click.option("--jobs", type=click.IntRange(1, 32), default=push.DEFAULT_JOBS,
+@click.option("--jobs", type=click.IntRange(1, 32), default=config.DEFAULT_JOBS,
               show_default=True,
               help="With --to-registry: uploads in flight (blobs read on their own through "
                    "the bundle's seek table; from a pipe, one upload at a time).")

@@ -1,6 +1,7 @@
 """Where things live by default: the config directory, the system trust directory and the
 default key (the trust directories are read by bundler.trust). Reads only the environment
-mapping it is given."""
+mapping it is given. And the defaults that --help shows without loading the modules that use
+them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bundler.errors import UsageError
+
+DEFAULT_JOBS = 4  # bundle import --to-registry: uploads in flight (bundler.push)
 
 
 def config_dir(env: Mapping[str, str], home: Path) -> Path:

@@ -1,0 +1,49 @@
+"""Start-up loads only what the command runs (README "Performance"): the CLI module, --help and
+--version load none of the heavy libraries; ls and verify load no HTTP client, ls no progress
+bar. Checked by the modules a real process imported, not by timing it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.common import Keys
+
+HEAVY = {"cryptography", "urllib3", "zstandard", "tqdm"}
+
+
+def imported(*args: str, env: dict[str, str]) -> set[str]:
+    """The top-level packages of every module `python -X importtime -m bundler ARGS` imported
+    (importtime reports each module once, when it is first imported)."""
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "bundler", *args],
+                       capture_output=True, env={**os.environ, **env}, check=False)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    return {line.rsplit("|", 1)[1].strip().split(".")[0]
+            for line in p.stderr.decode().splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_importing_the_cli_loads_no_heavy_library() -> None:
+    code = ("import sys, bundler.cli; print(sorted(m for m in sys.modules "
+            f"if m.split('.')[0] in {sorted(HEAVY)!r}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True)
+    assert p.stdout.strip() == "[]"
+
+
+def test_version_and_help_load_no_heavy_library(env: dict[str, str]) -> None:
+    for args in (["--version"], ["--help"], ["export", "--help"], ["import", "--help"]):
+        names = imported(*args, env=env)
+        assert "click" in names  # (the parse saw the imports)
+        assert not names & HEAVY, (args, sorted(names & HEAVY))
+
+
+def test_ls_and_verify_load_no_http_client(bundle_file: Path, keys: Keys,
+                                           env: dict[str, str]) -> None:
+    names = imported("ls", str(bundle_file), "--trust", str(keys.pub), env=env)
+    assert {"zstandard", "cryptography"} <= names  # it read and checked the bundle
+    assert not names & {"urllib3", "tqdm"}, sorted(names & {"urllib3", "tqdm"})
+    names = imported("verify", str(bundle_file), "--trust", str(keys.pub), "-q", env=env)
+    assert "urllib3" not in names
