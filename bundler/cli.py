@@ -22,7 +22,6 @@ from bundler import (
     __version__,
     config,
     httpserve,
-    inventory,
     modelkind,
     signing,
     split,
@@ -59,6 +58,7 @@ if TYPE_CHECKING:
 
     from bundler import (
         export,
+        inventory,
         ollama_local,
         parity,
         pullcheck,
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from bundler.registry.connect import RegistryOptions
 else:
     export = _OnFirstUse("bundler.export")
+    inventory = _OnFirstUse("bundler.inventory")
     ollama_local = _OnFirstUse("bundler.ollama_local")
     parity = _OnFirstUse("bundler.parity")
     pullcheck = _OnFirstUse("bundler.pullcheck")
