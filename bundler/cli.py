@@ -116,13 +116,27 @@ class Output:
 
 
     @contextlib.contextmanager
-    def progress(self, desc: str, total: int | None = None) -> Iterator[tqdm[Any]]:
-        from tqdm import tqdm  # here, not at the top: only commands with a progress bar load it
+    def progress(self, desc: str, total: int | None = None) -> Iterator[tqdm[Any] | _NoBar]:
+        # tqdm draws nothing when quiet or when stderr is no terminal (its disable=None); then
+        # it is not even loaded (start-up: README "Performance")
+        if self.quiet or (hasattr(sys.stderr, "isatty") and not sys.stderr.isatty()):
+            yield _NoBar()
+            return
+        from tqdm import tqdm
 
         with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                  disable=None if not self.quiet else True, file=sys.stderr, leave=False,
-                  dynamic_ncols=True) as bar:
+                  file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
             yield bar
+
+
+class _NoBar:
+    """The progress bar where none is drawn."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def reset(self, total: int | None = None) -> None:
+        pass
 
 
 class BundlerGroup(click.Group):

@@ -1,6 +1,7 @@
 """Start-up loads only what the command runs (README "Performance"): the CLI module, --help and
---version load none of the heavy libraries; ls and verify load no HTTP client, ls no progress
-bar. Checked by the modules a real process imported, not by timing it."""
+--version load none of the heavy libraries; ls and verify load no HTTP client, and no progress
+bar library when there is no terminal to draw on. Checked by the modules a real process
+imported, not by timing it."""
 
 from __future__ import annotations
 
@@ -40,10 +41,41 @@ def test_version_and_help_load_no_heavy_library(env: dict[str, str]) -> None:
         assert not names & HEAVY, (args, sorted(names & HEAVY))
 
 
-def test_ls_and_verify_load_no_http_client(bundle_file: Path, keys: Keys,
+def test_ls_and_verify_load_no_http_client_and_without_a_terminal_no_progress_bar(bundle_file: Path, keys: Keys,
                                            env: dict[str, str]) -> None:
     names = imported("ls", str(bundle_file), "--trust", str(keys.pub), env=env)
     assert {"zstandard", "cryptography"} <= names  # it read and checked the bundle
     assert not names & {"urllib3", "tqdm"}, sorted(names & {"urllib3", "tqdm"})
-    names = imported("verify", str(bundle_file), "--trust", str(keys.pub), "-q", env=env)
-    assert "urllib3" not in names
+    for quiet in ([], ["-q"]):  # (stderr is a pipe here: tqdm would draw nothing)
+        names = imported("verify", str(bundle_file), "--trust", str(keys.pub), *quiet, env=env)
+        assert "zstandard" in names
+        assert not names & {"urllib3", "tqdm"}, sorted(names & {"urllib3", "tqdm"})
+
+
+def test_a_terminal_still_gets_the_progress_bar(bundle_file: Path, keys: Keys,
+                                                 env: dict[str, str]) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        p = subprocess.run([sys.executable, "-m", "bundler", "verify", str(bundle_file),
+                            "--trust", str(keys.pub)], stdout=subprocess.PIPE, stderr=follower,
+                           env={**os.environ, **env}, check=False, timeout=120)
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other end is closed and everything was read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+    assert p.returncode == 0
+    assert b"verify" in drawn and b"B/s" in drawn, drawn[-500:]
