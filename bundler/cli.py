@@ -21,7 +21,6 @@ import click
 from bundler import (
     __version__,
     config,
-    httpserve,
     modelkind,
     signing,
     split,
@@ -30,7 +29,6 @@ from bundler import (
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.distribution import parse_listen
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
-from bundler.httpserve import Limits
 from bundler.layout import Base, External, ToolRef, format_created
 from bundler.oci import Manifest
 from bundler.progress import format_size, plural
@@ -58,6 +56,7 @@ if TYPE_CHECKING:
 
     from bundler import (
         export,
+        httpserve,
         inventory,
         ollama_local,
         parity,
@@ -72,6 +71,7 @@ if TYPE_CHECKING:
     from bundler.registry.connect import RegistryOptions
 else:
     export = _OnFirstUse("bundler.export")
+    httpserve = _OnFirstUse("bundler.httpserve")
     inventory = _OnFirstUse("bundler.inventory")
     ollama_local = _OnFirstUse("bundler.ollama_local")
     parity = _OnFirstUse("bundler.parity")
@@ -883,7 +883,7 @@ def _listen(_c: click.Context, _p: click.Parameter, value: str) -> tuple[str, in
 @main.command("serve")
 @click.argument("bundles", metavar="BUNDLE...", nargs=-1, required=True,
                 type=click.Path(path_type=Path))
-@click.option("--listen", "listen", default=f"127.0.0.1:{serve.DEFAULT_PORT}", show_default=True,
+@click.option("--listen", "listen", default=f"127.0.0.1:{config.SERVE_PORT}", show_default=True,
               metavar="HOST:PORT", callback=_listen,
               help="Address to listen on (0.0.0.0 for every interface; port 0: any free one).")
 @click.option("--namespace", metavar="NS",
@@ -901,13 +901,13 @@ def _listen(_c: click.Context, _p: click.Parameter, value: str) -> tuple[str, in
                    "through it: it never sends Basic credentials. For other OCI clients only.")
 @click.option("--access-log", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Append the access log (Common Log Format) to FILE instead of stderr.")
-@click.option("--max-connections", type=click.IntRange(1, 1024), default=httpserve.MAX_CONNECTIONS,
+@click.option("--max-connections", type=click.IntRange(1, 1024), default=config.MAX_CONNECTIONS,
               show_default=True, help="Connections served at once.")
-@click.option("--max-per-client", type=click.IntRange(1, 1024), default=httpserve.MAX_PER_CLIENT,
+@click.option("--max-per-client", type=click.IntRange(1, 1024), default=config.MAX_PER_CLIENT,
               show_default=True, help="Connections served at once to one client address "
                                       "(Ollama opens 16 per blob).")
 @click.option("--drain-timeout", type=click.FloatRange(0, 86400),
-              default=serve.DRAIN_TIMEOUT, show_default=True, metavar="SECONDS",
+              default=config.DRAIN_TIMEOUT, show_default=True, metavar="SECONDS",
               help="On SIGTERM, how long downloads in progress may take to finish.")
 @common
 def serve_cmd(bundles: tuple[Path, ...], listen: tuple[str, int], namespace: str | None,
@@ -926,7 +926,7 @@ def serve_cmd(bundles: tuple[Path, ...], listen: tuple[str, int], namespace: str
     out = _output(json_mode, quiet)
     keys = trusted_keys(trust, os.environ, HOME, out.log)
     options = serve.ServeOptions(listen[0], listen[1], namespace, allow_unsigned, tls_cert,
-                                 tls_key, htpasswd, Limits(max_connections, max_per_client),
+                                 tls_key, htpasswd, httpserve.Limits(max_connections, max_per_client),
                                  drain_timeout)
     with contextlib.ExitStack() as stack:
         log = (stack.enter_context(access_log.open("a", encoding="utf-8", buffering=1))

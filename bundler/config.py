@@ -12,6 +12,13 @@ from pathlib import Path
 from bundler.errors import UsageError
 
 DEFAULT_JOBS = 4  # bundle import --to-registry: uploads in flight (bundler.push)
+# bundle serve (bundler.httpserve): Ollama downloads up to 16 parts of a blob at once
+# (server/download.go numDownloadParts): room for 16 such pulls at once, and for one pull per
+# client address with room to spare
+MAX_CONNECTIONS = 256
+MAX_PER_CLIENT = 32
+SERVE_PORT = 5000  # bundle serve --listen (bundler.serve)
+DRAIN_TIMEOUT = 600.0  # bundle serve --drain-timeout, seconds (bundler.serve)
 
 
 def config_dir(env: Mapping[str, str], home: Path) -> Path:

@@ -35,10 +35,13 @@ def test_importing_the_cli_loads_no_heavy_library() -> None:
 
 
 def test_version_and_help_load_no_heavy_library(env: dict[str, str]) -> None:
-    for args in (["--version"], ["--help"], ["export", "--help"], ["import", "--help"]):
+    for args in (["--version"], ["--help"], ["export", "--help"], ["import", "--help"],
+                 ["serve", "--help"]):
         names = imported(*args, env=env)
         assert "click" in names  # (the parse saw the imports)
         assert not names & HEAVY, (args, sorted(names & HEAVY))
+        # nor the standard library's HTTP and TLS (bundle serve's server, the registry client)
+        assert not names & {"http", "ssl"}, (args, sorted(names & {"http", "ssl"}))
 
 
 def test_ls_and_verify_load_no_http_client_and_without_a_terminal_no_progress_bar(bundle_file: Path, keys: Keys,
