@@ -19,9 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Protocol, cast
-
-import zstandard
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
@@ -40,6 +38,12 @@ from bundler.zstdframes import (
     raw_blocks,
     seek_table,
 )
+
+if TYPE_CHECKING:
+    import zstandard
+
+# zstandard is imported by the functions that use it, not here: a command that reads or writes
+# no bundle (--version, keygen, inventory of a store) does not pay for loading it.
 
 BLOCK = 512
 _PAX_SIZE = re.compile(rb"([1-9][0-9]{0,3}) size=(0|[1-9][0-9]{0,19})\n")
@@ -80,6 +84,8 @@ class ArchiveWriter:
         self._written += len(data)
 
     def _cctx(self, level: int) -> zstandard.ZstdCompressor:
+        import zstandard
+
         if level not in self._cctxs:
             self._cctxs[level] = zstandard.ZstdCompressor(
                 level=level, write_checksum=True, write_content_size=True, threads=0)
@@ -92,6 +98,8 @@ class ArchiveWriter:
             for part in raw_blocks(pieces, size):
                 self._write(part)
         else:
+            import zstandard
+
             try:
                 with self._cctx(level).stream_writer(
                     cast("BinaryIO", self), size=size, closefd=False, write_size=CHUNK_SIZE,
@@ -376,6 +384,8 @@ class _Decompressor:
     that offset (the head of a bundle) reads nothing after it."""
 
     def __init__(self, src: BinaryIO) -> None:
+        import zstandard
+
         self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         self._walker = FrameWalker()
         self._source = _WalkedSource(src, self._walker)
@@ -415,6 +425,8 @@ class _Decompressor:
             self._prefetch.close()
 
     def _fill(self, buffer: memoryview) -> int:
+        import zstandard
+
         n = 0
         try:
             while n < len(buffer):
@@ -603,6 +615,8 @@ class ArchiveReader:
         """The frames from compressed offset `offset` up to the seek table hold the
         end-of-archive marker and nothing else, complete (what `next_member()` requires at the
         end, §3): for a reader that reached the end through the seek table."""
+        import zstandard
+
         assert self._file is not None and self._rows
         end = sum(c for c, _ in self._rows)
         if not 0 < end - offset <= CHUNK_SIZE:
@@ -656,6 +670,8 @@ class ArchiveReader:
         """`end()`: where the member's last frame ends, if known (then nothing after it is
         read, not even ahead)."""
         def body(skip: int) -> Iterator[memoryview]:
+            import zstandard
+
             if skip:
                 raw = _raw_from(source, at, len(member.header) + skip, member.size - skip)
                 if raw is not None:  # stored frames: straight to the bytes wanted
@@ -807,6 +823,8 @@ class MemberBytes:
             i += 1
 
     def _decompressed(self, frame: Frame, skip: int, take: int) -> Iterator[memoryview]:
+        import zstandard
+
         reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).stream_reader(
             cast("BinaryIO", _PositionalReader(self._source, frame.offset,
                                                frame.offset + frame.size)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import importlib
 import json
 import os
 import re
@@ -13,43 +14,74 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
-from tqdm import tqdm
 
 from bundler import (
     __version__,
     config,
-    export,
-    httpserve,
-    inventory,
     modelkind,
-    ollama_local,
-    parity,
-    pullcheck,
-    push,
-    releases,
-    serve,
     signing,
     split,
-    store_import,
     verify,
 )
 from bundler.archive import MAX_LEVEL, MIN_LEVEL
 from bundler.distribution import parse_listen
 from bundler.errors import BundlerError, ExitCode, IntegrityError, NotFoundError, UsageError
-from bundler.httpserve import Limits
 from bundler.layout import Base, External, ToolRef, format_created
 from bundler.oci import Manifest
 from bundler.progress import format_size, plural
 from bundler.reader import Head, open_bundle
-from bundler.registry import client as registry
-from bundler.registry import connect, transport
-from bundler.registry.connect import RegistryOptions
+from bundler.registry import transport
 from bundler.store import Store
 from bundler.streams import Sink, check_output
 from bundler.trust import trusted_keys
+
+
+class _OnFirstUse:
+    """A module imported when a command first uses one of its names, so that start-up (and
+    `--version`, `ls`, `verify`) does not load what only other commands run: the registry
+    client, the store import, the exporter (README "Performance")."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from bundler import (
+        export,
+        httpserve,
+        inventory,
+        ollama_local,
+        parity,
+        pullcheck,
+        push,
+        releases,
+        serve,
+        store_import,
+    )
+    from bundler.registry import client as registry
+    from bundler.registry import connect
+    from bundler.registry.connect import RegistryOptions
+else:
+    export = _OnFirstUse("bundler.export")
+    httpserve = _OnFirstUse("bundler.httpserve")
+    inventory = _OnFirstUse("bundler.inventory")
+    ollama_local = _OnFirstUse("bundler.ollama_local")
+    parity = _OnFirstUse("bundler.parity")
+    pullcheck = _OnFirstUse("bundler.pullcheck")
+    push = _OnFirstUse("bundler.push")
+    releases = _OnFirstUse("bundler.releases")
+    serve = _OnFirstUse("bundler.serve")
+    store_import = _OnFirstUse("bundler.store_import")
+    registry = _OnFirstUse("bundler.registry.client")
+    connect = _OnFirstUse("bundler.registry.connect")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,11 +116,27 @@ class Output:
 
 
     @contextlib.contextmanager
-    def progress(self, desc: str, total: int | None = None) -> Iterator[tqdm[Any]]:
+    def progress(self, desc: str, total: int | None = None) -> Iterator[tqdm[Any] | _NoBar]:
+        # tqdm draws nothing when quiet or when stderr is no terminal (its disable=None); then
+        # it is not even loaded (start-up: README "Performance")
+        if self.quiet or (hasattr(sys.stderr, "isatty") and not sys.stderr.isatty()):
+            yield _NoBar()
+            return
+        from tqdm import tqdm
+
         with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                  disable=None if not self.quiet else True, file=sys.stderr, leave=False,
-                  dynamic_ncols=True) as bar:
+                  file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
             yield bar
+
+
+class _NoBar:
+    """The progress bar where none is drawn."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def reset(self, total: int | None = None) -> None:
+        pass
 
 
 class BundlerGroup(click.Group):
@@ -141,7 +189,7 @@ def registry_options(f: Callable[..., None]) -> Callable[..., None]:
                 insecure_skip_tls_verify: bool, client_cert: Path | None,
                 client_key: Path | None, username: str | None, password_stdin: bool,
                 timeout: float, **kwargs: Any) -> None:
-        f(*args, options=RegistryOptions(
+        f(*args, options=connect.RegistryOptions(
             plain_http, ca_cert, insecure_skip_tls_verify, client_cert, client_key, username,
             password_stdin, timeout), **kwargs)
 
@@ -572,7 +620,7 @@ def verify_cmd(bundle_path: str, trust: tuple[Path, ...], allow_unsigned: bool,
 @click.option("--to-registry", "registry_url", metavar="URL",
               help="Push the models into this registry instead of a store: "
                    "[http://|https://]host[:port][/namespace].")
-@click.option("--jobs", type=click.IntRange(1, 32), default=push.DEFAULT_JOBS,
+@click.option("--jobs", type=click.IntRange(1, 32), default=config.DEFAULT_JOBS,
               show_default=True,
               help="With --to-registry: uploads in flight (blobs read on their own through "
                    "the bundle's seek table; from a pipe, one upload at a time).")
@@ -835,7 +883,7 @@ def _listen(_c: click.Context, _p: click.Parameter, value: str) -> tuple[str, in
 @main.command("serve")
 @click.argument("bundles", metavar="BUNDLE...", nargs=-1, required=True,
                 type=click.Path(path_type=Path))
-@click.option("--listen", "listen", default=f"127.0.0.1:{serve.DEFAULT_PORT}", show_default=True,
+@click.option("--listen", "listen", default=f"127.0.0.1:{config.SERVE_PORT}", show_default=True,
               metavar="HOST:PORT", callback=_listen,
               help="Address to listen on (0.0.0.0 for every interface; port 0: any free one).")
 @click.option("--namespace", metavar="NS",
@@ -853,13 +901,13 @@ def _listen(_c: click.Context, _p: click.Parameter, value: str) -> tuple[str, in
                    "through it: it never sends Basic credentials. For other OCI clients only.")
 @click.option("--access-log", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Append the access log (Common Log Format) to FILE instead of stderr.")
-@click.option("--max-connections", type=click.IntRange(1, 1024), default=httpserve.MAX_CONNECTIONS,
+@click.option("--max-connections", type=click.IntRange(1, 1024), default=config.MAX_CONNECTIONS,
               show_default=True, help="Connections served at once.")
-@click.option("--max-per-client", type=click.IntRange(1, 1024), default=httpserve.MAX_PER_CLIENT,
+@click.option("--max-per-client", type=click.IntRange(1, 1024), default=config.MAX_PER_CLIENT,
               show_default=True, help="Connections served at once to one client address "
                                       "(Ollama opens 16 per blob).")
 @click.option("--drain-timeout", type=click.FloatRange(0, 86400),
-              default=serve.DRAIN_TIMEOUT, show_default=True, metavar="SECONDS",
+              default=config.DRAIN_TIMEOUT, show_default=True, metavar="SECONDS",
               help="On SIGTERM, how long downloads in progress may take to finish.")
 @common
 def serve_cmd(bundles: tuple[Path, ...], listen: tuple[str, int], namespace: str | None,
@@ -878,7 +926,7 @@ def serve_cmd(bundles: tuple[Path, ...], listen: tuple[str, int], namespace: str
     out = _output(json_mode, quiet)
     keys = trusted_keys(trust, os.environ, HOME, out.log)
     options = serve.ServeOptions(listen[0], listen[1], namespace, allow_unsigned, tls_cert,
-                                 tls_key, htpasswd, Limits(max_connections, max_per_client),
+                                 tls_key, htpasswd, httpserve.Limits(max_connections, max_per_client),
                                  drain_timeout)
     with contextlib.ExitStack() as stack:
         log = (stack.enter_context(access_log.open("a", encoding="utf-8", buffering=1))

@@ -1,6 +1,7 @@
 """Where things live by default: the config directory, the system trust directory and the
 default key (the trust directories are read by bundler.trust). Reads only the environment
-mapping it is given."""
+mapping it is given. And the defaults that --help shows without loading the modules that use
+them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bundler.errors import UsageError
+
+DEFAULT_JOBS = 4  # bundle import --to-registry: uploads in flight (bundler.push)
+# bundle serve (bundler.httpserve): Ollama downloads up to 16 parts of a blob at once
+# (server/download.go numDownloadParts): room for 16 such pulls at once, and for one pull per
+# client address with room to spare
+MAX_CONNECTIONS = 256
+MAX_PER_CLIENT = 32
+SERVE_PORT = 5000  # bundle serve --listen (bundler.serve)
+DRAIN_TIMEOUT = 600.0  # bundle serve --drain-timeout, seconds (bundler.serve)
 
 
 def config_dir(env: Mapping[str, str], home: Path) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from bundler import oscompat
+from bundler.config import MAX_CONNECTIONS, MAX_PER_CLIENT
 from bundler.digest import CHUNK_SIZE
 from bundler.distribution import (
     API_VERSION,
@@ -46,10 +47,6 @@ class Cut(Exception):  # noqa: N818 - not an error of ours: the answer stops her
     """Raised by an answer's stream: close the connection without sending the rest."""
 
 
-# Ollama downloads up to 16 parts of a blob at once (server/download.go numDownloadParts):
-# room for 16 such pulls at once, and for one pull per client address with room to spare
-MAX_CONNECTIONS = 256
-MAX_PER_CLIENT = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from bundler import cosign, signing
+from bundler.config import DEFAULT_JOBS
 from bundler.digest import CHUNK_SIZE, Digest
 from bundler.distribution import is_valid_tag
 from bundler.errors import IntegrityError, UsageError
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from bundler.pullcheck import RegistryCheck
 
 UPLOAD_CHUNK = 32 * CHUNK_SIZE  # PATCH size for large blobs; smaller blobs go in one PUT
-DEFAULT_JOBS = 4  # uploads in flight
 PARALLEL_MAX = 64 * CHUNK_SIZE  # blobs up to this size may be read twice, for parallel upload
 EMPTY_BLOB = Digest.of(b"")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from bundler import cosign, signing
 from bundler.archive import MemberBytes
+from bundler.config import DRAIN_TIMEOUT, SERVE_PORT
 from bundler.digest import Digest
 from bundler.distribution import (
     Answer,
@@ -44,8 +45,7 @@ from bundler.releases import require_bases
 from bundler.split import split_name
 
 CHECKERS = 2  # blobs whose digest is checked at once
-DEFAULT_PORT = 5000
-DRAIN_TIMEOUT = 600.0
+DEFAULT_PORT = SERVE_PORT
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,20 +11,17 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from typing import TYPE_CHECKING
 
 from bundler import oscompat
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 
-_ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)  # RFC 6979
-_VERIFY = ec.ECDSA(hashes.SHA256())
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography is imported by the functions that use it, not here: a command that handles no
+# key or signature (--version, an unsigned bundle's ls without trusted keys) does not pay for
+# loading it.
 _P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # group order
 
 
@@ -42,6 +39,8 @@ class PrivateKey:
 
 
 def _keyid(key: ec.EllipticCurvePublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
@@ -51,11 +50,15 @@ def _public(key: ec.EllipticCurvePublicKey, source: str) -> PublicKey:
 
 
 def generate() -> PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     return PrivateKey(key, _public(key.public_key(), "new key"))
 
 
 def private_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase
         else serialization.NoEncryption()
@@ -66,6 +69,8 @@ def private_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
 
 
 def public_pem(key: PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo,
     )
@@ -77,6 +82,10 @@ def is_encrypted_pem(data: bytes) -> bool:
 
 
 def load_private(data: bytes, passphrase: bytes | None, source: str) -> PrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key = serialization.load_pem_private_key(data, password=passphrase or None)
     except TypeError:
@@ -95,6 +104,10 @@ def load_private(data: bytes, passphrase: bytes | None, source: str) -> PrivateK
 
 
 def load_public(data: bytes, source: str) -> PublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
@@ -171,7 +184,15 @@ def write_key_pair(prefix: Path, key: PrivateKey, passphrase: bytes | None) -> t
 
 def sign(key: PrivateKey, payload: bytes) -> bytes:
     """The signature member's content: base64 of the low-s DER signature over payload."""
-    r, s = decode_dss_signature(key.key.sign(payload, _ECDSA))
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+
+    deterministic = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)  # RFC 6979
+    r, s = decode_dss_signature(key.key.sign(payload, deterministic))
     if s > _P256_N // 2:
         s = _P256_N - s
     return base64.b64encode(encode_dss_signature(r, s))
@@ -180,6 +201,11 @@ def sign(key: PrivateKey, payload: bytes) -> bytes:
 def decode(signature_b64: bytes, what: str) -> bytes:
     """The DER signature in a signature member; IntegrityError unless it is well formed
     (formats/signature-v1.md §3: standard base64 of a DER ECDSA-Sig-Value)."""
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+
     try:
         der = base64.b64decode(signature_b64, validate=True)
         r, s = decode_dss_signature(der)
@@ -194,8 +220,12 @@ def decode(signature_b64: bytes, what: str) -> bytes:
 
 def verify(key: PublicKey, payload: bytes, der: bytes) -> bool:
     """True if `der` is key's signature over payload."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
-        key.key.verify(der, payload, _VERIFY)
+        key.key.verify(der, payload, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
     return True

@@ -4,18 +4,19 @@ environment, timeouts. The only urllib3 user; everything above it sees `Response
 from __future__ import annotations
 
 import copy
-import ssl
-import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 from urllib.parse import urlsplit
 
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-
 from bundler.errors import IntegrityError, NetworkError, UsageError
+
+if TYPE_CHECKING:
+    import urllib3
+
+# urllib3 (and ssl, urllib.request) are imported by the functions that use them, not here: a
+# command that makes no HTTP request does not pay for loading them.
 
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 300.0  # a registry may hash a multi-GB blob before it answers the final PUT
@@ -58,6 +59,8 @@ class Response:
 
     def stream(self, size: int) -> Iterator[bytes]:
         """The body, read in chunks, for responses opened with stream=True."""
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         assert self._raw is not None
         try:
             yield from self._raw.stream(size)
@@ -74,6 +77,10 @@ class Transport:
                  read_timeout: float = READ_TIMEOUT) -> None:
         """`read_timeout`: seconds of silence from the server before a request fails (and is
         retried by the caller)."""
+        import ssl
+
+        import urllib3
+
         kw: dict[str, object] = {"num_pools": 8, "maxsize": 8, "retries": False,
                                  "timeout": urllib3.Timeout(connect=CONNECT_TIMEOUT,
                                                             read=read_timeout)}
@@ -109,6 +116,10 @@ class Transport:
 
     def _pool(self, url: str) -> urllib3.PoolManager:
         """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as the standard library reads them."""
+        import urllib.request
+
+        import urllib3
+
         parts = urlsplit(url)
         proxy = urllib.request.getproxies().get(parts.scheme)
         if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
@@ -124,6 +135,9 @@ class Transport:
     ) -> Response:
         """One request, no retries and no redirects followed (the caller decides). An
         iterable body is streamed; give its Content-Length in `headers`."""
+        import urllib3
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         # urllib3 applies the connect timeout while it sends a body: give a request with a
         # body as long as the read timeout (a registry may stop reading while it writes)
         timeout = (urllib3.Timeout(connect=self._read_timeout, read=self._read_timeout)
@@ -173,6 +187,8 @@ _PLAIN_HTTP_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "record l
 
 def _speaks_plain_http(error: BaseException) -> bool:
     """Whether a TLS failure is OpenSSL reading a plain-HTTP answer as a TLS record."""
+    import ssl
+
     seen: BaseException | None = error
     for _ in range(8):  # the ssl.SSLError is somewhere in urllib3's chain of causes
         if seen is None:
@@ -201,6 +217,9 @@ def get_local(url: str, *, timeout: float = LOCAL_TIMEOUT, limit: int = 16 * 102
               ) -> Response:
     """One GET to a server on this machine (a local Ollama's API): no proxy, no retries,
     short timeouts, the body cut at `limit` bytes. NetworkError if nothing answers."""
+    import urllib3
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
     pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=timeout,
                                                                       read=timeout))
     try:
@@ -221,6 +240,8 @@ def _bounded(raw: urllib3.BaseHTTPResponse, method: str, url: str) -> bytes:
     read to tell. A longer document is an error (OversizedAnswerError); a longer error body is cut
     at ERROR_ANSWER_LIMIT (its status is what counts). The connection of an answer not read
     to its end is closed, not reused."""
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
     limit = ANSWER_LIMIT if raw.status < 300 else ERROR_ANSWER_LIMIT
     try:
         body = raw.read(limit + 1)
@@ -244,12 +265,16 @@ class _Body:
         self._raw, self._url = raw, url
 
     def readinto(self, buffer: memoryview) -> int:
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         try:
             return self._raw.readinto(buffer)
         except Urllib3Error as e:
             raise NetworkError(f"reading {_redact(self._url)} failed: {e}") from None
 
     def read(self, n: int = -1) -> bytes:
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         try:
             return self._raw.read(None if n < 0 else n)
         except Urllib3Error as e:
