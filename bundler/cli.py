@@ -720,7 +720,7 @@ def _push(bundle_path: str, url: str, keys: Sequence[signing.PublicKey], allow_u
                                   jobs=jobs,
                                   on_total=lambda n: bar.reset(total=n), on_bytes=bar.update,
                                   on_event=out.log)
-    pullcheck.check_pushed(client, result)
+    checked = pullcheck.check_pushed(client, result.items)
     lines = [_signers_text(result.head)]
     lines += [f"  {i.model.name.display_shortest():40} -> {i.pull_name(client.target)}"
               + ("  (renamed: registries want lowercase)" if i.renamed(client.target) else "")
@@ -731,13 +731,13 @@ def _push(bundle_path: str, url: str, keys: Sequence[signing.PublicKey], allow_u
     if result.head.registry_signatures:
         lines.append(f"cosign signatures: {result.cosign_signatures} added to sha256-<digest>.sig"
                      f" tags (signers {', '.join(d.keyid[:16] for d in result.head.registry_signatures)})")
-    lines += [line for c in result.checks for line in _check_text(c)]
-    if result.checks:
-        lines.append(pullcheck.probed_text(len(result.checks), len(result.items),
+    lines += [line for c in checked.checks for line in _check_text(c)]
+    if checked.checks:
+        lines.append(pullcheck.probed_text(len(checked.checks), len(result.items),
                                            "pushed models"))
     lines += ["colleagues pull with:", *(f"  {c}" for c in result.commands)]
-    lines += [f"  note for {n}: {note}" for n, note in result.case_notes.items()]
-    out.result("\n".join(lines), result.to_json())
+    lines += [f"  note for {n}: {note}" for n, note in checked.case_notes.items()]
+    out.result("\n".join(lines), checked.to_json(result.to_json()))
 
 
 def _check_text(check: pullcheck.RegistryCheck | None) -> list[str]:

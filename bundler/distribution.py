@@ -1,6 +1,7 @@
 """The read part of the Distribution API as `bundle serve` answers it (formats/serve-v1.md):
 routes, path and name checks, `Range`, which frames of a member hold a byte range, error
-bodies and the access-log line. Pure: no I/O."""
+bodies and the access-log line; and the names a model gets in a registry (`Target`,
+`plan_push`), for `import --to-registry`, `check-registry` and `bundle serve`. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from bundler.digest import Digest
-from bundler.errors import IntegrityError
+from bundler.errors import IntegrityError, UsageError
+from bundler.layout import Model
+from bundler.oci import MEDIA_TYPE_DOCKER_MANIFEST
+from bundler.reference import pick
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 MAX_REQUEST_LINE = 8 * 1024
@@ -43,6 +47,94 @@ def _is_digest(text: str) -> bool:
     except IntegrityError:
         return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A registry given as [http://|https://]host[:port][/namespace]."""
+
+    scheme: str
+    host: str  # host[:port]
+    namespace: str | None
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    @classmethod
+    def parse(cls, text: str, *, plain_http: bool = False) -> Target:
+        scheme = "http" if plain_http else "https"
+        rest = text
+        for prefix in ("http://", "https://"):
+            if text.lower().startswith(prefix):
+                scheme, rest = prefix[:-3], text[len(prefix):]
+                break
+        host, _, namespace = rest.strip("/").partition("/")
+        if not host or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9a-fA-F:]+\](:[0-9]{1,5})?",
+                                        host):
+            raise UsageError(f"not a registry address: {text!r}",
+                             hint="use [http://|https://]host[:port][/namespace]")
+        if namespace and not is_repository_component(namespace):
+            raise UsageError(f"registry namespace {namespace!r} is not one lowercase path "
+                             "component", hint="Ollama names have exactly namespace/model")
+        return cls(scheme, host.lower(), namespace or None)
+
+    def repository(self, namespace: str, model: str) -> str | None:
+        """Where the model namespace/model lives in this registry: the URL's namespace if it
+        has one, else the model's own, lowercased (`repository_name`). The one mapping for
+        `import --to-registry`, `export --from-registry --mirror`, `inventory --registry`
+        (`holds`) and `check-registry`."""
+        return repository_name(self.namespace or namespace, model)
+
+    def holds(self, repository: str) -> bool:
+        """Whether `repository` is one `repository()` can give: under the URL's namespace."""
+        return self.namespace is None or repository.startswith(f"{self.namespace}/")
+
+
+def repository_name(namespace: str, model: str) -> str | None:
+    """The Distribution repository for an Ollama namespace/model, lowercased; None if even the
+    lowercase form is not a legal repository name."""
+    repo = f"{namespace.lower()}/{model.lower()}"
+    ok = all(map(is_repository_component, repo.split("/")))
+    return repo if ok else None
+
+
+@dataclass(frozen=True, slots=True)
+class PushItem:
+    model: Model
+    repository: str
+    tag: str
+
+    def pull_name(self, target: Target) -> str:
+        return f"{target.host}/{self.repository}:{self.tag}"
+
+    def renamed(self, target: Target) -> bool:
+        """True if Distribution's rules changed the name (not just the namespace we chose)."""
+        namespace = target.namespace or self.model.name.namespace
+        return f"{namespace}/{self.model.name.model}" != self.repository
+
+
+def plan_push(models: Sequence[Model], target: Target, only: Sequence[str]) -> list[PushItem]:
+    """Where each model goes: <host>/<namespace from the URL, else its own>/<model>:<tag>,
+    lowercased where Distribution requires it."""
+    models = list(models)
+    if only:
+        wanted = set(pick(only, [m.name for m in models], "the bundle"))
+        models = [m for m in models if m.name in wanted]
+    items: dict[tuple[str, str], PushItem] = {}
+    for m in models:
+        repo = target.repository(m.name.namespace, m.name.model)
+        if repo is None or not is_valid_tag(m.name.tag):
+            raise UsageError(f"{m.name} cannot be named in a Distribution registry",
+                             hint="import it into a store instead, or rename it with 'ollama cp'")
+        key = (repo, m.name.tag)
+        if key in items:
+            raise UsageError(f"{m.name} and {items[key].model.name} would both be {repo}:"
+                             f"{m.name.tag}", hint="push them to different namespaces with --only")
+        if m.manifest.media_type != MEDIA_TYPE_DOCKER_MANIFEST:
+            raise UsageError(f"{m.name}: Ollama pulls only Docker schema2 manifests")
+        items[key] = PushItem(m, repo, m.name.tag)
+    return list(items.values())
 
 
 class HttpError(Exception):

@@ -51,14 +51,13 @@ from bundler.progress import (
     no_progress,
     plural,
 )
-from bundler.reader import open_bundle
+from bundler.reader import open_bundle, read_through
 from bundler.reference import ModelName, pick
 from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client, describe_error
 from bundler.registry.transport import Response
 from bundler.split import Part, SplitOutput
 from bundler.store import Store
 from bundler.streams import ReadAhead, Sink, open_output
-from bundler.verify import verify_bundle
 from bundler.zstdframes import seek_table
 
 TOOL_NAME = "ollama-bundle"
@@ -355,9 +354,9 @@ def write_bundle(plan: ExportPlan, output: str | Sink, options: WriteOptions, *,
                  f"{plural(len(files), 'file')}")
     if options.verify_after_write:
         with open_bundle(Path(written)) as f, meters("verify", None) as bar:
-            verify_bundle(f, [k.public for k in options.keys],
-                          allow_unsigned=not options.keys,
-                          on_total=lambda n: bar.reset(n), on_bytes=bar.update)
+            read_through(f, [k.public for k in options.keys],
+                         allow_unsigned=not options.keys,
+                         on_total=lambda n: bar.reset(n), on_bytes=bar.update)
         on_event(f"verified {written} after writing")
     return Written(result, output, written, parts, options.verify_after_write)
 

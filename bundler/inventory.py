@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bundler.digest import Digest
-from bundler.errors import IntegrityError
-from bundler.layout import BlobRef, check_created
+from bundler.errors import IntegrityError, NotFoundError
+from bundler.layout import BlobRef, Model, Root, check_created
 from bundler.oci import get, get_size, load_json
+from bundler.progress import format_size, plural
 
 MEDIA_TYPE_INVENTORY = "application/vnd.ollama-bundle.inventory.v1+json"
 
@@ -98,3 +99,35 @@ def release_of_inventory(inv: Inventory, label: str) -> Release:
     return Release(label, {m.name: m.digest for m in inv.models},
                    {b.digest: b.size for b in inv.blobs})
 
+
+def require_bases(root: Root, models: Sequence[Model], present: set[Digest], where: str) -> None:
+    """formats/bundle-v1.md §4.3: every blob a delta bundle leaves out that these models need
+    must already be in the target; else name them, who needs them and which release had them."""
+    needed = {b.digest for m in models for b in m.manifest.blobs}
+    missing = [e for e in root.external if e.blob.digest in needed
+               and e.blob.digest not in present]
+    if not missing:
+        return
+    parts = []
+    for e in missing[:3]:
+        users = sorted({m.name.display_shortest() for m in models
+                        if any(b.digest == e.blob.digest for b in m.manifest.blobs)})
+        base = root.bases[e.base]
+        had = "listed by the inventory" if base.media_type == MEDIA_TYPE_INVENTORY else "carried by"
+        parts.append(f"{e.blob.digest.short} ({format_size(e.blob.size)}, for {', '.join(users)}; "
+                     f"{had} {base.describe()})")
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    # the releases to import, oldest first (a chain of deltas is imported in that order); an
+    # inventory is no release: it only said the target had these blobs
+    bases = sorted({root.bases[e.base] for e in missing}, key=lambda b: (b.created, b.name))
+    bundles = [b.name for b in bases if b.media_type != MEDIA_TYPE_INVENTORY]
+    inventories = [b.name for b in bases if b.media_type == MEDIA_TYPE_INVENTORY]
+    steps = [f"import {', then '.join(bundles)} there first"] if bundles else []
+    if inventories:
+        steps.append(f"import the release that brought what {', '.join(inventories)} listed, "
+                     "or use a full bundle (export without --base)")
+    raise NotFoundError(
+        f"this delta bundle leaves out {plural(len(missing), 'blob')} that {where} does not "
+        "have: "
+        + "; ".join(parts) + more,
+        hint=f"{'; or '.join(steps)}; or leave these models out with --only")

@@ -13,15 +13,14 @@ from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from bundler.digest import Digest
+from bundler.distribution import PushItem, Target
 from bundler.errors import IntegrityError, UsageError
-from bundler.push import PushItem, PushResult
 from bundler.reference import ModelName
 from bundler.registry.client import (
     MAX_REDIRECTS,
     MEDIA_TYPE_DOCKER_MANIFEST,
     Client,
     RegistryError,
-    Target,
     parse_challenge,
 )
 from bundler.registry.listing import EndlessListError, model_tags
@@ -184,15 +183,38 @@ def _ollama_manifest_error(resp: Response) -> str:
     return f"pull model manifest: {resp.status}: {resp.body[:200].decode(errors='replace')}"
 
 
-def check_pushed(client: Client, result: PushResult) -> None:
+@dataclass(slots=True)
+class PushCheck:
+    """What `check_pushed` found after a push."""
+
+    checks: list[RegistryCheck]  # one per pushed model, at most MAX_PROBES
+    case_notes: dict[str, str]  # pull name -> `case_note`, for the renamed models
+
+    @property
+    def check(self) -> RegistryCheck | None:
+        """The verdict: the first probe that failed, else the first."""
+        return next((c for c in self.checks if not c.ok), next(iter(self.checks), None))
+
+    def to_json(self, pushed: Mapping[str, Any]) -> dict[str, Any]:
+        """The push's own JSON (`PushResult.to_json`) with what was found: each model's case
+        note, then the verdict, every probe and how many there were."""
+        return {**pushed,
+                "models": [{**m, "caseNote": self.case_notes.get(m["pushedAs"])}
+                           for m in pushed["models"]],
+                "check": None if self.check is None else self.check.to_json(),
+                "checks": [c.to_json() for c in self.checks], "probed": len(self.checks)}
+
+
+def check_pushed(client: Client, items: Sequence[PushItem]) -> PushCheck:
     """After a push: probe each pushed model (at most MAX_PROBES) as `ollama pull` would
     (`check_registry`), and note for each renamed model what a colleague whose store spells
     it otherwise sees (`case_note`)."""
-    result.checks = [check_registry(client, item.repository, item.tag)
-                     for item in result.items[:MAX_PROBES]]
-    for item in result.items:
+    checks = [check_registry(client, item.repository, item.tag) for item in items[:MAX_PROBES]]
+    notes = {}
+    for item in items:
         if item.renamed(client.target) and (note := case_note(client, item)):
-            result.case_notes[item.pull_name(client.target)] = note
+            notes[item.pull_name(client.target)] = note
+    return PushCheck(checks, notes)
 
 
 def probed_text(probed: int, found: int | None, what: str) -> str:

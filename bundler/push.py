@@ -7,31 +7,24 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from bundler import cosign, signing
 from bundler.config import DEFAULT_JOBS
 from bundler.digest import CHUNK_SIZE, Digest
-from bundler.distribution import is_valid_tag
-from bundler.errors import IntegrityError, UsageError
-from bundler.layout import BlobRef, External, Model
+from bundler.distribution import PushItem, Target, plan_push, repository_name
+from bundler.errors import IntegrityError
+from bundler.inventory import require_bases
+from bundler.layout import BlobRef, External
 from bundler.oci import MEDIA_TYPE_OCI_MANIFEST, Manifest
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head, Reread
-from bundler.reference import pick
 from bundler.registry.client import (
-    MEDIA_TYPE_DOCKER_MANIFEST,
     Client,
     EmptyBlobError,
     RegistryError,
-    Target,
     describe_error,
-    repository_name,
 )
-from bundler.releases import require_bases
-
-if TYPE_CHECKING:
-    from bundler.pullcheck import RegistryCheck
 
 UPLOAD_CHUNK = 32 * CHUNK_SIZE  # PATCH size for large blobs; smaller blobs go in one PUT
 PARALLEL_MAX = 64 * CHUNK_SIZE  # blobs up to this size may be read twice, for parallel upload
@@ -82,44 +75,6 @@ class _Uploads:
             future.result()
 
 
-@dataclass(frozen=True, slots=True)
-class PushItem:
-    model: Model
-    repository: str
-    tag: str
-
-    def pull_name(self, target: Target) -> str:
-        return f"{target.host}/{self.repository}:{self.tag}"
-
-    def renamed(self, target: Target) -> bool:
-        """True if Distribution's rules changed the name (not just the namespace we chose)."""
-        namespace = target.namespace or self.model.name.namespace
-        return f"{namespace}/{self.model.name.model}" != self.repository
-
-
-def plan_push(head: Head, target: Target, only: Sequence[str]) -> list[PushItem]:
-    """Where each model goes: <host>/<namespace from the URL, else its own>/<model>:<tag>,
-    lowercased where Distribution requires it."""
-    models = list(head.models)
-    if only:
-        wanted = set(pick(only, [m.name for m in models], "the bundle"))
-        models = [m for m in models if m.name in wanted]
-    items: dict[tuple[str, str], PushItem] = {}
-    for m in models:
-        repo = target.repository(m.name.namespace, m.name.model)
-        if repo is None or not is_valid_tag(m.name.tag):
-            raise UsageError(f"{m.name} cannot be named in a Distribution registry",
-                             hint="import it into a store instead, or rename it with 'ollama cp'")
-        key = (repo, m.name.tag)
-        if key in items:
-            raise UsageError(f"{m.name} and {items[key].model.name} would both be {repo}:"
-                             f"{m.name.tag}", hint="push them to different namespaces with --only")
-        if m.manifest.media_type != MEDIA_TYPE_DOCKER_MANIFEST:
-            raise UsageError(f"{m.name}: Ollama pulls only Docker schema2 manifests")
-        items[key] = PushItem(m, repo, m.name.tag)
-    return list(items.values())
-
-
 @dataclass(slots=True)
 class PushResult:
     head: Head
@@ -130,9 +85,7 @@ class PushResult:
     present: int = 0
     mounted: int = 0
     cosign_signatures: int = 0  # signature layers added to sha256-<hex>.sig tags
-    checks: list[RegistryCheck] = field(default_factory=list)  # one per pushed model, capped
     commands: list[str] = field(default_factory=list)
-    case_notes: dict[str, str] = field(default_factory=dict)  # pull name -> `case_note`
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,21 +94,13 @@ class PushResult:
                 "trusted": list(self.head.signatures.trusted)},
             "models": [{"name": str(i.model.name), "pushedAs": i.pull_name(self.target),
                         "digest": str(i.model.manifest.digest),
-                        "renamed": i.renamed(self.target),
-                        "caseNote": self.case_notes.get(i.pull_name(self.target))}
+                        "renamed": i.renamed(self.target)}
                        for i in self.items],
             "blobsUploaded": self.uploaded, "bytesUploaded": self.uploaded_bytes,
             "blobsPresent": self.present, "blobsMounted": self.mounted,
             "cosignSignatures": self.cosign_signatures,
             "ollamaPull": self.commands,
-            # the verdict: the first probe that failed, else the first
-            "check": None if self.check is None else self.check.to_json(),
-            "checks": [c.to_json() for c in self.checks], "probed": len(self.checks),
         }
-
-    @property
-    def check(self) -> RegistryCheck | None:
-        return next((c for c in self.checks if not c.ok), next(iter(self.checks), None))
 
 
 def push_bundle(
@@ -174,11 +119,11 @@ def push_bundle(
     `jobs` - 1 workers beside it; from a pipe everything goes up in turn."""
     with BundleReader(src, on_bytes) as reader, _Uploads(client, jobs) as uploads:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
-        items = plan_push(head, client.target, only)
+        items = plan_push(head.models, client.target, only)
         placement = Placement.of(items)
         placement.find_external(head.root.external, client)
         # a missing base refuses the push before anything is written (formats/bundle-v1.md §4.3)
-        require_bases(head, [i.model for i in items], placement.found_external,
+        require_bases(head.root, [i.model for i in items], placement.found_external,
                       f"the registry {client.target.base}")
         items, refused, refusal = _store_empty_blob(client, items)
         if refused:

@@ -466,3 +466,29 @@ class BundleReader:
             raise IntegrityError(f"bundle member {m.name[:200]!r} is not listed in the root",
                                  hint="this is not an intact bundle")
 
+
+def read_listing(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:
+    """Read the head: root, signatures, index.json and manifests; then that the file goes on
+    to its end, with a seek table from its last frames alone (BundleReader reads no further
+    ahead than the head), without one by reading on through every blob. Trust is reported,
+    not enforced."""
+    with BundleReader(src) as reader:
+        head = reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
+        reader.check_complete()
+        return head
+
+
+def read_through(
+    src: BinaryIO, trusted: Sequence[signing.PublicKey], *, allow_unsigned: bool,
+    on_total: OnBytes = no_progress, on_bytes: OnBytes = no_progress,
+    on_event: OnEvent = no_events,
+) -> Head:
+    """Read the whole bundle, checking every digest and the archive's end; write nothing."""
+    with BundleReader(src, on_bytes) as reader:
+        head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
+        on_total(sum(b.size for b in head.layer_blobs))
+        for _, body in reader.blobs():
+            for _ in body:
+                pass
+        reader.finish()
+    return head

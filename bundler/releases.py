@@ -16,49 +16,14 @@ from bundler.inventory import (
     Release,
     release_of_inventory,
 )
-from bundler.layout import MEDIA_TYPE_ROOT, Base, BlobRef, Have, Model
+from bundler.layout import MEDIA_TYPE_ROOT, Base, BlobRef, Have
 from bundler.oci import Manifest
-from bundler.progress import OnEvent, format_size, no_events, plural
-from bundler.reader import Head, open_bundle
+from bundler.progress import OnEvent, no_events
+from bundler.reader import Head, open_bundle, read_listing
 from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client
 from bundler.registry.listing import model_tags
 from bundler.store import Store
 from bundler.streams import check_output, open_output
-from bundler.verify import list_bundle
-
-
-def require_bases(head: Head, models: Sequence[Model], present: set[Digest], where: str) -> None:
-    """formats/bundle-v1.md §4.3: every blob a delta bundle leaves out that these models need
-    must already be in the target; else name them, who needs them and which release had them."""
-    needed = {b.digest for m in models for b in m.manifest.blobs}
-    missing = [e for e in head.root.external if e.blob.digest in needed
-               and e.blob.digest not in present]
-    if not missing:
-        return
-    parts = []
-    for e in missing[:3]:
-        users = sorted({m.name.display_shortest() for m in models
-                        if any(b.digest == e.blob.digest for b in m.manifest.blobs)})
-        base = head.root.bases[e.base]
-        had = "listed by the inventory" if base.media_type == MEDIA_TYPE_INVENTORY else "carried by"
-        parts.append(f"{e.blob.digest.short} ({format_size(e.blob.size)}, for {', '.join(users)}; "
-                     f"{had} {base.describe()})")
-    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    # the releases to import, oldest first (a chain of deltas is imported in that order); an
-    # inventory is no release: it only said the target had these blobs
-    bases = sorted({head.root.bases[e.base] for e in missing}, key=lambda b: (b.created, b.name))
-    bundles = [b.name for b in bases if b.media_type != MEDIA_TYPE_INVENTORY]
-    inventories = [b.name for b in bases if b.media_type == MEDIA_TYPE_INVENTORY]
-    steps = [f"import {', then '.join(bundles)} there first"] if bundles else []
-    if inventories:
-        steps.append(f"import the release that brought what {', '.join(inventories)} listed, "
-                     "or use a full bundle (export without --base)")
-    raise NotFoundError(
-        f"this delta bundle leaves out {plural(len(missing), 'blob')} that {where} does not "
-        "have: "
-        + "; ".join(parts) + more,
-        hint=f"{'; or '.join(steps)}; or leave these models out with --only")
-
 
 MAX_INVENTORY_BYTES = 256 * 1024 * 1024
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -73,7 +38,7 @@ def read_release(path: Path, trusted: Sequence[signing.PublicKey]) -> tuple[Base
             raw = b"" if bundle else f.read(MAX_INVENTORY_BYTES + 1)
         if bundle:  # a split bundle named by its first part: all its parts (the end is last)
             with open_bundle(path) as src:
-                head = list_bundle(src, trusted)
+                head = read_listing(src, trusted)
             return Base(MEDIA_TYPE_ROOT, Digest.of(head.root.raw), head.root.created,
                         path.name), head
     except FileNotFoundError:

@@ -26,22 +26,22 @@ from bundler.distribution import (
     HttpError,
     Piece,
     Route,
+    Target,
     byte_range,
     next_link,
     page,
     piece_length,
+    plan_push,
     route,
     split_last,
 )
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.httpserve import Cut, Limits, Server, Stats, tls_context
+from bundler.inventory import require_bases
 from bundler.layout import BlobRef
 from bundler.oci import MEDIA_TYPE_OCI_MANIFEST
 from bundler.progress import OnEvent, no_events, plural
-from bundler.push import plan_push
 from bundler.reader import BundleReader, open_bundle
-from bundler.registry.client import Target
-from bundler.releases import require_bases
 from bundler.split import split_name
 
 CHECKERS = 2  # blobs whose digest is checked at once
@@ -299,7 +299,7 @@ def _load(catalog: Catalog, paths: Sequence[Path], trusted: Sequence[signing.Pub
                 catalog.blobs[ref.digest] = BlobCheck(ranges[ref.digest], ref, str(path),
                                                       catalog.pool, on_event)
         heads.append((path, head))
-        for item in plan_push(head, target, ()):
+        for item in plan_push(head.models, target, ()):
             key, rank = (item.repository, item.tag), (head.root.created, index)
             if key in chosen and chosen[key].rank > rank:
                 continue
@@ -316,7 +316,7 @@ def _load(catalog: Catalog, paths: Sequence[Path], trusted: Sequence[signing.Pub
         present = {e.blob.digest for e in head.root.external
                    if isinstance(b := catalog.blobs.get(e.blob.digest), BlobCheck)
                    and b.size == e.blob.size}
-        require_bases(head, list(head.models), present, f"the bundles served with {path.name}")
+        require_bases(head.root, list(head.models), present, f"the bundles served with {path.name}")
     for (repo, tag), choice in sorted(chosen.items()):  # only what is served is signed (§1.5)
         catalog._add(repo, tag, choice.served, choice.blobs)
         catalog.models.append(choice.model)

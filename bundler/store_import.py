@@ -12,11 +12,11 @@ from typing import Any, BinaryIO
 from bundler import signing
 from bundler.digest import Digest
 from bundler.errors import BundlerError, IntegrityError
+from bundler.inventory import require_bases
 from bundler.layout import Model
 from bundler.progress import OnBytes, OnEvent, format_size, no_events, no_progress, plural
 from bundler.reader import BundleReader, Head, Seekable
 from bundler.reference import ModelName, pick
-from bundler.releases import require_bases
 from bundler.store import StagedBlob, StagedManifest, Store
 
 _FREE_SPACE_MARGIN = 1024 * 1024  # plus 1 % of what is written: file system overhead
@@ -124,7 +124,7 @@ def import_bundle(
             _refuse_downgrade(head, changes, store)
         needed = {b.digest: b.size for c in changes for b in c.model.manifest.blobs}
         present = {d for d, size in needed.items() if store.has_blob(d, size)}
-        require_bases(head, [c.model for c in changes], present, store.location.describe())
+        require_bases(head.root, [c.model for c in changes], present, store.location.describe())
         to_write = {d: s for d, s in needed.items() if d not in present}
         old_names = tuple(d for d in needed if d in present
                           and store.find_blob(d) != store.blob_path(d))

@@ -11,19 +11,14 @@ from typing import Any, BinaryIO
 from bundler import signing
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
-from bundler.reader import BundleReader, Head
+from bundler.reader import BundleReader, Head, read_listing, read_through
 from bundler.split import part_name, split_name
 from bundler.streams import ReadAhead
 
 
 def list_bundle(src: BinaryIO, trusted: Sequence[signing.PublicKey]) -> Head:
-    """Read the head: root, signatures, index.json and manifests; then that the file goes on
-    to its end, with a seek table from its last frames alone (BundleReader reads no further
-    ahead than the head), without one by reading on through every blob."""
-    with BundleReader(src) as reader:
-        head = reader.read_head(trusted, allow_unsigned=True, enforce_trust=False)
-        reader.check_complete()
-        return head
+    """`ls`: the head, and that the file goes on to its end (`read_listing`)."""
+    return read_listing(src, trusted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +37,8 @@ def verify_bundle(
     on_total: OnBytes = no_progress, on_bytes: OnBytes = no_progress,
     on_event: OnEvent = no_events,
 ) -> VerifyResult:
-    with BundleReader(src, on_bytes) as reader:
-        head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
-        on_total(sum(b.size for b in head.layer_blobs))
-        for _, body in reader.blobs():
-            for _ in body:
-                pass
-        reader.finish()
+    head = read_through(src, trusted, allow_unsigned=allow_unsigned, on_total=on_total,
+                        on_bytes=on_bytes, on_event=on_event)
     return VerifyResult(head, len(head.root.blobs), head.root.total_size)
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from bundler.digest import Digest
-from bundler.distribution import is_repository_component
-from bundler.errors import NetworkError, UsageError
+from bundler.distribution import Target
+from bundler.errors import NetworkError
 from bundler.progress import OnEvent, no_events
 from bundler.registry.transport import RefusedError, Response, TlsError, Transport
 
@@ -25,56 +25,6 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10  # Go's default http.Client: "stopped after 10 redirects"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A registry given as [http://|https://]host[:port][/namespace]."""
-
-    scheme: str
-    host: str  # host[:port]
-    namespace: str | None
-
-    @property
-    def base(self) -> str:
-        return f"{self.scheme}://{self.host}"
-
-    @classmethod
-    def parse(cls, text: str, *, plain_http: bool = False) -> Target:
-        scheme = "http" if plain_http else "https"
-        rest = text
-        for prefix in ("http://", "https://"):
-            if text.lower().startswith(prefix):
-                scheme, rest = prefix[:-3], text[len(prefix):]
-                break
-        host, _, namespace = rest.strip("/").partition("/")
-        if not host or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9a-fA-F:]+\](:[0-9]{1,5})?",
-                                        host):
-            raise UsageError(f"not a registry address: {text!r}",
-                             hint="use [http://|https://]host[:port][/namespace]")
-        if namespace and not is_repository_component(namespace):
-            raise UsageError(f"registry namespace {namespace!r} is not one lowercase path "
-                             "component", hint="Ollama names have exactly namespace/model")
-        return cls(scheme, host.lower(), namespace or None)
-
-    def repository(self, namespace: str, model: str) -> str | None:
-        """Where the model namespace/model lives in this registry: the URL's namespace if it
-        has one, else the model's own, lowercased (`repository_name`). The one mapping for
-        `import --to-registry`, `export --from-registry --mirror`, `inventory --registry`
-        (`holds`) and `check-registry`."""
-        return repository_name(self.namespace or namespace, model)
-
-    def holds(self, repository: str) -> bool:
-        """Whether `repository` is one `repository()` can give: under the URL's namespace."""
-        return self.namespace is None or repository.startswith(f"{self.namespace}/")
-
-
-def repository_name(namespace: str, model: str) -> str | None:
-    """The Distribution repository for an Ollama namespace/model, lowercased; None if even the
-    lowercase form is not a legal repository name."""
-    repo = f"{namespace.lower()}/{model.lower()}"
-    ok = all(map(is_repository_component, repo.split("/")))
-    return repo if ok else None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

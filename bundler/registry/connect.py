@@ -7,11 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bundler.distribution import Target
 from bundler.errors import UsageError
 from bundler.progress import OnEvent, no_events
 from bundler.reference import ModelName
 from bundler.registry import credentials
-from bundler.registry.client import Client, Credentials, Target
+from bundler.registry.client import Client, Credentials
 from bundler.registry.transport import READ_TIMEOUT, TlsOptions, Transport
 
 

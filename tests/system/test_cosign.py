@@ -13,6 +13,7 @@ from typing import Any
 
 from bundler import cosign
 from bundler.digest import Digest
+from bundler.distribution import Target
 from bundler.registry import client as reg
 from bundler.registry.transport import Transport
 from tests.support.common import Keys, make_keys, run
@@ -230,7 +231,7 @@ def test_signatures_already_in_the_registry_are_kept_byte_for_byte(
     repo = "kept/tiny"
     manifest = (store / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes()
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-    client = reg.Client(Transport(), reg.Target.parse(registry.url), None)
+    client = reg.Client(Transport(), Target.parse(registry.url), None)
     payload = b'{"critical":{"type":"earlier"},"optional":null}'
     foreign = {"mediaType": cosign.MEDIA_TYPE_SIMPLESIGNING, "size": len(payload),
                "digest": str(Digest.of(payload)),

@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from bundler import push, signing
+from bundler.distribution import Target
 from bundler.errors import IntegrityError
 from bundler.registry import client as reg
 from bundler.registry.transport import Transport
@@ -90,7 +91,7 @@ def test_chunked_upload_with_resume_through_faults(registry: Registry, tmp_path:
               Fault("PUT", "/blobs/uploads/", 1, "drop-before"),
               Fault("PUT", "/manifests/", 1, "status:500")]
     with fault_proxy(registry.url, faults) as (url, log):
-        client = reg.Client(Transport(), reg.Target.parse(url), None,
+        client = reg.Client(Transport(), Target.parse(url), None,
                                  sleep=lambda _: None)
         trusted = [signing.read_public(keys.pub)]
         pipe = io.BytesIO(bundle.read_bytes())  # no file descriptor: like stdin
@@ -121,7 +122,7 @@ def test_streamed_upload_reads_the_file_again_after_faults(
               Fault("PUT", "/blobs/uploads/", 2, "drop-after"),  # the weights' final PUT
               Fault("PUT", "/blobs/uploads/", 2, "drop-after")]  # the template's
     with fault_proxy(registry.url, faults) as (url, log):
-        client = reg.Client(Transport(), reg.Target.parse(url), None, sleep=lambda _: None)
+        client = reg.Client(Transport(), Target.parse(url), None, sleep=lambda _: None)
         with bundle.open("rb") as f:
             result = push.push_bundle(f, client, [signing.read_public(keys.pub)],
                                       allow_unsigned=False, chunk_size=64 * 1024)
@@ -136,7 +137,7 @@ def test_nothing_is_pushed_from_a_tampered_bundle(registry: Registry,
                                                   env: dict[str, str]) -> None:
     # an untrusted bundle: refused before a single request
     other = signing.generate()
-    client = reg.Client(Transport(), reg.Target.parse(registry.url + "/tamper"),
+    client = reg.Client(Transport(), Target.parse(registry.url + "/tamper"),
                              None)
     with bundle_file.open("rb") as f, pytest.raises(IntegrityError):
         push.push_bundle(f, client, [other.public], allow_unsigned=False)
@@ -171,7 +172,7 @@ def test_a_lost_answer_to_a_chunk_fails_cleanly_and_a_rerun_completes(
     trusted = [signing.read_public(keys.pub)]
     with fault_proxy(registry.url, [Fault("PATCH", "/blobs/uploads/", 2, "drop-after")]) as (
             url, log):
-        client = reg.Client(Transport(), reg.Target.parse(url), None, sleep=lambda _: None)
+        client = reg.Client(Transport(), Target.parse(url), None, sleep=lambda _: None)
         with pytest.raises(reg.RegistryError, match="cannot be continued"):
             push.push_bundle(io.BytesIO(bundle.read_bytes()), client, trusted,
                              allow_unsigned=False, chunk_size=64 * 1024)
@@ -309,7 +310,7 @@ def test_uploads_in_flight_are_bounded_by_jobs(registry: Registry, tmp_path: Pat
                 str(bundle)]).exit_code == 0
     faults = [Fault("PUT", "/blobs/uploads/", 1, "delay:0.4") for _ in range(7)]
     with fault_proxy(registry.url, faults) as (url, log):
-        client = reg.Client(Transport(), reg.Target.parse(f"{url}/j{jobs}"), None,
+        client = reg.Client(Transport(), Target.parse(f"{url}/j{jobs}"), None,
                             sleep=lambda _: None)
         with bundle.open("rb") as f:
             result = push.push_bundle(f, client, [signing.read_public(keys.pub)],
@@ -329,7 +330,7 @@ def test_a_failed_parallel_upload_stops_the_push_before_any_tag(
                 str(bundle)]).exit_code == 0
     with fault_proxy(registry.url, [Fault("PUT", "/blobs/uploads/", 3, "status:403")]) as (
             url, log):
-        client = reg.Client(Transport(), reg.Target.parse(url), None, sleep=lambda _: None)
+        client = reg.Client(Transport(), Target.parse(url), None, sleep=lambda _: None)
         with bundle.open("rb") as f, pytest.raises(reg.RegistryError, match="403"):
             push.push_bundle(f, client, [signing.read_public(keys.pub)],
                              allow_unsigned=False, jobs=4)
@@ -358,7 +359,7 @@ def test_stalls_and_drops_mid_blob_are_survived(registry: Registry, tmp_path: Pa
               Fault("HEAD", "/blobs/", 1, "stall:2.5"),
               Fault("PUT", "/manifests/", 1, "stall:2.5")]
     with fault_proxy(registry.url, faults) as (url, log):
-        client = reg.Client(Transport(read_timeout=1.0), reg.Target.parse(f"{url}/{source}"),
+        client = reg.Client(Transport(read_timeout=1.0), Target.parse(f"{url}/{source}"),
                             None, sleep=lambda _: None)
         with bundle.open("rb") as f:
             src = f if source == "file" else io.BytesIO(f.read())
@@ -383,7 +384,7 @@ def test_large_blobs_go_up_in_parallel_through_the_seek_table(
                 str(bundle)]).exit_code == 0
     faults = [Fault("PATCH", "/blobs/uploads/", 1, "delay:0.4") for _ in range(4)]
     with fault_proxy(registry.url, faults) as (url, log):
-        client = reg.Client(Transport(), reg.Target.parse(f"{url}/par"), None,
+        client = reg.Client(Transport(), Target.parse(f"{url}/par"), None,
                             sleep=lambda _: None)
         with bundle.open("rb") as f:
             result = push.push_bundle(f, client, [signing.read_public(keys.pub)],

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from bundler import pullcheck
+from bundler.distribution import Target
 from bundler.registry import client as reg
 from bundler.registry.transport import Transport
 from tests.support.common import MANIFEST_V2, MODEL, REPO, TEMPLATE, Keys, make_model, run, weights
@@ -336,7 +337,7 @@ def test_check_registry_follows_redirects_on_head_and_range_as_ollama_does() -> 
     with _serve(S3_HOST, _Storage) as storage:
         _Registry.storage = storage
         with _serve("127.0.0.1", _Registry) as url:
-            client = reg.Client(Transport(), reg.Target.parse(url), None)
+            client = reg.Client(Transport(), Target.parse(url), None)
             check = pullcheck.check_registry(client, "team/m", "latest")
     assert check.ok, check.findings
     assert any(f"from {urlsplit(storage).netloc}, after a redirect" in f

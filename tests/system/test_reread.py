@@ -12,6 +12,7 @@ from typing import BinaryIO
 import pytest
 
 from bundler import push, signing
+from bundler.distribution import Target
 from bundler.errors import IntegrityError
 from bundler.reader import BundleReader
 from bundler.registry import client as reg
@@ -95,7 +96,7 @@ def test_a_corrupt_blob_in_a_file_is_never_committed_by_a_streamed_upload(
     start, end = max(frames(bytes(data)), key=lambda f: f[1] - f[0])
     data[(start + end) // 2] ^= 1  # inside the raw blocks of the weights' stored frame
     bundle.write_bytes(data)
-    client = reg.Client(Transport(), reg.Target.parse(registry.url + "/bad"), None)
+    client = reg.Client(Transport(), Target.parse(registry.url + "/bad"), None)
     with bundle.open("rb") as f, pytest.raises(IntegrityError, match="does not match"):
         push.push_bundle(f, client, [signing.read_public(keys.pub)], allow_unsigned=False,
                          chunk_size=64 * 1024)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 
 from bundler.digest import Digest
+from bundler.distribution import PushItem
 from bundler.layout import BlobRef, External, Model
 from bundler.oci import MEDIA_TYPE_DOCKER_MANIFEST, Manifest
-from bundler.push import Placement, PushItem
+from bundler.push import Placement
 from bundler.reference import ModelName
 
 CONFIG = "application/vnd.docker.container.image.v1+json"

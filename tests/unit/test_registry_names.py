@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bundler.distribution import is_valid_tag
+from bundler.distribution import Target, is_valid_tag, repository_name
 from bundler.errors import UsageError
-from bundler.registry.client import Credentials, Target, repository_name
+from bundler.registry.client import Credentials
 
 
 @pytest.mark.parametrize(("text", "plain", "expected"), [
