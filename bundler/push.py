@@ -15,12 +15,11 @@ from bundler.digest import CHUNK_SIZE, Digest
 from bundler.distribution import is_valid_tag
 from bundler.errors import IntegrityError, UsageError
 from bundler.layout import BlobRef, External, Model
-from bundler.oci import MEDIA_TYPE_OCI_MANIFEST, Manifest
+from bundler.oci import MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_MANIFEST, Manifest
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress
 from bundler.reader import BundleReader, Head, Reread
 from bundler.reference import pick
 from bundler.registry.client import (
-    MEDIA_TYPE_DOCKER_MANIFEST,
     Client,
     EmptyBlobError,
     RegistryError,

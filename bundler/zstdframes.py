@@ -9,10 +9,11 @@ from collections.abc import Iterable, Iterator
 
 from bundler.errors import IntegrityError
 
+ZSTD_MAGIC = (0xFD2FB528).to_bytes(4, "little")  # a zstd frame's first bytes (RFC 8878 §3.1.1)
 _RAW_BLOCK = 128 * 1024  # zstd's maximum block size
 # frame header for raw frames: magic, descriptor 0xC0 (8-byte content size, no single
 # segment, no checksum), window descriptor 0x38 (128 KiB window), content size
-RAW_FRAME = b"\x28\xb5\x2f\xfd\xc0\x38"
+RAW_FRAME = ZSTD_MAGIC + b"\xc0\x38"
 
 
 def raw_blocks(pieces: Iterable[bytes | memoryview], total: int) -> Iterator[bytes | memoryview]:
@@ -56,7 +57,6 @@ def seek_table(entries: Iterable[tuple[int, int]]) -> bytes:
     return SEEK_TABLE_MAGIC.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
 
 
-_ZSTD_MAGIC = 0xFD2FB528
 _SKIPPABLE_MAGIC = 0x184D2A50  # ... 0x184D2A5F
 _FCS_BYTES = (0, 2, 4, 8)
 MAX_SEEK_TABLE = 64 * 1024 * 1024
@@ -140,7 +140,7 @@ class FrameWalker:
         state = self._state
         if state == "magic":
             magic = int.from_bytes(field, "little")
-            if magic == _ZSTD_MAGIC:
+            if field == ZSTD_MAGIC:
                 if self.table is not None:
                     raise IntegrityError("bundle: a zstd frame follows the seek table")
                 self._frame_at = self._fed - 4
