@@ -30,12 +30,12 @@ from bundler.streams import Prefetch, Sink
 from bundler.zstdframes import (
     FRAME_MAX,
     MAX_SEEK_TABLE,
-    RAW_FRAME,
     SEEKABLE_MAGIC,
     FrameWalker,
     parse_seek_table,
-    raw_block,
     raw_blocks,
+    raw_frame_blocks,
+    raw_spans,
     seek_table,
 )
 
@@ -308,32 +308,9 @@ def _raw_from(source: Positional, at: int, position: int, count: int,
     """`count` content bytes from `position` on, of frames that start at `at` and hold raw
     blocks only (the stored frames of §7), found by walking the block headers, without
     reading the bytes before `position`; None if the frames are not all stored frames."""
-    spans: list[tuple[int, int]] = []  # (compressed offset, length) of the bytes wanted
-    pos, left = 0, count
-    while left:
-        head = source.pread(14, at)
-        if len(head) != 14 or head[:6] != RAW_FRAME:
-            return None
-        at += 14
-        while True:
-            block = raw_block(source.pread(3, at))
-            if block is None:
-                return None
-            size, last = block
-            at += 3
-            if pos + size > position and left:
-                start = max(0, position - pos)
-                take = min(size - start, left)
-                spans.append((at + start, take))
-                left -= take
-            pos += size
-            at += size
-            if last or not left:
-                break
-        if spans and not left:
-            break
-        if pos > position + count:
-            return None
+    spans = raw_spans(source.pread, at, position, count)
+    if spans is None:
+        return None
 
     def read() -> Iterator[memoryview]:
         for offset, length in spans:
@@ -775,24 +752,7 @@ class MemberBytes:
         the frame and its compressed offset; None for any other frame."""
         if frame.offset in self._blocks:
             return self._blocks[frame.offset]
-        index: tuple[list[int], list[int]] | None = None
-        head = self._source.pread(14, frame.offset)
-        if (len(head) == 14 and head[:6] == RAW_FRAME
-                and int.from_bytes(head[6:], "little") == frame.length):
-            starts, offsets = [], []
-            at, pos, end = frame.offset + 14, 0, frame.offset + frame.size
-            while True:
-                block = raw_block(self._source.pread(3, at))
-                if block is None or at + 3 + block[0] > end:
-                    break
-                size, last = block
-                starts.append(pos)
-                offsets.append(at + 3)
-                pos, at = pos + size, at + 3 + size
-                if last:
-                    if pos == frame.length and at == end:
-                        index = (starts, offsets)
-                    break
+        index = raw_frame_blocks(self._source.pread, frame.offset, frame.length, frame.size)
         self._blocks[frame.offset] = index
         return index
 

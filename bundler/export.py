@@ -41,7 +41,7 @@ from bundler.layout import (
     signature_member,
     tool_json,
 )
-from bundler.oci import Manifest
+from bundler.oci import MEDIA_TYPE_DOCKER_MANIFEST, Manifest
 from bundler.progress import (
     Meters,
     OnBytes,
@@ -53,7 +53,7 @@ from bundler.progress import (
 )
 from bundler.reader import open_bundle, read_through
 from bundler.reference import ModelName, pick
-from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client, describe_error
+from bundler.registry.client import Client, describe_error
 from bundler.registry.transport import Response
 from bundler.split import Part, SplitOutput
 from bundler.store import Store

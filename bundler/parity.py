@@ -26,7 +26,7 @@ from bundler import oscompat
 from bundler.digest import CHUNK_SIZE
 from bundler.errors import BundlerError, IntegrityError, NotFoundError
 from bundler.reader import read_root
-from bundler.split import part_name, sidecar_name, split_name
+from bundler.split import part_name, part_paths, parts_beside, sidecar_name, split_name
 
 # The par2 2.0 packet header: magic, length (of the whole packet), packet MD5, recovery set
 # id, type; a file description packet's body: file id, MD5, MD5 of the first 16 KiB, length,
@@ -91,10 +91,8 @@ def bundle_files(first: Path) -> list[Path]:
         return [first]
     count = _count_from_head(first) or _count_from_sidecar(first, stem)
     if count:
-        return [p for p in (first.with_name(part_name(stem, i)) for i in range(1, count + 1))
-                if os.path.lexists(p)]
-    return [f for f in sorted(first.parent.glob(f"{glob_escape(stem)}.[0-9][0-9][0-9]*"))
-            if split_name(f.name)]
+        return [p for p in part_paths(first, count) if os.path.lexists(p)]
+    return parts_beside(first)
 
 
 def _open_regular(path: Path) -> BinaryIO | None:

@@ -15,10 +15,11 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 from bundler.digest import Digest
 from bundler.distribution import PushItem, Target
 from bundler.errors import IntegrityError, UsageError
+from bundler.modelkind import MEDIA_TYPE_TENSOR
+from bundler.oci import MEDIA_TYPE_DOCKER_MANIFEST
 from bundler.reference import ModelName
 from bundler.registry.client import (
     MAX_REDIRECTS,
-    MEDIA_TYPE_DOCKER_MANIFEST,
     Client,
     RegistryError,
     parse_challenge,
@@ -27,7 +28,6 @@ from bundler.registry.listing import EndlessListError, model_tags
 from bundler.registry.transport import Response, TlsError, Transport
 
 MAX_PROBES = 100  # model tags one check-registry without MODEL probes
-MEDIA_TYPE_TENSOR = "application/vnd.ollama.image.tensor"
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ from bundler.layout import (
 )
 from bundler.oci import MAX_MANIFEST_BYTES, Index
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
-from bundler.split import PartsReader, is_first_part, part_name, split_name
+from bundler.split import PartsReader, is_first_part, part_paths
 from bundler.trust import Signatures, check_registry_signatures, decide_trust, refuse_untrusted
 
 
@@ -120,16 +120,14 @@ def read_root(src: BinaryIO) -> Root:
 
 def open_split(first: Path) -> PartsReader:
     """Part 1 of a split bundle, and the parts its root lists beside it, as one stream."""
-    stem, number = split_name(first.name) or ("", 0)
-    if number != 1:
+    if not is_first_part(first.name):
         raise UsageError(f"{first.name} is not the first part of a split bundle (NAME.001)")
     try:
         with first.open("rb") as f:
             root = read_root(f)
     except FileNotFoundError:
         raise NotFoundError(f"bundle not found: {first}") from None
-    paths = [first.with_name(part_name(stem, i + 1)) for i in range(len(root.parts) + 1)]
-    trailer = first.with_name(part_name(stem, len(root.parts) + 2))
+    *paths, trailer = part_paths(first, len(root.parts) + 2)
     return PartsReader(paths, [(p.size, p.digest) for p in root.parts],
                        trailer if trailer.is_file() else None)
 

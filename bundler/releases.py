@@ -17,23 +17,23 @@ from bundler.inventory import (
     release_of_inventory,
 )
 from bundler.layout import MEDIA_TYPE_ROOT, Base, BlobRef, Have
-from bundler.oci import Manifest
+from bundler.oci import MEDIA_TYPE_DOCKER_MANIFEST, Manifest
 from bundler.progress import OnEvent, no_events
 from bundler.reader import Head, open_bundle, read_listing
-from bundler.registry.client import MEDIA_TYPE_DOCKER_MANIFEST, Client
+from bundler.registry.client import Client
 from bundler.registry.listing import model_tags
 from bundler.store import Store
 from bundler.streams import check_output, open_output
+from bundler.zstdframes import ZSTD_MAGIC
 
 MAX_INVENTORY_BYTES = 256 * 1024 * 1024
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def read_release(path: Path, trusted: Sequence[signing.PublicKey]) -> tuple[Base, Head | Inventory]:
     """A bundle (its head only) or an inventory, and the Base record that names it."""
     try:
         with path.open("rb") as f:
-            bundle = f.read(4) == _ZSTD_MAGIC
+            bundle = f.read(4) == ZSTD_MAGIC
             f.seek(0)
             raw = b"" if bundle else f.read(MAX_INVENTORY_BYTES + 1)
         if bundle:  # a split bundle named by its first part: all its parts (the end is last)

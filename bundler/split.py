@@ -91,6 +91,32 @@ def is_first_part(name: str) -> bool:
     return (split_name(name) or ("", 0))[1] == 1
 
 
+def _stem(first: Path) -> str:
+    stem, number = split_name(first.name) or ("", 0)
+    if number != 1:
+        raise ValueError(f"{first.name} is not a split bundle's first part, NAME.001")
+    return stem
+
+
+def part_paths(first: Path, count: int) -> list[Path]:
+    """A split bundle's files NAME.001 to NAME.<count> (formats/bundle-v1.md §10), beside
+    `first`, its part 1: the parts its root lists are 2 to N, the seek table's is N + 1. The
+    sidecar is `sidecar_name`; par2 files are `parity.recovery_files`'s."""
+    stem = _stem(first)
+    return [first.with_name(part_name(stem, i)) for i in range(1, count + 1)]
+
+
+def parts_beside(first: Path) -> list[Path]:
+    """Every file named NAME.NNN beside `first` (NAME.001), sorted: the parts of a split
+    bundle whose root and sidecar cannot be read."""
+    stem = _stem(first)
+    try:
+        entries = list(first.parent.iterdir())
+    except OSError:
+        return []
+    return sorted(e for e in entries if (split_name(e.name) or ("", 0))[0] == stem)
+
+
 class SplitOutput:
     """Parts 2, 3, ... of a split bundle: the stream written to it is cut every `size` bytes
     into files OUT.002, OUT.003, ... (hashed as they are written), all under temporary names

@@ -12,7 +12,7 @@ from bundler import signing
 from bundler.errors import BundlerError, IntegrityError, NotFoundError, UsageError
 from bundler.progress import OnBytes, OnEvent, no_events, no_progress, plural
 from bundler.reader import BundleReader, Head, read_listing, read_through
-from bundler.split import part_name, split_name
+from bundler.split import is_first_part, part_paths
 from bundler.streams import ReadAhead
 
 
@@ -57,8 +57,7 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
                  on_event: OnEvent = no_events) -> PartsResult:
     """formats/bundle-v1.md §10: the signature and head in part 1, then the size and sha256
     of every other part against the list the signed root holds; every bad part is named."""
-    stem, number = split_name(first.name) or ("", 0)
-    if number != 1:
+    if not is_first_part(first.name):
         raise UsageError("--parts-only checks a split bundle: give its first part, NAME.001")
     try:
         f = first.open("rb")
@@ -68,7 +67,7 @@ def verify_parts(first: Path, trusted: Sequence[signing.PublicKey], *, allow_uns
         raise BundlerError(f"cannot read {first}: {e.strerror}") from None
     with f, BundleReader(f) as reader:
         head = reader.read_head(trusted, allow_unsigned=allow_unsigned, on_event=on_event)
-    paths = [first.with_name(part_name(stem, i + 2)) for i in range(len(head.root.parts))]
+    paths = part_paths(first, len(head.root.parts) + 1)[1:]
     problems: list[str] = []
     present = []
     for path, ref in zip(paths, head.root.parts, strict=True):

@@ -5,14 +5,15 @@ zstandard; bundler/archive.py puts tar on top."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from bundler.errors import IntegrityError
 
+ZSTD_MAGIC = (0xFD2FB528).to_bytes(4, "little")  # a zstd frame's first bytes (RFC 8878 §3.1.1)
 _RAW_BLOCK = 128 * 1024  # zstd's maximum block size
 # frame header for raw frames: magic, descriptor 0xC0 (8-byte content size, no single
 # segment, no checksum), window descriptor 0x38 (128 KiB window), content size
-RAW_FRAME = b"\x28\xb5\x2f\xfd\xc0\x38"
+RAW_FRAME = ZSTD_MAGIC + b"\xc0\x38"
 
 
 def raw_blocks(pieces: Iterable[bytes | memoryview], total: int) -> Iterator[bytes | memoryview]:
@@ -42,6 +43,67 @@ def raw_block(header: bytes) -> tuple[int, bool] | None:
     return value >> 3, bool(value & 1)
 
 
+Pread = Callable[[int, int], bytes]  # (n, offset) -> at most n bytes of a stream at offset
+_RAW_HEADER = len(RAW_FRAME) + 8  # RAW_FRAME and the 8-byte content size
+
+
+def raw_spans(pread: Pread, at: int, position: int, count: int) -> list[tuple[int, int]] | None:
+    """Where `count` content bytes from `position` on lie, as (compressed offset, length), in
+    frames that start at `at` and hold raw blocks only (the stored frames of
+    formats/bundle-v1.md §7), found by walking the block headers through `pread` without
+    reading the bytes before `position`; None if the frames are not all stored frames."""
+    spans: list[tuple[int, int]] = []
+    pos, left = 0, count
+    while left:
+        head = pread(_RAW_HEADER, at)
+        if len(head) != _RAW_HEADER or head[: len(RAW_FRAME)] != RAW_FRAME:
+            return None
+        at += _RAW_HEADER
+        while True:
+            block = raw_block(pread(3, at))
+            if block is None:
+                return None
+            size, last = block
+            at += 3
+            if pos + size > position and left:
+                start = max(0, position - pos)
+                take = min(size - start, left)
+                spans.append((at + start, take))
+                left -= take
+            pos += size
+            at += size
+            if last or not left:
+                break
+        if spans and not left:
+            break
+        if pos > position + count:
+            return None
+    return spans
+
+
+def raw_frame_blocks(pread: Pread, offset: int, length: int, size: int,
+                     ) -> tuple[list[int], list[int]] | None:
+    """For a stored frame (raw blocks only, formats/bundle-v1.md §7) of `size` compressed
+    bytes at `offset` holding `length` content bytes: each block's content start within the
+    frame and its compressed offset, read through `pread`; None for any other frame."""
+    head = pread(_RAW_HEADER, offset)
+    if (len(head) != _RAW_HEADER or head[: len(RAW_FRAME)] != RAW_FRAME
+            or int.from_bytes(head[len(RAW_FRAME) :], "little") != length):
+        return None
+    starts, offsets = [], []
+    at, pos, end = offset + _RAW_HEADER, 0, offset + size
+    while True:
+        block = raw_block(pread(3, at))
+        if block is None or at + 3 + block[0] > end:
+            return None
+        block_size, last = block
+        starts.append(pos)
+        offsets.append(at + 3)
+        pos, at = pos + block_size, at + 3 + block_size
+        if last:
+            return (starts, offsets) if pos == length and at == end else None
+
+
 FRAME_MAX = 1 << 30  # decompressed bytes per frame: the seek table's fields are 32-bit
 SEEK_TABLE_MAGIC = 0x184D2A5E  # a skippable frame (zstd's seekable format)
 SEEKABLE_MAGIC = 0x8F92EAB1
@@ -56,7 +118,6 @@ def seek_table(entries: Iterable[tuple[int, int]]) -> bytes:
     return SEEK_TABLE_MAGIC.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
 
 
-_ZSTD_MAGIC = 0xFD2FB528
 _SKIPPABLE_MAGIC = 0x184D2A50  # ... 0x184D2A5F
 _FCS_BYTES = (0, 2, 4, 8)
 MAX_SEEK_TABLE = 64 * 1024 * 1024
@@ -140,7 +201,7 @@ class FrameWalker:
         state = self._state
         if state == "magic":
             magic = int.from_bytes(field, "little")
-            if magic == _ZSTD_MAGIC:
+            if field == ZSTD_MAGIC:
                 if self.table is not None:
                     raise IntegrityError("bundle: a zstd frame follows the seek table")
                 self._frame_at = self._fed - 4

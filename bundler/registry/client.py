@@ -19,7 +19,6 @@ from bundler.errors import NetworkError
 from bundler.progress import OnEvent, no_events
 from bundler.registry.transport import RefusedError, Response, TlsError, Transport
 
-MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MAX_TRIES = 6
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
